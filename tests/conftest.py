@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random-weight models built from the real transformers classes,
+so the default test run needs no download."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = {
+    "sport": "match goal team player coach league win score season cup".split(),
+    "money": "bank stock market price shares profit trade bond fund rate".split(),
+    "tech": "phone software chip computer internet data robot code app device".split(),
+}
+FILLER = "the a of and to in on with for is was".split()
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def make_texts(n: int, seed: int = 0, classes=("sport", "money", "tech")) -> tuple[list[str], list[str]]:
+    """Separable synthetic texts: each draws most words from its class's vocabulary."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = classes[i % len(classes)]
+        words = [rng.choice(WORDS[label]) if rng.random() < 0.7 else rng.choice(FILLER)
+                 for _ in range(rng.randint(3, 12))]
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def make_tokenizer(pad: bool = True):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_words = SPECIALS + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER))
+    vocab = {w: i for i, w in enumerate(vocab_words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    kwargs = {"pad_token": "<pad>"} if pad else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", **kwargs
+    )
+
+
+def make_tiny_llama(folder: Path, seed: int = 0, pad: bool = True) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(pad=pad)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3 if pad else None,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Converted GGUF models go to a per-session cache unless LLMCLF_CACHE is set."""
+    if "LLMCLF_CACHE" not in os.environ:
+        os.environ["LLMCLF_CACHE"] = str(tmp_path_factory.mktemp("llmclf-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from llmclf import HeadClassifier, LlmclfError
+from tests.conftest import make_texts
+
+FAST = dict(epochs=2, batch_size=8, max_length=32, learning_rate=5e-3, head_learning_rate=1e-2,
+            eval_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_llama):
+    texts, labels = make_texts(60)
+    clf = HeadClassifier(tiny_llama, progress=False, **FAST)
+    return clf.fit(texts, labels)
+
+
+def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
+    from llmclf.config import AdapterConfig, HeadConfig, ModelConfig
+    from llmclf.head import head_logits, PaddingCollator
+    from llmclf.labels import LabelSchema
+
+    texts, labels = make_texts(8)
+    schema = LabelSchema.from_labels(labels, multi_label=False)
+    clf = HeadClassifier(tiny_llama, progress=False, lora_dropout=0.0)
+    clf._build(schema, ModelConfig(model=tiny_llama), AdapterConfig(lora_dropout=0.0), HeadConfig())
+    model = clf.model_
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_B" in n for n in trainable) and any("score.modules_to_save" in n for n in trainable)
+    assert not any("base_layer" in n or "embed_tokens" in n for n in trainable)
+
+    batch = PaddingCollator(clf.tokenizer_.pad_token_id, False)(
+        [{"input_ids": ids, "labels": y} for ids, y in zip(clf._encode(texts), schema.encode(labels))]
+    )
+    optimizer = clf._optimizer(clf._configs()[2])
+    model.train()
+    loss = torch.nn.functional.cross_entropy(head_logits(model, batch), batch["labels"])
+    loss.backward()
+    optimizer.step()
+
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any("lora_B" in n for n in changed)  # B starts at zero, so A gets no gradient yet
+    assert any("score.modules_to_save" in n for n in changed)
+    assert changed <= trainable  # the frozen base (and the original head copy) never move
+
+
+def test_fit_predict_proba_follow_classes(fitted):
+    texts, labels = make_texts(30, seed=1)
+    proba = fitted.predict_proba(texts)
+    assert proba.shape == (30, 3)
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert list(fitted.classes_) == ["money", "sport", "tech"]
+    predicted = fitted.predict(texts)
+    assert predicted == [fitted.classes_[i] for i in proba.argmax(axis=1)]
+    assert fitted.score(texts, labels) > 0.8  # the synthetic classes are separable
+    assert isinstance(fitted.predict(texts[0]), str)
+    assert fitted.predict_proba(texts[0]).shape == (3,)
+
+
+def test_accounting_counts_trainable_and_total(fitted):
+    assert 0 < fitted.trainable_params_ < fitted.total_params_
+    lora_and_head = sum(p.numel() for p in fitted.model_.parameters() if p.requires_grad)
+    assert fitted.trainable_params_ == lora_and_head
+
+
+def test_save_load_gives_identical_predictions(fitted, tmp_path):
+    texts, _ = make_texts(20, seed=2)
+    fitted.save(tmp_path / "run")
+    loaded = HeadClassifier.load(tmp_path / "run", progress=False)
+    assert np.array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts))
+    assert loaded.predict(texts) == fitted.predict(texts)
+
+
+def test_plain_peft_load_gives_the_same_logits(fitted, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    folder = fitted.save(tmp_path / "run")
+    texts, _ = make_texts(12, seed=3)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # the saved tokenizer reproduces llmclf's preprocessing: the appended EOS
+    assert tokenizer(texts)["input_ids"] == fitted._encode(texts)
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in tokenizer(texts)["input_ids"])
+    model = AutoPeftModelForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**batch).logits.numpy()
+    assert np.allclose(plain, fitted.predict_logits(texts), atol=1e-5)
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(LlmclfError, match="no option lora_rank"):
+        HeadClassifier("x", lora_rank=4)
+
+
+def test_multi_label_fit_tunes_thresholds(tiny_llama):
+    rng = np.random.default_rng(0)
+    texts, labels = [], []
+    base_texts, base_labels = make_texts(90, seed=4)
+    for i in range(0, 90, 2):
+        pair = sorted({base_labels[i], base_labels[i + 1]})
+        texts.append(base_texts[i] + " " + base_texts[i + 1] if rng.random() < 0.6 else base_texts[i])
+        labels.append(pair if texts[-1] != base_texts[i] else [base_labels[i]])
+    clf = HeadClassifier(tiny_llama, progress=False, **FAST).fit(texts, labels)
+    assert clf.schema_.multi_label
+    assert len(clf.schema_.thresholds) == 3 and all(0 < t < 1 for t in clf.schema_.thresholds)
+    proba = clf.predict_proba(texts[:5])
+    assert proba.shape == (5, 3) and not np.allclose(proba.sum(axis=1), 1.0)
+    predicted = clf.predict(texts[:5])
+    assert all(isinstance(p, list) for p in predicted)
+    expected = [[c for c, p, t in zip(clf.classes_, row, clf.schema_.thresholds) if p >= t] for row in proba]
+    assert predicted == expected
