@@ -140,7 +140,7 @@ def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFra
         return _carve_missing(splits, config)
     keys = _stratify_keys(frame, config)
     parts = stratified_split(keys, (0.8, 0.1, 0.1), config.split_seed)
-    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(SPLITS, parts)}
+    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(SPLITS, parts) if rows}
 
 
 def _stratify_keys(frame: pd.DataFrame, config: DataConfig) -> list[str]:

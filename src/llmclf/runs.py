@@ -131,6 +131,8 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         out["train_steps"] = result.steps
         out["train_examples_per_s"] = round(result.examples_per_second, 3)
         out["train_tokens_per_s"] = round(result.tokens_per_second, 1)
+        if result.resumed_from_step is not None:
+            out["resumed_from_step"] = result.resumed_from_step
     gpu = peak_gpu_mb()
     if gpu is not None:
         out["peak_gpu_mb"] = round(gpu, 1)

@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from llmclf.config import TrainConfig
 from llmclf.errors import LlmclfError
@@ -56,6 +55,7 @@ class TrainResult:
     tokens_per_second: float
     best_metric: float | None
     log_history: list[dict]
+    resumed_from_step: int | None = None
 
 
 def training_arguments(
@@ -101,13 +101,29 @@ def training_arguments(
     )
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (trainer_state.json is its last
+    file); one cut short by a kill is skipped."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    partial = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p not in complete]
+    if partial:
+        log.warning("skipping incomplete checkpoint(s): %s", ", ".join(p.name for p in partial))
+    if not complete:
+        return None
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1])))
+
+
 def checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     """The last checkpoint when resuming; refuse to silently overwrite an unfinished run."""
     folder = output_dir / CHECKPOINTS
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last = last_complete_checkpoint(folder)
     if resume:
         if last is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", folder)
+        else:
+            log.info("resuming from %s", last)
         return last
     if last is not None:
         raise LlmclfError(
@@ -161,6 +177,7 @@ def run_trainer(
         tokens_per_second=tokens / metrics["train_runtime"] if metrics.get("train_runtime") else 0.0,
         best_metric=trainer.state.best_metric,
         log_history=list(trainer.state.log_history),
+        resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,
     )
 
 
