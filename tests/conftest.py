@@ -10,22 +10,59 @@ from pathlib import Path
 import pytest
 
 WORDS = {
-    "sport": "match goal team player coach league win score season cup".split(),
-    "money": "bank stock market price shares profit trade bond fund rate".split(),
-    "tech": "phone software chip computer internet data robot code app device".split(),
+    "sport": [
+        "match",
+        "goal",
+        "team",
+        "player",
+        "coach",
+        "league",
+        "win",
+        "score",
+        "season",
+        "cup",
+    ],
+    "money": [
+        "bank",
+        "stock",
+        "market",
+        "price",
+        "shares",
+        "profit",
+        "trade",
+        "bond",
+        "fund",
+        "rate",
+    ],
+    "tech": [
+        "phone",
+        "software",
+        "chip",
+        "computer",
+        "internet",
+        "data",
+        "robot",
+        "code",
+        "app",
+        "device",
+    ],
 }
-FILLER = "the a of and to in on with for is was".split()
+FILLER = ["the", "a", "of", "and", "to", "in", "on", "with", "for", "is", "was"]
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def make_texts(n: int, seed: int = 0, classes=("sport", "money", "tech")) -> tuple[list[str], list[str]]:
+def make_texts(
+    n: int, seed: int = 0, classes=("sport", "money", "tech")
+) -> tuple[list[str], list[str]]:
     """Separable synthetic texts: each draws most words from its class's vocabulary."""
     rng = random.Random(seed)
     texts, labels = [], []
     for i in range(n):
         label = classes[i % len(classes)]
-        words = [rng.choice(WORDS[label]) if rng.random() < 0.7 else rng.choice(FILLER)
-                 for _ in range(rng.randint(3, 12))]
+        words = [
+            rng.choice(WORDS[label]) if rng.random() < 0.7 else rng.choice(FILLER)
+            for _ in range(rng.randint(3, 12))
+        ]
         texts.append(" ".join(words))
         labels.append(label)
     return texts, labels

@@ -93,7 +93,9 @@ def model_source(ref: str) -> str:
         return str(convert_gguf(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise LlmclfError(f"{ref} is a folder without config.json: not a transformers model folder")
+            raise LlmclfError(
+                f"{ref} is a folder without config.json: not a transformers model folder"
+            )
         return str(path.resolve())
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise LlmclfError(
@@ -123,7 +125,9 @@ def convert_gguf(path: Path) -> Path:
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32
+            )
     except Exception as exc:  # gguf / transformers raise many types for unsupported files
         raise LlmclfError(f"cannot load the GGUF file {path}: {str(exc).splitlines()[0]}") from None
     # transformers refuses to save a model that still says it is GGUF-quantized; the
@@ -158,12 +162,16 @@ def load_tokenizer(source: str, padding_side: str = "right", append_eos: bool = 
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
-        raise LlmclfError(f"cannot load a tokenizer from {source!r}: {str(exc).splitlines()[0]}") from None
+        raise LlmclfError(
+            f"cannot load a tokenizer from {source!r}: {str(exc).splitlines()[0]}"
+        ) from None
     set_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     if append_eos:
         if tokenizer.eos_token is None:
-            raise LlmclfError(f"the tokenizer of {source} has no EOS token to append; use --pooling mean")
+            raise LlmclfError(
+                f"the tokenizer of {source} has no EOS token to append; use --pooling mean"
+            )
         tokenizer.add_eos_token = True
         if tokenizer("a")["input_ids"][-1] != tokenizer.eos_token_id:
             raise LlmclfError(
@@ -213,7 +221,9 @@ def quantization_config(config: ModelConfig, dtype: torch.dtype, keep: list[str]
     )
 
 
-def load_model(auto_class, source: str, config: ModelConfig, keep_full_precision: list[str], **kwargs):
+def load_model(
+    auto_class, source: str, config: ModelConfig, keep_full_precision: list[str], **kwargs
+):
     """``auto_class.from_pretrained(source)`` on the configured device, dtype and quantization.
 
     ``keep_full_precision`` names modules (the head) that are never quantized.
@@ -238,7 +248,8 @@ def load_model(auto_class, source: str, config: ModelConfig, keep_full_precision
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing,
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif config.gradient_checkpointing:
@@ -250,7 +261,9 @@ def load_model(auto_class, source: str, config: ModelConfig, keep_full_precision
     return model
 
 
-def add_lora(model, adapter: AdapterConfig, task_type: str, modules_to_save: list[str] | None = None):
+def add_lora(
+    model, adapter: AdapterConfig, task_type: str, modules_to_save: list[str] | None = None
+):
     """Wrap ``model`` in PEFT LoRA adapters; the base stays frozen."""
     from peft import LoraConfig, get_peft_model
 
@@ -266,7 +279,9 @@ def add_lora(model, adapter: AdapterConfig, task_type: str, modules_to_save: lis
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
-        raise LlmclfError(f"cannot add LoRA adapters: {str(exc).splitlines()[0]} (check --target-modules)") from None
+        raise LlmclfError(
+            f"cannot add LoRA adapters: {str(exc).splitlines()[0]} (check --target-modules)"
+        ) from None
 
 
 def count_parameters(model) -> tuple[int, int]:

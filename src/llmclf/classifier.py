@@ -31,7 +31,9 @@ def option_names(config_classes: tuple) -> set[str]:
 
 
 def _is_list_like(value) -> bool:
-    return isinstance(value, (list, tuple, set)) or (hasattr(value, "tolist") and not isinstance(value, str))
+    return isinstance(value, (list, tuple, set)) or (
+        hasattr(value, "tolist") and not isinstance(value, str)
+    )
 
 
 class ClassifierBase:
@@ -52,7 +54,9 @@ class ClassifierBase:
         unknown = sorted(set(options) - option_names(self.config_classes))
         if unknown:
             valid = ", ".join(sorted(option_names(self.config_classes)))
-            raise LlmclfError(f"{type(self).__name__} has no option {', '.join(unknown)} (options: {valid})")
+            raise LlmclfError(
+                f"{type(self).__name__} has no option {', '.join(unknown)} (options: {valid})"
+            )
         self.options = options
         self.progress = progress
 
@@ -71,7 +75,9 @@ class ClassifierBase:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "schema_"):
-            raise LlmclfError(f"this {type(self).__name__} is not fitted yet: call fit() or load() first")
+            raise LlmclfError(
+                f"this {type(self).__name__} is not fitted yet: call fit() or load() first"
+            )
 
     # -- fit ---------------------------------------------------------------------------
 
@@ -95,7 +101,9 @@ class ClassifierBase:
         else:
             eval_texts, eval_labels = None, None
         start = time.perf_counter()
-        self._fit(texts, labels, eval_texts, eval_labels, schema, Path(output_dir) if output_dir else None)
+        self._fit(
+            texts, labels, eval_texts, eval_labels, schema, Path(output_dir) if output_dir else None
+        )
         self.fit_seconds_ = time.perf_counter() - start
         self.schema_ = schema
         self.classes_ = np.array(schema.classes)
@@ -115,7 +123,9 @@ class ClassifierBase:
         labels = [parse_label(v, multi_label, None) for v in raw]
         missing = sum(1 for t, lab in zip(texts, labels) if lab is None or not str(t).strip())
         if missing:
-            raise LlmclfError(f"{missing} examples have an empty text or no label: remove them first")
+            raise LlmclfError(
+                f"{missing} examples have an empty text or no label: remove them first"
+            )
         return [str(t) for t in texts], labels, multi_label
 
     @staticmethod
@@ -167,7 +177,9 @@ class ClassifierBase:
         folder.mkdir(parents=True, exist_ok=True)
         self._save_model(folder)
         self.schema_.save(folder)
-        (folder / "calibration.json").write_text(json.dumps({"temperature": self.temperature_}) + "\n")
+        (folder / "calibration.json").write_text(
+            json.dumps({"temperature": self.temperature_}) + "\n"
+        )
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
         return folder
 
@@ -185,7 +197,9 @@ class ClassifierBase:
         clf.schema_ = LabelSchema.load(folder)
         clf.classes_ = np.array(clf.schema_.classes)
         calibration = folder / "calibration.json"
-        clf.temperature_ = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+        clf.temperature_ = (
+            json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+        )
         clf._load_model(folder)
         clf.trainable_params_, clf.total_params_ = clf._count_parameters()
         return clf

@@ -15,21 +15,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from llmclf.config import (
-    AdapterConfig,
-    DataConfig,
-    HeadConfig,
-    ModelConfig,
-    TrainConfig,
-    build,
-    read_yaml,
-)
+from llmclf.config import DataConfig, ModelConfig, TrainConfig, build, read_yaml
 from llmclf.errors import LlmclfError
 
 log = logging.getLogger("llmclf")
 
-TRAIN_CONFIGS = (DataConfig, ModelConfig, AdapterConfig, TrainConfig, HeadConfig)
 RUNTIME_OPTIONS = ("device", "eval_batch_size", "dtype")
+
+
+def train_configs() -> list[type]:
+    """DataConfig, then every config class of every method, each once (flags are unique)."""
+    from llmclf.runs import method_classes
+
+    classes: list[type] = [DataConfig]
+    for method in method_classes().values():
+        classes.extend(c for c in method.config_classes if c not in classes)
+    return classes
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,9 +43,13 @@ def _flag_type(annotation: str):
     return {"int": int, "float": float}.get(base, str)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None
+) -> None:
     """One ``--flag`` per dataclass field, in a group named after the class."""
-    group = parser.add_argument_group(cls.__doc__.strip().splitlines()[0] if cls.__doc__ else cls.__name__)
+    group = parser.add_argument_group(
+        cls.__doc__.strip().splitlines()[0] if cls.__doc__ else cls.__name__
+    )
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
@@ -107,13 +112,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from llmclf.classifier import data_config_of
-    from llmclf.runs import METRICS_FILE, evaluate_examples, evaluation_split, load_classifier, write_json
+    from llmclf.runs import (
+        METRICS_FILE,
+        evaluate_examples,
+        evaluation_split,
+        load_classifier,
+        write_json,
+    )
 
     values = option_values(args)
     run = Path(values.pop("run"))
     classifier = load_classifier(run, **{k: values[k] for k in RUNTIME_OPTIONS if k in values})
     stored = dataclasses.asdict(data_config_of(run))
-    data_config = build(DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}})
+    data_config = build(
+        DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}}
+    )
     split = values.get("split", "test")
     examples = evaluation_split(data_config, split, classifier.schema_.multi_label)
     log.info("evaluating on %s [%s]: %d examples", data_config.data, split, len(examples))
@@ -121,7 +134,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
     folder = Path(values.get("output") or run / "eval")
     folder.mkdir(parents=True, exist_ok=True)
-    predictions.to_json(folder / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+    predictions.to_json(
+        folder / "predictions.jsonl", orient="records", lines=True, force_ascii=False
+    )
     write_json(folder / METRICS_FILE, metrics)
     print_summary(metrics, folder)
     return 0
@@ -168,7 +183,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for entry in MODELS.values():
         print(f"{entry.name:<16} {entry.kind:<8} {entry.licence:<22} {entry.description}")
         print(f"{'':<48} {entry.install}")
-    print("\nAlso accepted: any Hugging Face hub id, a local model folder, or a path to a .gguf file.")
+    print(
+        "\nAlso accepted: any Hugging Face hub id, a local model folder, or a path to a .gguf file."
+    )
     return 0
 
 
@@ -176,7 +193,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from llmclf.catalog import DATASETS
 
     for entry in DATASETS.values():
-        print(f"{entry.name}\n  {entry.description}\n  split: {entry.split}\n  licence: {entry.licence}")
+        print(
+            f"{entry.name}\n  {entry.description}\n  split: {entry.split}\n  licence: {entry.licence}"
+        )
         print(f"  install: {entry.install}")
     print("\nAlso accepted: a CSV / TSV / JSONL / Parquet file, or hf:NAME[:CONFIG].")
     return 0
@@ -189,7 +208,9 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
             f"macro-F1 {metrics['macro_f1']:.4f}  micro-F1 {metrics['micro_f1']:.4f}  (n={metrics['n']})"
         )
         if "samples_f1" in metrics:
-            line += f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
+            line += (
+                f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
+            )
         print(line)
     if "trainable_params" in metrics:
         print(
@@ -212,22 +233,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmclf {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser("train", help="train a classifier and evaluate it on the test split")
-    train.add_argument("--method", default=argparse.SUPPRESS, help="head (default)")
+    train = commands.add_parser(
+        "train", help="train a classifier and evaluate it on the test split"
+    )
+    from llmclf.runs import method_classes
+
+    train.add_argument(
+        "--method",
+        default=argparse.SUPPRESS,
+        help=f"{' | '.join(method_classes())} (default: head)",
+    )
     train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
     train.add_argument("--config", help="a YAML file of options; flags override it")
-    for cls in TRAIN_CONFIGS:
+    for cls in train_configs():
         add_options(train, cls)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run on a data split; writes metrics.json")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run on a data split; writes metrics.json"
+    )
     evaluate.add_argument("run", help="a run folder written by `llmclf train`")
-    evaluate.add_argument("--split", default=argparse.SUPPRESS,
-                          help="train, validation, test (default) or all")
-    evaluate.add_argument("--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)")
+    evaluate.add_argument(
+        "--split", default=argparse.SUPPRESS, help="train, validation, test (default) or all"
+    )
+    evaluate.add_argument(
+        "--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)"
+    )
     evaluate.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(evaluate, DataConfig, only=("data", "text_column", "label_column", "label_sep", "empty_text",
-                                            "split_seed"))
+    add_options(
+        evaluate,
+        DataConfig,
+        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
+    )
     add_options(evaluate, ModelConfig, only=("device", "dtype"))
     add_options(evaluate, TrainConfig, only=("eval_batch_size",))
     evaluate.set_defaults(func=cmd_evaluate)
@@ -235,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="label the texts of a file with a trained run")
     predict.add_argument("run", help="a run folder written by `llmclf train`")
     predict.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
-    predict.add_argument("--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet")
+    predict.add_argument(
+        "--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet"
+    )
     predict.add_argument("--config", help="a YAML file of options; flags override it")
     add_options(predict, DataConfig, only=("text_column", "empty_text"))
     add_options(predict, ModelConfig, only=("device", "dtype"))
@@ -277,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmclf: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llmclf: interrupted (a run continues from its last checkpoint with --resume)", file=sys.stderr)
+        print(
+            "llmclf: interrupted (a run continues from its last checkpoint with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -20,7 +20,9 @@ from llmclf.errors import LlmclfError
 def option(default: Any = None, help: str = "", choices: tuple | None = None, **kwargs):
     """A dataclass field carrying its CLI help text (and allowed values)."""
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
+        return field(
+            default_factory=lambda: list(default), metadata={"help": help, "choices": choices}
+        )
     return field(default=default, metadata={"help": help, "choices": choices, **kwargs})
 
 
@@ -57,7 +59,8 @@ class DataConfig:
         "or hf:NAME[:CONFIG] for the `datasets` library",
     )
     text_column: list[str] = option(
-        ["text"], "column(s) holding the text; several are joined with a blank line (e.g. title abstract)"
+        ["text"],
+        "column(s) holding the text; several are joined with a blank line (e.g. title abstract)",
     )
     label_column: str = option("label", "column holding the label(s)")
     label_sep: str | None = option(
@@ -66,7 +69,8 @@ class DataConfig:
     )
     train_limit: int | None = option(None, "train on a stratified sample of this many examples")
     empty_text: str = option(
-        "drop", "rows with an empty or missing text: drop them with a warning, or stop with an error",
+        "drop",
+        "rows with an empty or missing text: drop them with a warning, or stop with an error",
         choices=("drop", "error"),
     )
     split_seed: int = option(
@@ -89,14 +93,18 @@ class ModelConfig:
         "a built-in model (see `llmclf models`), a Hugging Face hub id, a local model folder or a .gguf file",
     )
     quantize: str = option(
-        "none", "load the frozen base in 4-bit NF4 with double quantization (QLoRA)", choices=("none", "4bit")
+        "none",
+        "load the frozen base in 4-bit NF4 with double quantization (QLoRA)",
+        choices=("none", "4bit"),
     )
     dtype: str = option(
         "auto",
         "compute dtype; auto = bfloat16 on GPUs and CPUs that support it natively, else float32",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
-    device: str = option("auto", "where to run: auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
+    device: str = option(
+        "auto", "where to run: auto picks CUDA when present", choices=("auto", "cpu", "cuda")
+    )
     max_length: int = option(256, "truncate texts to this many tokens (the appended EOS included)")
     gradient_checkpointing: bool = option(False, "trade compute for memory during training")
 
@@ -134,9 +142,12 @@ class TrainConfig:
     epochs: float = option(3.0, "passes over the training data")
     batch_size: int = option(8, "examples per step and device")
     grad_accum: int = option(1, "gradient accumulation steps (effective batch = batch_size × this)")
-    learning_rate: float = option(5e-4, "peak learning rate of the LoRA adapters")
+    learning_rate: float = option(
+        1e-3,
+        "peak learning rate of the LoRA adapters (tuned on small models; try 2e-4 for 1B+ models)",
+    )
     head_learning_rate: float | None = option(
-        3e-3, "peak learning rate of the freshly initialised head (default: a higher one than LoRA's)"
+        1e-2, "peak learning rate of the freshly initialised head (none: the LoRA rate)"
     )
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up")
@@ -154,17 +165,28 @@ class TrainConfig:
     resume: bool = option(False, "continue from the last checkpoint in the output folder")
     keep_checkpoints: bool = option(False, "keep the Trainer checkpoints after a successful run")
     validation_fraction: float = option(
-        0.1, "Python API without eval_set: hold out this fraction of the training data for model "
-        "selection and thresholds (0: none)"
+        0.1,
+        "Python API without eval_set: hold out this fraction of the training data for model "
+        "selection and thresholds (0: none)",
     )
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        _check_positive(self, "epochs", "batch_size", "grad_accum", "learning_rate", "eval_batch_size",
-                        "head_learning_rate", "save_steps")
+        _check_positive(
+            self,
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "learning_rate",
+            "eval_batch_size",
+            "head_learning_rate",
+            "save_steps",
+        )
         _check_positive(self, "weight_decay", "early_stopping_patience", allow_zero=True)
         if not 0 <= self.validation_fraction < 1:
-            raise LlmclfError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+            raise LlmclfError(
+                f"validation_fraction must be in [0, 1), not {self.validation_fraction}"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise LlmclfError(f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
 
@@ -179,7 +201,9 @@ class HeadConfig:
         choices=("last", "mean"),
     )
     class_weights: str = option(
-        "none", "balanced = weight the loss by inverse class frequency", choices=("none", "balanced")
+        "none",
+        "balanced = weight the loss by inverse class frequency",
+        choices=("none", "balanced"),
     )
     threshold: str = option(
         "tuned",
@@ -192,7 +216,9 @@ class HeadConfig:
             try:
                 value = float(self.threshold)
             except ValueError:
-                raise LlmclfError(f"--threshold must be 'tuned' or a number, not {self.threshold!r}") from None
+                raise LlmclfError(
+                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
+                ) from None
             if not 0 < value < 1:
                 raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
 
@@ -216,7 +242,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise LlmclfError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise LlmclfError(
+            f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(values, dict):
         raise LlmclfError(f"config file {path} must hold a mapping of option: value")
     return flatten(values)

@@ -23,10 +23,24 @@ from llmclf.errors import LlmclfError
 log = logging.getLogger("llmclf")
 
 SPLITS = ("train", "validation", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
-READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
-           ".pq": "parquet"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+READERS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 @dataclass
@@ -42,7 +56,9 @@ class Examples:
 
     def subset(self, rows: list[int]) -> Examples:
         labels = [self.labels[i] for i in rows] if self.labels is not None else None
-        return Examples([self.texts[i] for i in rows], labels, self.frame.iloc[rows].reset_index(drop=True))
+        return Examples(
+            [self.texts[i] for i in rows], labels, self.frame.iloc[rows].reset_index(drop=True)
+        )
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -140,7 +156,9 @@ def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFra
         return _carve_missing(splits, config)
     keys = _stratify_keys(frame, config)
     parts = stratified_split(keys, (0.8, 0.1, 0.1), config.split_seed)
-    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(SPLITS, parts) if rows}
+    return {
+        name: frame.iloc[rows].reset_index(drop=True) for name, rows in zip(SPLITS, parts) if rows
+    }
 
 
 def _stratify_keys(frame: pd.DataFrame, config: DataConfig) -> list[str]:
@@ -201,7 +219,9 @@ def _hf_to_frame(part, label_column: str) -> pd.DataFrame:
     return frame
 
 
-def examples_by_split(config: DataConfig, multi_label: bool | None = None) -> tuple[dict[str, Examples], bool]:
+def examples_by_split(
+    config: DataConfig, multi_label: bool | None = None
+) -> tuple[dict[str, Examples], bool]:
     """Every split as ``Examples``; multi-label is detected from the training labels."""
     frames = load_frames(config)
     if multi_label is None:
@@ -266,13 +286,17 @@ def parse_label(value, multi_label: bool, label_sep: str | None):
             try:
                 parsed = json.loads(text)
             except json.JSONDecodeError:
-                raise LlmclfError(f"the label {text[:60]!r} starts like a JSON list but is not one") from None
+                raise LlmclfError(
+                    f"the label {text[:60]!r} starts like a JSON list but is not one"
+                ) from None
             return sorted({_as_label(v) for v in parsed if not _missing(v)})
         parts = text.split(label_sep) if label_sep else [text]
         return sorted({p.strip() for p in parts if p.strip()})
     if _missing(value):
         return None
-    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+    if isinstance(value, (list, tuple)) or (
+        hasattr(value, "tolist") and not isinstance(value, str)
+    ):
         raise LlmclfError(
             f"the label {value!r} is a list: this looks like multi-label data; the model is single-label"
         )
@@ -286,7 +310,9 @@ def detect_multi_label(frame: pd.DataFrame, config: DataConfig) -> bool:
     if config.label_column not in frame.columns:
         return False
     for value in frame[config.label_column].head(200):
-        if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+        if isinstance(value, (list, tuple)) or (
+            hasattr(value, "tolist") and not isinstance(value, str)
+        ):
             return True
         if isinstance(value, str) and value.strip().startswith("["):
             return True

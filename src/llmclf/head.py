@@ -102,14 +102,20 @@ class HeadClassifier(ClassifierBase):
 
     # -- training ----------------------------------------------------------------------
 
-    def _fit(self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None):
+    def _fit(
+        self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
+    ):
         model_cfg, adapter_cfg, train_cfg, head_cfg = self._configs()
         resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
         torch.manual_seed(train_cfg.seed)
         self._build(schema, model_cfg, adapter_cfg, head_cfg)
 
         targets = schema.encode(labels)
-        weights = balanced_weights(targets, schema.multi_label) if head_cfg.class_weights == "balanced" else None
+        weights = (
+            balanced_weights(targets, schema.multi_label)
+            if head_cfg.class_weights == "balanced"
+            else None
+        )
         loss = loss_function(schema, weights.to(self.device_) if weights is not None else None)
         train_set = self._dataset(texts, targets)
         eval_set = self._dataset(eval_texts, schema.encode(eval_labels)) if eval_texts else None
@@ -138,12 +144,16 @@ class HeadClassifier(ClassifierBase):
         if schema.multi_label:
             schema.thresholds = self._thresholds(head_cfg, eval_texts, eval_labels, schema)
 
-    def _build(self, schema, model_cfg: ModelConfig, adapter_cfg: AdapterConfig, head_cfg: HeadConfig):
+    def _build(
+        self, schema, model_cfg: ModelConfig, adapter_cfg: AdapterConfig, head_cfg: HeadConfig
+    ):
         """Load base + fresh head, then wrap in LoRA (nothing trained yet)."""
         from transformers import AutoModelForSequenceClassification
 
         source = backbone.model_source(model_cfg.model)
-        self.tokenizer_ = backbone.load_tokenizer(source, "right", append_eos=head_cfg.pooling == "last")
+        self.tokenizer_ = backbone.load_tokenizer(
+            source, "right", append_eos=head_cfg.pooling == "last"
+        )
         model = backbone.load_model(
             AutoModelForSequenceClassification,
             source,
@@ -160,7 +170,9 @@ class HeadClassifier(ClassifierBase):
             "num_labels": schema.num_classes,
             "id2label": dict(enumerate(schema.classes)),
             "label2id": {c: i for i, c in enumerate(schema.classes)},
-            "problem_type": "multi_label_classification" if schema.multi_label else "single_label_classification",
+            "problem_type": "multi_label_classification"
+            if schema.multi_label
+            else "single_label_classification",
             "pad_token_id": self.tokenizer_.pad_token_id,
         }
 
@@ -187,7 +199,9 @@ class HeadClassifier(ClassifierBase):
         def compute(prediction) -> dict:
             proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
             figures = classification_metrics(
-                np.asarray(prediction.label_ids).astype(np.int64), schema.decide(proba), schema.classes
+                np.asarray(prediction.label_ids).astype(np.int64),
+                schema.decide(proba),
+                schema.classes,
             )
             return {k: v for k, v in figures.items() if isinstance(v, float)}
 

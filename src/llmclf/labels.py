@@ -28,7 +28,9 @@ class LabelSchema:
     thresholds: list[float] | None = None
 
     @classmethod
-    def from_labels(cls, labels: list, multi_label: bool, label_sep: str | None = None) -> LabelSchema:
+    def from_labels(
+        cls, labels: list, multi_label: bool, label_sep: str | None = None
+    ) -> LabelSchema:
         names = {lab for row in labels for lab in row} if multi_label else set(labels)
         classes = sorted(names)
         if len(classes) < 2:

@@ -27,7 +27,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0, **kwargs)),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0, **kwargs)),
-        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0, **kwargs)),
+        "weighted_f1": float(
+            f1_score(y_true, y_pred, average="weighted", zero_division=0, **kwargs)
+        ),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -51,7 +53,9 @@ def selection_metric(multi_label: bool) -> str:
     return "micro_f1" if multi_label else "macro_f1"
 
 
-def tune_thresholds(proba: np.ndarray, y_true: np.ndarray, grid: np.ndarray | None = None) -> list[float]:
+def tune_thresholds(
+    proba: np.ndarray, y_true: np.ndarray, grid: np.ndarray | None = None
+) -> list[float]:
     """Per-label decision thresholds that maximise each label's F1 on held-out data.
 
     A label absent from ``y_true`` keeps 0.5. Ties go to the threshold closest to 0.5.

@@ -51,9 +51,11 @@ def method_classes() -> dict[str, type[ClassifierBase]]:
 def load_classifier(run: str | Path, **overrides) -> ClassifierBase:
     """The fitted classifier stored in a run folder, whatever its method."""
     folder = Path(run)
-    if not (folder / METRICS_FILE).is_file() and not (folder / "labels.json").is_file():
-        if (folder / CHECKPOINTS).is_dir():
-            raise LlmclfError(f"{folder} is an unfinished run: continue it with llmclf train ... --resume")
+    finished = (folder / METRICS_FILE).is_file() or (folder / "labels.json").is_file()
+    if not finished and (folder / CHECKPOINTS).is_dir():
+        raise LlmclfError(
+            f"{folder} is an unfinished run: continue it with llmclf train ... --resume"
+        )
     method = read_config(folder).get("method")
     classes = method_classes()
     if method not in classes:
@@ -73,10 +75,14 @@ def check_output_folder(output: Path, resume: bool) -> None:
     if not output.is_dir():
         raise LlmclfError(f"--output {output} is a file, not a folder")
     if (output / METRICS_FILE).is_file():
-        raise LlmclfError(f"{output} already holds a finished run: choose another --output or delete it")
+        raise LlmclfError(
+            f"{output} already holds a finished run: choose another --output or delete it"
+        )
     others = [p.name for p in output.iterdir() if p.name not in (CHECKPOINTS, ".staging")]
     if others and not resume:
-        raise LlmclfError(f"--output {output} is not empty ({', '.join(sorted(others)[:5])}): choose a new folder")
+        raise LlmclfError(
+            f"--output {output} is not empty ({', '.join(sorted(others)[:5])}): choose a new folder"
+        )
 
 
 def train_run(
@@ -97,14 +103,21 @@ def train_run(
         raise LlmclfError(f"{data_config.data} has no training rows")
     train = splits["train"]
     if data_config.train_limit:
-        train = sample(train, data_config.train_limit, seed=data_config.split_seed, multi_label=multi_label)
+        train = sample(
+            train, data_config.train_limit, seed=data_config.split_seed, multi_label=multi_label
+        )
     validation = splits.get("validation")
     log.info(
         "training %s on %d examples (%s), validating on %d",
-        method, len(train), data_config.data, len(validation) if validation else 0,
+        method,
+        len(train),
+        data_config.data,
+        len(validation) if validation else 0,
     )
     eval_set = (validation.texts, validation.labels) if validation is not None else None
     classifier.fit(train.texts, train.labels, eval_set=eval_set, output_dir=output)
+    if data_config.label_sep:  # multi-label tables join labels the way the data did
+        classifier.schema_.label_sep = data_config.label_sep
 
     metrics: dict = {}
     predictions = None
@@ -113,7 +126,14 @@ def train_run(
         metrics, predictions = evaluate_examples(classifier, test, f"{data_config.data} [test]")
     metrics.update(accounting(classifier, len(train)))
     metrics.update({"method": method, "data": data_config.data, "split": "test"})
-    write_run(classifier, output, data_config, metrics, predictions, keep_checkpoints=options.get("keep_checkpoints", False))
+    write_run(
+        classifier,
+        output,
+        data_config,
+        metrics,
+        predictions,
+        keep_checkpoints=options.get("keep_checkpoints", False),
+    )
     return metrics
 
 
@@ -153,7 +173,9 @@ def write_run(
     config = {**classifier.resolved_config(), "data": dataclasses.asdict(data_config)}
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if predictions is not None:
-        predictions.to_json(staging / TEST_PREDICTIONS, orient="records", lines=True, force_ascii=False)
+        predictions.to_json(
+            staging / TEST_PREDICTIONS, orient="records", lines=True, force_ascii=False
+        )
     if hasattr(classifier, "train_result_"):
         history = classifier.train_result_.log_history
         (staging / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -179,7 +201,9 @@ def write_json(path: Path, values: dict) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def evaluate_examples(classifier: ClassifierBase, examples: Examples, where: str) -> tuple[dict, pd.DataFrame]:
+def evaluate_examples(
+    classifier: ClassifierBase, examples: Examples, where: str
+) -> tuple[dict, pd.DataFrame]:
     """Metrics and a per-example prediction table for labelled ``examples``."""
     schema: LabelSchema = classifier.schema_
     schema.check_known(examples.labels, where)
@@ -193,7 +217,9 @@ def evaluate_examples(classifier: ClassifierBase, examples: Examples, where: str
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
     frame = prediction_frame(
-        pd.DataFrame({"text": examples.texts, "label": [schema.join(lab) for lab in examples.labels]}),
+        pd.DataFrame(
+            {"text": examples.texts, "label": [schema.join(lab) for lab in examples.labels]}
+        ),
         schema,
         proba,
         decided,
@@ -201,7 +227,9 @@ def evaluate_examples(classifier: ClassifierBase, examples: Examples, where: str
     return metrics, frame
 
 
-def prediction_frame(rows: pd.DataFrame, schema: LabelSchema, proba: np.ndarray, decided: np.ndarray) -> pd.DataFrame:
+def prediction_frame(
+    rows: pd.DataFrame, schema: LabelSchema, proba: np.ndarray, decided: np.ndarray
+) -> pd.DataFrame:
     """``rows`` plus ``prediction`` and one ``proba_<class>`` column per class."""
     out = rows.copy()
     out["prediction"] = [schema.join(lab) for lab in schema.decode(decided)]

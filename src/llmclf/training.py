@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
@@ -150,7 +150,9 @@ def run_trainer(
     """Train with evaluation, early stopping and best-checkpoint loading; return timings."""
     callbacks = []
     if eval_dataset is not None and config.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
+        )
     trainer = ClassifierTrainer(
         model=model,
         args=args,
@@ -174,7 +176,9 @@ def run_trainer(
         seconds=seconds,
         steps=trainer.state.global_step,
         examples_per_second=float(metrics.get("train_samples_per_second", 0.0)),
-        tokens_per_second=tokens / metrics["train_runtime"] if metrics.get("train_runtime") else 0.0,
+        tokens_per_second=tokens / metrics["train_runtime"]
+        if metrics.get("train_runtime")
+        else 0.0,
         best_metric=trainer.state.best_metric,
         log_history=list(trainer.state.log_history),
         resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,

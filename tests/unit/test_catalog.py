@@ -18,7 +18,13 @@ def test_stratified_split_keeps_proportions_and_rare_classes_in_train():
 def test_bbc_news_split_is_fixed_and_stratified():
     splits = DATASETS["bbc-news"].loader()
     assert [len(splits[k]) for k in ("train", "validation", "test")] == [1489, 212, 426]
-    assert set(splits["test"]["label"]) == {"business", "entertainment", "politics", "sports", "tech"}
+    assert set(splits["test"]["label"]) == {
+        "business",
+        "entertainment",
+        "politics",
+        "sports",
+        "tech",
+    }
     again = DATASETS["bbc-news"].loader()
     assert list(again["test"]["text"]) == list(splits["test"]["text"])
     assert not set(splits["train"]["text"]) & set(splits["test"]["text"])
@@ -40,7 +46,11 @@ def test_bbc_news_multi_is_constructed_from_its_own_split():
 
 @pytest.mark.parametrize(
     "name,train,test,classes",
-    [("20newsgroups", 11293, 7528, 20), ("reuters-r8", 5485, 2189, 8), ("reuters-r52", 6532, 2568, 52)],
+    [
+        ("20newsgroups", 11293, 7528, 20),
+        ("reuters-r8", 5485, 2189, 8),
+        ("reuters-r52", 6532, 2568, 52),
+    ],
 )
 def test_orange_sets_keep_their_own_test_split(name, train, test, classes):
     splits = DATASETS[name].loader()

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,8 +12,20 @@ import yaml
 from llmclf.cli import main
 from tests.conftest import make_texts
 
-TINY = ["--epochs", "2", "--max-length", "32", "--learning-rate", "5e-3", "--head-learning-rate", "1e-2",
-        "--batch-size", "8", "--eval-batch-size", "8"]
+TINY = [
+    "--epochs",
+    "2",
+    "--max-length",
+    "32",
+    "--learning-rate",
+    "5e-3",
+    "--head-learning-rate",
+    "1e-2",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +40,62 @@ def csv_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tiny_llama, csv_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    code = main(["train", "--method", "head", "--model", tiny_llama, "--data", str(csv_data),
-                 "--text-column", "body", "--label-column", "topic", "--output", str(run), *TINY])
+    code = main(
+        [
+            "train",
+            "--method",
+            "head",
+            "--model",
+            tiny_llama,
+            "--data",
+            str(csv_data),
+            "--text-column",
+            "body",
+            "--label-column",
+            "topic",
+            "--output",
+            str(run),
+            *TINY,
+        ]
+    )
     assert code == 0
     return run
 
 
 def test_train_writes_a_complete_run_folder(trained_run):
     names = {p.name for p in trained_run.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "labels.json",
-            "config.yaml", "metrics.json", "test_predictions.jsonl"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "labels.json",
+        "config.yaml",
+        "metrics.json",
+        "test_predictions.jsonl",
+    } <= names
     assert "checkpoints" not in names and ".staging" not in names
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    for key in ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "per_class", "n", "trainable_params",
-                "total_params", "train_seconds", "peak_rss_mb"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "micro_f1",
+        "weighted_f1",
+        "per_class",
+        "n",
+        "trainable_params",
+        "total_params",
+        "train_seconds",
+        "peak_rss_mb",
+    ):
         assert key in metrics
     assert metrics["n"] == 9 and set(metrics["per_class"]) == {"money", "sport", "tech"}
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["method"] == "head" and config["data"]["text_column"] == ["body"]
     assert config["train"]["learning_rate"] == 5e-3
     predictions = pd.read_json(trained_run / "test_predictions.jsonl", lines=True)
-    assert len(predictions) == 9 and {"label", "prediction", "proba_money"} <= set(predictions.columns)
+    assert len(predictions) == 9 and {"label", "prediction", "proba_money"} <= set(
+        predictions.columns
+    )
 
 
 def test_evaluate_writes_metrics_and_prints(trained_run, csv_data, capsys, tmp_path):
@@ -59,31 +105,62 @@ def test_evaluate_writes_metrics_and_prints(trained_run, csv_data, capsys, tmp_p
     assert again["macro_f1"] == pytest.approx(stored["macro_f1"])
     assert "macro-F1" in capsys.readouterr().out
     out = tmp_path / "ev"
-    assert main(["evaluate", str(trained_run), "--data", str(csv_data), "--split", "all",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained_run),
+                "--data",
+                str(csv_data),
+                "--split",
+                "all",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["n"] == 90
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_predict_keeps_rows_columns_and_order(trained_run, tmp_path, suffix):
-    frame = pd.DataFrame({"id": [3, 1, 2], "body": ["bank stock market", "match goal team win", "chip code app"]})
+    frame = pd.DataFrame(
+        {"id": [3, 1, 2], "body": ["bank stock market", "match goal team win", "chip code app"]}
+    )
     source = tmp_path / "in.csv"
     frame.to_csv(source, index=False)
     target = tmp_path / f"out{suffix}"
     assert main(["predict", str(trained_run), "--input", str(source), "--output", str(target)]) == 0
     out = pd.read_csv(target) if suffix == ".csv" else pd.read_json(target, lines=True)
     assert list(out["id"]) == [3, 1, 2]
-    assert list(out.columns) == ["id", "body", "prediction", "proba_money", "proba_sport", "proba_tech"]
+    assert list(out.columns) == [
+        "id",
+        "body",
+        "prediction",
+        "proba_money",
+        "proba_sport",
+        "proba_tech",
+    ]
     assert set(out["prediction"]) <= {"money", "sport", "tech"}
     assert out[["proba_money", "proba_sport", "proba_tech"]].sum(axis=1).round(4).eq(1).all()
 
 
 def test_config_file_is_read_and_flags_override_it(tiny_llama, csv_data, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": tiny_llama, "data": str(csv_data), "text_column": ["body"], "label_column": "topic",
-        "train": {"epochs": 1, "learning_rate": 1e-3}, "lora_r": 4, "max_length": 32,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": tiny_llama,
+                "data": str(csv_data),
+                "text_column": ["body"],
+                "label_column": "topic",
+                "train": {"epochs": 1, "learning_rate": 1e-3},
+                "lora_r": 4,
+                "max_length": 32,
+            }
+        )
+    )
     run = tmp_path / "run"
     assert main(["train", "--config", str(config), "--lora-r", "2", "--output", str(run)]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -94,20 +171,46 @@ def test_config_file_is_read_and_flags_override_it(tiny_llama, csv_data, tmp_pat
 
 def test_four_bit_base_trains_on_cpu(tiny_llama, csv_data, tmp_path):
     run = tmp_path / "q"
-    assert main(["train", "--model", tiny_llama, "--data", str(csv_data), "--text-column", "body",
-                 "--label-column", "topic", "--quantize", "4bit", "--output", str(run), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_llama,
+                "--data",
+                str(csv_data),
+                "--text-column",
+                "body",
+                "--label-column",
+                "topic",
+                "--quantize",
+                "4bit",
+                "--output",
+                str(run),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     from llmclf.runs import load_classifier
 
     clf = load_classifier(run, progress=False)
     linear = clf.model_.get_base_model().model.layers[0].self_attn.q_proj.base_layer
     assert type(linear).__name__ == "Linear4bit"
-    assert clf.model_.get_base_model().score.modules_to_save["default"].weight.dtype.is_floating_point
+    assert (
+        clf.model_.get_base_model().score.modules_to_save["default"].weight.dtype.is_floating_point
+    )
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.5
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "llmclf.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "llmclf.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,22 +219,57 @@ def run_cli(*args, cwd=None):
         (["--data", "missing.csv"], "missing.csv does not exist"),
         (["--data", "bad.xlsx"], "extension must be one of"),
         (["--data", "d.csv", "--text-column", "nope"], "no column 'nope'"),
-        (["--data", "one.csv", "--text-column", "body", "--label-column", "topic"], "only one class"),
+        (
+            ["--data", "one.csv", "--text-column", "body", "--label-column", "topic"],
+            "only one class",
+        ),
         (["--data", "empty.csv"], "has no rows"),
-        (["--data", "d.csv", "--text-column", "body", "--label-column", "topic", "--lora-r", "0"],
-         "--lora-r must be > 0"),
-        (["--data", "d.csv", "--text-column", "body", "--label-column", "topic", "--model", "./no/such/dir"],
-         "is not a built-in name"),
+        (
+            [
+                "--data",
+                "d.csv",
+                "--text-column",
+                "body",
+                "--label-column",
+                "topic",
+                "--lora-r",
+                "0",
+            ],
+            "--lora-r must be > 0",
+        ),
+        (
+            [
+                "--data",
+                "d.csv",
+                "--text-column",
+                "body",
+                "--label-column",
+                "topic",
+                "--model",
+                "./no/such/dir",
+            ],
+            "is not a built-in name",
+        ),
     ],
 )
-def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, csv_data, tiny_llama, args, message):
+def test_bad_input_gives_one_line_exit_2_and_no_output(
+    tmp_path, csv_data, tiny_llama, args, message
+):
     pd.read_csv(csv_data).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "bad.xlsx").write_text("x")
-    pd.DataFrame({"body": ["a", "b", "c"], "topic": ["x", "x", "x"]}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"body": ["a", "b", "c"], "topic": ["x", "x", "x"]}).to_csv(
+        tmp_path / "one.csv", index=False
+    )
     (tmp_path / "empty.csv").write_text("text,label\n")
     has_model = "--model" in args
-    result = run_cli("train", *([] if has_model else ["--model", tiny_llama]), *args, "--output", "out",
-                     cwd=tmp_path)
+    result = run_cli(
+        "train",
+        *([] if has_model else ["--model", tiny_llama]),
+        *args,
+        "--output",
+        "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("llmclf: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -140,7 +278,9 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, csv_data, tiny_
 
 
 def test_labels_unseen_at_evaluation_are_refused(trained_run, tmp_path, capsys):
-    pd.DataFrame({"body": ["a b", "c d"], "topic": ["money", "weather"]}).to_csv(tmp_path / "e.csv", index=False)
+    pd.DataFrame({"body": ["a b", "c d"], "topic": ["money", "weather"]}).to_csv(
+        tmp_path / "e.csv", index=False
+    )
     code = main(["evaluate", str(trained_run), "--data", str(tmp_path / "e.csv"), "--split", "all"])
     assert code == 2
     assert "never saw: 'weather'" in capsys.readouterr().err
@@ -153,13 +293,36 @@ def test_existing_run_is_not_overwritten(trained_run, csv_data, capsys):
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_llama, csv_data, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--model", tiny_llama, "--data", str(csv_data), "--text-column", "body",
-            "--label-column", "topic", "--output", str(run), "--epochs", "40", "--max-length", "32",
-            "--early-stopping-patience", "0", "--batch-size", "4"]
-    process = subprocess.Popen([sys.executable, "-m", "llmclf.cli", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    args = [
+        "train",
+        "--model",
+        tiny_llama,
+        "--data",
+        str(csv_data),
+        "--text-column",
+        "body",
+        "--label-column",
+        "topic",
+        "--output",
+        str(run),
+        "--epochs",
+        "40",
+        "--max-length",
+        "32",
+        "--early-stopping-patience",
+        "0",
+        "--batch-size",
+        "4",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmclf.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not list(run.glob("checkpoints/checkpoint-*/trainer_state.json")):
+    while time.time() < deadline and not list(
+        run.glob("checkpoints/checkpoint-*/trainer_state.json")
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

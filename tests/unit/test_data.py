@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 
 from llmclf.config import DataConfig
-from llmclf.data import content_hash, examples_by_split, read_table, sample, to_examples, write_table
+from llmclf.data import (
+    content_hash,
+    examples_by_split,
+    read_table,
+    sample,
+    to_examples,
+    write_table,
+)
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 
@@ -85,13 +92,17 @@ def test_empty_file(tmp_path):
 
 
 def test_empty_texts_are_counted_then_dropped_or_refused(tmp_path, caplog):
-    data = pd.DataFrame({"text": ["good one", "", None, "   ", "fine"], "label": ["a", "b", "a", "b", "b"]})
+    data = pd.DataFrame(
+        {"text": ["good one", "", None, "   ", "fine"], "label": ["a", "b", "a", "b", "b"]}
+    )
     config = DataConfig(data="x")
     with caplog.at_level(logging.WARNING, logger="llmclf"):
         examples = to_examples(data, config, False, "d.csv")
     assert examples.texts == ["good one", "fine"]
     assert "3 rows with an empty or missing text" in caplog.text
-    with pytest.raises(LlmclfError, match="3 rows with an empty or missing text.*--empty-text drop"):
+    with pytest.raises(
+        LlmclfError, match="3 rows with an empty or missing text.*--empty-text drop"
+    ):
         to_examples(data, DataConfig(data="x", empty_text="error"), False, "d.csv")
     with pytest.raises(LlmclfError, match="no rows left"):
         to_examples(data.iloc[1:4], config, False, "d.csv")
@@ -109,8 +120,12 @@ def test_unseen_labels_at_evaluation():
 
 
 def test_several_text_columns_are_joined(tmp_path):
-    data = pd.DataFrame({"title": ["T1", "T2", None], "abstract": ["A1", None, "A3"], "label": ["x", "y", "x"]})
-    examples = to_examples(data, DataConfig(data="x", text_column=["title", "abstract"]), False, "d")
+    data = pd.DataFrame(
+        {"title": ["T1", "T2", None], "abstract": ["A1", None, "A3"], "label": ["x", "y", "x"]}
+    )
+    examples = to_examples(
+        data, DataConfig(data="x", text_column=["title", "abstract"]), False, "d"
+    )
     assert examples.texts == ["T1\n\nA1", "T2", "A3"]
 
 
@@ -121,7 +136,11 @@ def test_multi_label_from_separator_json_and_lists(tmp_path):
     as_json = pd.DataFrame({"text": ["a", "b"], "label": ['["y", "x"]', "[]"]})
     assert to_examples(as_json, DataConfig(data="x"), True, "d").labels == [["x", "y"], []]
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": ["x", "z"][: 1 + i % 2]}) for i in range(20)))
+    path.write_text(
+        "\n".join(
+            json.dumps({"text": f"t{i}", "label": ["x", "z"][: 1 + i % 2]}) for i in range(20)
+        )
+    )
     splits, multi = examples_by_split(DataConfig(data=str(path)))
     assert multi and ["x", "z"] in splits["train"].labels
 
@@ -138,3 +157,20 @@ def test_content_hash_sees_content_not_names():
     assert content_hash(["a", "b"], ["x", "y"]) == content_hash(["a", "b"], ["x", "y"])
     assert content_hash(["a", "b"], ["x", "y"]) != content_hash(["a", "b"], ["x", "x"])
     assert content_hash(["ab"], ["x"]) != content_hash(["a", "b"], ["x", "x"])
+
+
+def test_hf_datasets_folder_with_split_files(tmp_path):
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    frame(30).to_csv(folder / "train.csv", index=False)
+    frame(9).to_csv(folder / "test.csv", index=False)
+    splits, multi = examples_by_split(DataConfig(data=f"hf:{folder}"))
+    assert len(splits["test"]) == 9
+    assert len(splits["train"]) + len(splits["validation"]) == 30 and len(splits["validation"]) == 3
+
+
+def test_hf_unknown_dataset_is_one_clear_error():
+    with pytest.raises(
+        LlmclfError, match="cannot load the Hugging Face dataset 'no/such-dataset-xyz'"
+    ):
+        examples_by_split(DataConfig(data="hf:no/such-dataset-xyz"))

@@ -5,8 +5,14 @@ import torch
 from llmclf import HeadClassifier, LlmclfError
 from tests.conftest import make_texts
 
-FAST = dict(epochs=2, batch_size=8, max_length=32, learning_rate=5e-3, head_learning_rate=1e-2,
-            eval_batch_size=8)
+FAST = dict(
+    epochs=2,
+    batch_size=8,
+    max_length=32,
+    learning_rate=5e-3,
+    head_learning_rate=1e-2,
+    eval_batch_size=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +24,7 @@ def fitted(tiny_llama):
 
 def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
     from llmclf.config import AdapterConfig, HeadConfig, ModelConfig
-    from llmclf.head import head_logits, PaddingCollator
+    from llmclf.head import PaddingCollator, head_logits
     from llmclf.labels import LabelSchema
 
     texts, labels = make_texts(8)
@@ -28,11 +34,16 @@ def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
     model = clf.model_
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any("lora_B" in n for n in trainable) and any("score.modules_to_save" in n for n in trainable)
+    assert any("lora_B" in n for n in trainable) and any(
+        "score.modules_to_save" in n for n in trainable
+    )
     assert not any("base_layer" in n or "embed_tokens" in n for n in trainable)
 
     batch = PaddingCollator(clf.tokenizer_.pad_token_id, False)(
-        [{"input_ids": ids, "labels": y} for ids, y in zip(clf._encode(texts), schema.encode(labels))]
+        [
+            {"input_ids": ids, "labels": y}
+            for ids, y in zip(clf._encode(texts), schema.encode(labels))
+        ]
     )
     optimizer = clf._optimizer(clf._configs()[2])
     model.train()
@@ -102,7 +113,9 @@ def test_multi_label_fit_tunes_thresholds(tiny_llama):
     base_texts, base_labels = make_texts(90, seed=4)
     for i in range(0, 90, 2):
         pair = sorted({base_labels[i], base_labels[i + 1]})
-        texts.append(base_texts[i] + " " + base_texts[i + 1] if rng.random() < 0.6 else base_texts[i])
+        texts.append(
+            base_texts[i] + " " + base_texts[i + 1] if rng.random() < 0.6 else base_texts[i]
+        )
         labels.append(pair if texts[-1] != base_texts[i] else [base_labels[i]])
     clf = HeadClassifier(tiny_llama, progress=False, **FAST).fit(texts, labels)
     assert clf.schema_.multi_label
@@ -111,5 +124,7 @@ def test_multi_label_fit_tunes_thresholds(tiny_llama):
     assert proba.shape == (5, 3) and not np.allclose(proba.sum(axis=1), 1.0)
     predicted = clf.predict(texts[:5])
     assert all(isinstance(p, list) for p in predicted)
-    expected = [[c for c, p, t in zip(clf.classes_, row, clf.schema_.thresholds) if p >= t] for row in proba]
+    expected = [
+        [c for c, p, t in zip(clf.classes_, row, clf.schema_.thresholds) if p >= t] for row in proba
+    ]
     assert predicted == expected

@@ -51,6 +51,8 @@ def test_padded_and_unpadded_logits_are_equal(tiny_llama, pooling, side):
     texts = ["match goal team", "the bank stock market price shares profit trade of and", "chip"]
     ids = tokenizer(texts)["input_ids"]
     with torch.no_grad():
-        alone = torch.cat([head_logits(model, pad_batch([s], tokenizer.pad_token_id), pooling) for s in ids])
+        alone = torch.cat(
+            [head_logits(model, pad_batch([s], tokenizer.pad_token_id), pooling) for s in ids]
+        )
         together = head_logits(model, pad_batch(ids, tokenizer.pad_token_id, side), pooling)
     assert torch.allclose(alone, together, atol=1e-5)
