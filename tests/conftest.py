@@ -112,9 +112,7 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def isolated_cache(tmp_path_factory):
-    """Converted GGUF models go to a per-session cache unless LLMCLF_CACHE is set."""
-    if "LLMCLF_CACHE" not in os.environ:
-        os.environ["LLMCLF_CACHE"] = str(tmp_path_factory.mktemp("llmclf-cache"))
+def offline_hub():
+    """The default run never reaches the Hugging Face hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield

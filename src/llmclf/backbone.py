@@ -105,9 +105,12 @@ def model_source(ref: str) -> str:
     return ref
 
 
+CACHE_FORMAT = 2  # bump when the converted folder's content changes
+
+
 def _gguf_key(path: Path) -> str:
     stat = path.stat()
-    raw = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    raw = f"{CACHE_FORMAT}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     return f"{path.stem}-{hashlib.sha256(raw).hexdigest()[:12]}"
 
 
@@ -135,6 +138,10 @@ def convert_gguf(path: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # GGUF tokenizers often pad with EOS; the folder gets a distinct pad token so that
+    # transformers' own sequence-classification pooling finds an appended EOS.
+    set_pad_token(tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     del model
