@@ -334,3 +334,52 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_llama, csv_data, tmp_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed_from_step"] > 0
     assert metrics["train_steps"] > metrics["resumed_from_step"]
+
+
+def test_multi_label_cli_round_trip_with_separator(tiny_llama, tmp_path):
+    texts, labels = make_texts(90, seed=5)
+    joined = [lab if i % 2 else f"{lab}|extra" for i, lab in enumerate(labels)]
+    pd.DataFrame({"text": texts, "label": joined}).to_csv(tmp_path / "m.csv", index=False)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_llama,
+                "--data",
+                str(tmp_path / "m.csv"),
+                "--label-sep",
+                "|",
+                "--output",
+                str(run),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"samples_f1", "hamming_loss", "subset_accuracy"} <= set(metrics)
+    labels_json = json.loads((run / "labels.json").read_text())
+    assert labels_json["multi_label"] and labels_json["label_sep"] == "|"
+    assert len(labels_json["thresholds"]) == 4
+    pd.DataFrame({"text": texts[:4]}).to_csv(tmp_path / "in.csv", index=False)
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--input",
+                str(tmp_path / "in.csv"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 0
+    )
+    out = pd.read_json(tmp_path / "o.jsonl", lines=True)
+    classes = set(labels_json["classes"])
+    assert all(set(filter(None, p.split("|"))) <= classes for p in out["prediction"])
+    assert [c for c in out.columns if c.startswith("proba_")] == [
+        f"proba_{c}" for c in labels_json["classes"]
+    ]

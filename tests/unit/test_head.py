@@ -128,3 +128,51 @@ def test_multi_label_fit_tunes_thresholds(tiny_llama):
         [c for c, p, t in zip(clf.classes_, row, clf.schema_.thresholds) if p >= t] for row in proba
     ]
     assert predicted == expected
+
+
+def test_same_seed_gives_the_same_model(tiny_llama):
+    texts, labels = make_texts(30)
+    probe, _ = make_texts(6, seed=9)
+    options = dict(FAST, epochs=1, validation_fraction=0.0)
+    first = HeadClassifier(tiny_llama, progress=False, seed=7, **options).fit(texts, labels)
+    second = HeadClassifier(tiny_llama, progress=False, seed=7, **options).fit(texts, labels)
+    third = HeadClassifier(tiny_llama, progress=False, seed=8, **options).fit(texts, labels)
+    assert np.array_equal(first.predict_proba(probe), second.predict_proba(probe))
+    assert not np.array_equal(first.predict_proba(probe), third.predict_proba(probe))
+
+
+def test_balanced_class_weights():
+    from llmclf.head import balanced_weights
+
+    weights = balanced_weights(np.array([0, 0, 0, 1]), multi_label=False)
+    assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
+    per_label = balanced_weights(np.array([[1, 0], [1, 1], [1, 0], [0, 0]]), multi_label=True)
+    assert torch.allclose(per_label, torch.tensor([1 / 3, 3.0]))
+
+
+def test_mean_pooling_gradient_checkpointing_and_class_weights_train(tiny_llama, tmp_path):
+    texts, labels = make_texts(40)
+    clf = HeadClassifier(
+        tiny_llama,
+        progress=False,
+        pooling="mean",
+        gradient_checkpointing=True,
+        class_weights="balanced",
+        **dict(FAST, epochs=1),
+    )
+    clf.fit(texts, labels)
+    assert clf.model_.get_base_model().model.is_gradient_checkpointing
+    # mean pooling does not append EOS
+    assert all(ids[-1] != clf.tokenizer_.eos_token_id for ids in clf._encode(texts))
+    clf.save(tmp_path / "mean")
+    loaded = HeadClassifier.load(tmp_path / "mean", progress=False)
+    assert np.array_equal(loaded.predict_proba(texts[:5]), clf.predict_proba(texts[:5]))
+
+
+def test_fixed_threshold_for_multi_label(tiny_llama):
+    texts, labels = make_texts(30)
+    multi = [[lab] if i % 3 else [lab, "extra"] for i, lab in enumerate(labels)]
+    clf = HeadClassifier(tiny_llama, progress=False, threshold="0.3", **dict(FAST, epochs=1)).fit(
+        texts, multi
+    )
+    assert clf.schema_.thresholds == [0.3] * 4
