@@ -34,6 +34,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise LlmclfError("--device cuda was asked for but no CUDA GPU is visible")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        # one GPU per process under `accelerate launch` / torchrun
+        from accelerate import PartialState
+
+        return torch.device("cuda", PartialState().local_process_index)
     return torch.device(name)
 
 
@@ -244,7 +249,7 @@ def load_model(
                 source,
                 dtype=dtype,
                 quantization_config=quant,
-                device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+                device_map={"": device.index if device.type == "cuda" else "cpu"},
                 **kwargs,
             )
     except OSError as exc:
