@@ -110,13 +110,21 @@ def model_source(ref: str) -> str:
     return ref
 
 
-CACHE_FORMAT = 2  # bump when the converted folder's content changes
+CACHE_FORMAT = 3  # bump when the converted folder's content changes
 
 
 def _gguf_key(path: Path) -> str:
     stat = path.stat()
     raw = f"{CACHE_FORMAT}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     return f"{path.stem}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def gguf_flag(path: Path, key: str) -> bool:
+    """A boolean metadata field of a GGUF file (False when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get(key)
+    return bool(field.parts[field.data[0]][0]) if field is not None and field.data else False
 
 
 def convert_gguf(path: Path) -> Path:
@@ -147,6 +155,10 @@ def convert_gguf(path: Path) -> Path:
     # transformers' own sequence-classification pooling finds an appended EOS.
     set_pad_token(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
+    # transformers' GGUF tokenizer conversion drops the file's add_bos_token flag (Gemma's
+    # is true: without BOS its outputs degrade), so it is carried over by hand.
+    if gguf_flag(path, "tokenizer.ggml.add_bos_token") and tokenizer.bos_token is not None:
+        tokenizer.add_bos_token = True
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     del model
