@@ -245,16 +245,41 @@ def quantization_config(config: ModelConfig, dtype: torch.dtype, keep: list[str]
     )
 
 
+def truncated_config(source: str, num_layers: int, **kwargs):
+    """The model's config cut to its first ``num_layers`` decoder blocks (the rest of the
+    checkpoint is then simply not loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    text = config.get_text_config()
+    if not 1 <= num_layers <= text.num_hidden_layers:
+        raise LlmclfError(
+            f"--num-layers must be between 1 and {text.num_hidden_layers} for {source}, not {num_layers}"
+        )
+    text.num_hidden_layers = num_layers
+    if isinstance(getattr(text, "layer_types", None), list):  # per-layer attention kinds
+        text.layer_types = text.layer_types[:num_layers]
+    return config
+
+
 def load_model(
-    auto_class, source: str, config: ModelConfig, keep_full_precision: list[str], **kwargs
+    auto_class,
+    source: str,
+    config: ModelConfig,
+    keep_full_precision: list[str],
+    num_layers: int | None = None,
+    **kwargs,
 ):
     """``auto_class.from_pretrained(source)`` on the configured device, dtype and quantization.
 
-    ``keep_full_precision`` names modules (the head) that are never quantized.
+    ``keep_full_precision`` names modules (the head) that are never quantized;
+    ``num_layers`` keeps only the first K decoder blocks.
     """
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quant = quantization_config(config, dtype, keep_full_precision)
+    if num_layers is not None:
+        kwargs = {"config": truncated_config(source, num_layers, **kwargs)}
     try:
         with quiet_transformers():
             model = auto_class.from_pretrained(
@@ -309,16 +334,20 @@ def add_lora(
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameters; 4-bit weights are counted unpacked."""
+    """(trainable, total) parameters of a PEFT model or a plain one.
+
+    Trainable means what the method trains — LoRA matrices and the saved head copy —
+    whether or not ``requires_grad`` is set right now (a loaded run is frozen). 4-bit
+    weights are counted unpacked (two values per stored byte).
+    """
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        return model.get_nb_trainable_parameters()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():
-        n = p.numel()
-        if p.__class__.__name__ == "Params4bit":
-            n *= 2
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        n = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
         total += n
+        if isinstance(model, PeftModel):
+            trainable += n if ("lora_" in name or ".modules_to_save." in name) else 0
+        else:
+            trainable += n if param.requires_grad else 0
     return trainable, total

@@ -119,6 +119,11 @@ class ModelConfig:
 class AdapterConfig:
     """The LoRA adapters trained on the frozen base."""
 
+    lora: str = option(
+        "on",
+        "none = frozen-feature mode: pooled features computed once and cached, only the head trains",
+        choices=("on", "none"),
+    )
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
@@ -205,6 +210,9 @@ class HeadConfig:
         "balanced = weight the loss by inverse class frequency",
         choices=("none", "balanced"),
     )
+    num_layers: int | None = option(
+        None, "keep only the first K decoder blocks and pool from block K (less compute)"
+    )
     threshold: str = option(
         "tuned",
         "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
@@ -212,6 +220,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        _check_positive(self, "num_layers")
         if self.threshold != "tuned":
             try:
                 value = float(self.threshold)

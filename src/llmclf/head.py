@@ -21,6 +21,7 @@ from llmclf.batching import pad_batch, run_batches
 from llmclf.calibration import to_proba
 from llmclf.classifier import ClassifierBase
 from llmclf.config import AdapterConfig, HeadConfig, ModelConfig, TrainConfig
+from llmclf.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.labels import LabelSchema
 from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
 from llmclf.pooling import POOLERS, position_ids
@@ -29,18 +30,16 @@ from llmclf.training import checkpoint_to_resume, run_trainer, training_argument
 log = logging.getLogger("llmclf")
 
 HEAD_MODULE = "score"
+HEAD_WEIGHTS = "head.safetensors"  # frozen-feature runs: the head alone
 
 
-def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
-    """Logits of the head on the pooled final hidden states.
+def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
+    """The pooled final hidden state of each row, [batch, hidden].
 
     Args:
-        model: a PEFT-wrapped ``*ForSequenceClassification`` model.
+        model: a ``*ForSequenceClassification`` model, PEFT-wrapped or not.
         batch: ``input_ids`` and ``attention_mask``, [batch, seq], padded on either side.
         pooling: ``last`` (final real token) or ``mean`` (over real tokens).
-
-    Returns:
-        [batch, num_classes] float32 logits.
     """
     seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
     mask = batch["attention_mask"]
@@ -50,8 +49,14 @@ def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") ->
         position_ids=position_ids(mask),
         use_cache=False,
     ).last_hidden_state
-    pooled = POOLERS[pooling](hidden, mask)
+    return POOLERS[pooling](hidden, mask)
+
+
+def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
+    """Logits of the head on the pooled final hidden states, [batch, num_classes] float32."""
+    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(seq_cls, HEAD_MODULE)
+    pooled = pooled_hidden(model, batch, pooling)
     return head(pooled.to(next(head.parameters()).dtype)).float()
 
 
@@ -108,62 +113,109 @@ class HeadClassifier(ClassifierBase):
         model_cfg, adapter_cfg, train_cfg, head_cfg = self._configs()
         resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
         torch.manual_seed(train_cfg.seed)
-        self._build(schema, model_cfg, adapter_cfg, head_cfg)
-
+        self._build(schema)
         targets = schema.encode(labels)
-        weights = (
-            balanced_weights(targets, schema.multi_label)
-            if head_cfg.class_weights == "balanced"
-            else None
-        )
-        loss = loss_function(schema, weights.to(self.device_) if weights is not None else None)
-        train_set = self._dataset(texts, targets)
-        eval_set = self._dataset(eval_texts, schema.encode(eval_labels)) if eval_texts else None
+        weights = None
+        if head_cfg.class_weights == "balanced":
+            weights = balanced_weights(targets, schema.multi_label).to(self.device_)
+        eval_targets = schema.encode(eval_labels) if eval_texts else None
+        if self.frozen_:
+            inputs = self._frozen_inputs(
+                texts, targets, eval_texts, eval_targets, schema, train_cfg
+            )
+        else:
+            inputs = self._lora_inputs(texts, targets, eval_texts, eval_targets, schema, train_cfg)
+        model, train_set, eval_set, collator, forward, optimizer = inputs
         metric = selection_metric(schema.multi_label) if eval_set is not None else None
 
         with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
             folder = (output_dir or Path(scratch)) / "checkpoints"
             args = training_arguments(
-                train_cfg, folder, self.device_, self.dtype_, metric, progress=self.progress
+                train_cfg,
+                folder,
+                self.device_,
+                self.dtype_,
+                metric,
+                progress=self.progress,
+                token_inputs=not self.frozen_,
             )
             self.train_result_ = run_trainer(
-                self.model_,
+                model,
                 train_set,
                 eval_set,
-                PaddingCollator(self.tokenizer_.pad_token_id, schema.multi_label),
-                forward=lambda model, batch: head_logits(model, batch, head_cfg.pooling),
-                loss=loss,
+                collator,
+                forward=forward,
+                loss=loss_function(schema, weights),
                 compute_metrics=self._metrics_function(schema),
                 config=train_cfg,
                 args=args,
-                optimizer=self._optimizer(train_cfg),
+                optimizer=optimizer,
                 resume_from=resume_from,
                 progress=self.progress,
             )
         self.model_.eval()
         if schema.multi_label:
-            schema.thresholds = self._thresholds(head_cfg, eval_texts, eval_labels, schema)
+            schema.thresholds = self._thresholds(head_cfg, eval_texts, eval_targets, schema)
 
-    def _build(
-        self, schema, model_cfg: ModelConfig, adapter_cfg: AdapterConfig, head_cfg: HeadConfig
-    ):
-        """Load base + fresh head, then wrap in LoRA (nothing trained yet)."""
+    def _lora_inputs(self, texts, targets, eval_texts, eval_targets, schema, config: TrainConfig):
+        """What the Trainer needs to train LoRA + head end to end on token ids."""
+        pooling = self._configs()[3].pooling
+        train_set = self._dataset(texts, targets)
+        eval_set = self._dataset(eval_texts, eval_targets) if eval_texts else None
+        collator = PaddingCollator(self.tokenizer_.pad_token_id, schema.multi_label)
+        forward = lambda model, batch: head_logits(model, batch, pooling)  # noqa: E731
+        return self.model_, train_set, eval_set, collator, forward, self._optimizer(config)
+
+    def _frozen_inputs(self, texts, targets, eval_texts, eval_targets, schema, config: TrainConfig):
+        """What the Trainer needs to train the head alone on cached pooled features."""
+        head = self._head()
+        train_set = feature_rows(self._features(texts), targets)
+        eval_set = feature_rows(self._features(eval_texts), eval_targets) if eval_texts else None
+        forward = lambda model, batch: model(batch["features"]).float()  # noqa: E731
+        optimizer = torch.optim.AdamW(
+            head.parameters(),
+            lr=config.head_learning_rate or config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        return head, train_set, eval_set, FeatureCollator(schema.multi_label), forward, optimizer
+
+    def _build(self, schema: LabelSchema):
+        """Load base + fresh head, then wrap in LoRA unless ``lora`` is none."""
+        adapter_cfg = self._configs()[1]
+        self.frozen_ = adapter_cfg.lora == "none"
+        model = self._load_base(schema)
+        if self.frozen_:
+            self.model_ = model
+            model.requires_grad_(False)
+            self._head().requires_grad_(True)
+        else:
+            self.model_ = backbone.add_lora(model, adapter_cfg, "SEQ_CLS")
+
+    def _load_base(self, schema: LabelSchema, tokenizer_source: str | None = None):
+        """The base ``*ForSequenceClassification`` model with a fresh full-precision head."""
         from transformers import AutoModelForSequenceClassification
 
+        model_cfg, _, _, head_cfg = self._configs()
         source = backbone.model_source(model_cfg.model)
         self.tokenizer_ = backbone.load_tokenizer(
-            source, "right", append_eos=head_cfg.pooling == "last"
+            tokenizer_source or source, "right", append_eos=head_cfg.pooling == "last"
         )
-        model = backbone.load_model(
+        self.device_ = backbone.resolve_device(model_cfg.device)
+        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+        return backbone.load_model(
             AutoModelForSequenceClassification,
             source,
             model_cfg,
             keep_full_precision=[HEAD_MODULE],
+            num_layers=head_cfg.num_layers,
             **self._label_kwargs(schema),
         )
-        self.model_ = backbone.add_lora(model, adapter_cfg, "SEQ_CLS")
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+
+    def _head(self) -> torch.nn.Module:
+        seq_cls = (
+            self.model_.get_base_model() if hasattr(self.model_, "get_base_model") else self.model_
+        )
+        return getattr(seq_cls, HEAD_MODULE)
 
     def _label_kwargs(self, schema: LabelSchema) -> dict:
         return {
@@ -182,6 +234,28 @@ class HeadClassifier(ClassifierBase):
         ids = self._encode(texts)
         return datasets.Dataset.from_dict(
             {"input_ids": ids, "labels": targets.tolist(), "length": [len(x) for x in ids]}
+        )
+
+    def _features(self, texts: list[str]) -> np.ndarray:
+        """Pooled features of ``texts`` from the frozen base, cached on disk."""
+        model_cfg, _, train_cfg, head_cfg = self._configs()
+        sequences = self._encode(texts)
+        description = {
+            "model": backbone.model_source(model_cfg.model),
+            "pooling": head_cfg.pooling,
+            "num_layers": head_cfg.num_layers,
+            "dtype": str(self.dtype_),
+            "quantize": model_cfg.quantize,
+        }
+        self.model_.eval()
+        return cached_features(
+            sequences,
+            lambda batch: pooled_hidden(self.model_, batch, head_cfg.pooling),
+            feature_key(description, sequences),
+            self.tokenizer_.pad_token_id,
+            train_cfg.eval_batch_size,
+            self.device_,
+            progress=self.progress,
         )
 
     def _optimizer(self, config: TrainConfig) -> torch.optim.Optimizer:
@@ -207,14 +281,14 @@ class HeadClassifier(ClassifierBase):
 
         return compute
 
-    def _thresholds(self, head_cfg: HeadConfig, eval_texts, eval_labels, schema) -> list[float]:
+    def _thresholds(self, head_cfg: HeadConfig, eval_texts, eval_targets, schema) -> list[float]:
         if head_cfg.threshold != "tuned":
             return [float(head_cfg.threshold)] * schema.num_classes
         if not eval_texts:
             log.warning("no validation data: multi-label thresholds stay at 0.5")
             return [0.5] * schema.num_classes
         proba = to_proba(self._logits(eval_texts), multi_label=True)
-        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
+        return tune_thresholds(proba, eval_targets.astype(np.int64))
 
     # -- inference ---------------------------------------------------------------------
 
@@ -243,27 +317,32 @@ class HeadClassifier(ClassifierBase):
     # -- persistence -------------------------------------------------------------------
 
     def _save_model(self, folder: Path) -> None:
-        self.model_.save_pretrained(folder)
+        if self.frozen_:  # no adapter: the head's weights alone, loadable into the base model
+            from safetensors.torch import save_file
+
+            weight = self._head().weight.detach().float().cpu().contiguous()
+            save_file({f"{HEAD_MODULE}.weight": weight}, str(folder / HEAD_WEIGHTS))
+        else:
+            self.model_.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)
 
     def _load_model(self, folder: Path) -> None:
         from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification
 
-        model_cfg = self._configs()[0]
-        source = backbone.model_source(model_cfg.model)
-        self.tokenizer_ = backbone.load_tokenizer(str(folder), "right")
-        base = backbone.load_model(
-            AutoModelForSequenceClassification,
-            source,
-            model_cfg,
-            keep_full_precision=[HEAD_MODULE],
-            **self._label_kwargs(self.schema_),
-        )
-        self.model_ = PeftModel.from_pretrained(base, str(folder))
+        self.frozen_ = (folder / HEAD_WEIGHTS).is_file()
+        base = self._load_base(self.schema_, tokenizer_source=str(folder))
+        if self.frozen_:
+            from safetensors.torch import load_file
+
+            base.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)), strict=False)
+            self.model_ = base
+        else:
+            self.model_ = PeftModel.from_pretrained(base, str(folder))
+        self.model_.requires_grad_(False)
         self.model_.eval()
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
 
     def _count_parameters(self) -> tuple[int, int]:
-        return backbone.count_parameters(self.model_)
+        trainable, total = backbone.count_parameters(self.model_)
+        if self.frozen_:  # only the head learns in frozen-feature mode
+            trainable = sum(p.numel() for p in self._head().parameters())
+        return trainable, total

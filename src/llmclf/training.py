@@ -65,8 +65,13 @@ def training_arguments(
     dtype: torch.dtype,
     metric: str | None,
     progress: bool = True,
+    token_inputs: bool = True,
 ) -> TrainingArguments:
-    """TrainingArguments for one run; ``metric`` None means no validation split."""
+    """TrainingArguments for one run; ``metric`` None means no validation split.
+
+    ``token_inputs`` False (batches of cached features) turns off length grouping and
+    the count of real tokens seen.
+    """
     strategy = "no" if metric is None else ("steps" if config.save_steps else "epoch")
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -93,10 +98,11 @@ def training_arguments(
         use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16 and device.type == "cuda",
         fp16=dtype == torch.float16 and device.type == "cuda",
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if token_inputs else "random",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding" if token_inputs else "no",
+        label_names=["labels"],
         disable_tqdm=not progress,
     )
 

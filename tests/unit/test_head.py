@@ -23,14 +23,13 @@ def fitted(tiny_llama):
 
 
 def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
-    from llmclf.config import AdapterConfig, HeadConfig, ModelConfig
     from llmclf.head import PaddingCollator, head_logits
     from llmclf.labels import LabelSchema
 
     texts, labels = make_texts(8)
     schema = LabelSchema.from_labels(labels, multi_label=False)
     clf = HeadClassifier(tiny_llama, progress=False, lora_dropout=0.0)
-    clf._build(schema, ModelConfig(model=tiny_llama), AdapterConfig(lora_dropout=0.0), HeadConfig())
+    clf._build(schema)
     model = clf.model_
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -81,6 +80,10 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
     fitted.save(tmp_path / "run")
     loaded = HeadClassifier.load(tmp_path / "run", progress=False)
     assert np.array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts))
+    assert (loaded.trainable_params_, loaded.total_params_) == (
+        fitted.trainable_params_,
+        fitted.total_params_,
+    )
     assert loaded.predict(texts) == fitted.predict(texts)
 
 

@@ -1,0 +1,116 @@
+"""Frozen-feature mode (--lora none) and truncated bases (--num-layers)."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmclf import HeadClassifier, LlmclfError
+from llmclf import features as features_module
+from tests.conftest import make_texts
+
+FAST = dict(max_length=32, batch_size=8, eval_batch_size=8, head_learning_rate=5e-2)
+
+
+@pytest.fixture()
+def feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMCLF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "features"
+
+
+def test_frozen_mode_trains_only_the_head(tiny_llama, feature_cache, tmp_path):
+    texts, labels = make_texts(150)
+    clf = HeadClassifier(
+        tiny_llama,
+        progress=False,
+        lora="none",
+        epochs=60,
+        pooling="mean",
+        early_stopping_patience=0,
+        **FAST,
+    )
+    clf.fit(texts, labels)
+    from safetensors.torch import load_file
+
+    original = load_file(f"{tiny_llama}/model.safetensors")["model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(
+        clf.model_.model.layers[0].mlp.up_proj.weight, original
+    )  # the base is frozen
+    assert clf.trainable_params_ == 3 * 64 and clf.total_params_ > 10 * clf.trainable_params_
+    assert not any("lora" in n for n, _ in clf.model_.named_parameters())
+    assert clf.score(texts, labels) > 0.95  # a linear head fits the cached features
+    assert clf.score(*make_texts(60, seed=1)) > 0.75  # and generalises (chance: 0.33)
+    assert list(feature_cache.glob("*/chunk-*.npy"))  # features were cached
+
+    folder = clf.save(tmp_path / "run")
+    assert (folder / "head.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    loaded = HeadClassifier.load(folder, progress=False)
+    probe, _ = make_texts(10, seed=2)
+    assert np.array_equal(loaded.predict_proba(probe), clf.predict_proba(probe))
+
+
+def test_frozen_head_loads_into_plain_transformers(tiny_llama, feature_cache, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts, labels = make_texts(30)
+    clf = HeadClassifier(tiny_llama, progress=False, lora="none", epochs=2, **FAST).fit(
+        texts, labels
+    )
+    folder = clf.save(tmp_path / "run")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_llama, num_labels=3, pad_token_id=tokenizer.pad_token_id
+    ).eval()
+    model.load_state_dict(load_file(folder / "head.safetensors"), strict=False)
+    with torch.no_grad():
+        plain = model(**tokenizer(texts[:6], padding=True, return_tensors="pt")).logits.numpy()
+    assert np.allclose(plain, clf.predict_logits(texts[:6]), atol=1e-5)
+
+
+def test_feature_cache_is_reused_and_resumes_after_a_kill(tiny_llama, feature_cache, monkeypatch):
+    monkeypatch.setattr(features_module, "CHUNK", 8)
+    texts, labels = make_texts(30)
+    clf = HeadClassifier(
+        tiny_llama, progress=False, lora="none", epochs=1, validation_fraction=0.0, **FAST
+    ).fit(texts, labels)
+    first = clf._features(texts)
+    chunks = sorted(feature_cache.glob("*/chunk-*.npy"))
+    assert len(chunks) == 4  # 30 texts in chunks of 8
+    chunks[-1].unlink()  # as if killed before the last chunk was written
+    calls = []
+    original = features_module.run_batches
+    monkeypatch.setattr(
+        features_module,
+        "run_batches",
+        lambda seqs, *a, **k: calls.append(len(seqs)) or original(seqs, *a, **k),
+    )
+    again = clf._features(texts)
+    assert calls == [6]  # only the missing chunk was computed
+    assert np.allclose(first, again, atol=1e-6)
+
+
+def test_num_layers_keeps_the_first_blocks(tiny_llama, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    texts, labels = make_texts(30)
+    clf = HeadClassifier(tiny_llama, progress=False, num_layers=1, epochs=1, **FAST).fit(
+        texts, labels
+    )
+    assert len(clf.model_.get_base_model().model.layers) == 1
+    folder = clf.save(tmp_path / "run")
+    loaded = HeadClassifier.load(folder, progress=False)
+    assert np.array_equal(loaded.predict_proba(texts[:5]), clf.predict_proba(texts[:5]))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    plain = AutoPeftModelForSequenceClassification.from_pretrained(
+        folder, num_labels=3, num_hidden_layers=1, pad_token_id=tokenizer.pad_token_id
+    ).eval()
+    with torch.no_grad():
+        logits = plain(**tokenizer(texts[:5], padding=True, return_tensors="pt")).logits.numpy()
+    assert np.allclose(logits, clf.predict_logits(texts[:5]), atol=1e-5)
+
+
+def test_num_layers_out_of_range(tiny_llama):
+    texts, labels = make_texts(12)
+    with pytest.raises(LlmclfError, match="--num-layers must be between 1 and 2"):
+        HeadClassifier(tiny_llama, progress=False, num_layers=3, **FAST).fit(texts, labels)
