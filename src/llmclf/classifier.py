@@ -19,7 +19,7 @@ import yaml
 from llmclf import __version__
 from llmclf.calibration import to_proba
 from llmclf.config import DataConfig, TrainConfig, build, flatten, to_dict
-from llmclf.data import parse_label, sample
+from llmclf.data import is_label_list, parse_label, sample
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 
@@ -28,12 +28,6 @@ CONFIG_FILE = "config.yaml"
 
 def option_names(config_classes: tuple) -> set[str]:
     return {f.name for cls in config_classes for f in dataclasses.fields(cls)}
-
-
-def _is_list_like(value) -> bool:
-    return isinstance(value, (list, tuple, set)) or (
-        hasattr(value, "tolist") and not isinstance(value, str)
-    )
 
 
 class ClassifierBase:
@@ -119,7 +113,7 @@ class ClassifierBase:
         if not texts:
             raise LlmclfError("no training texts")
         if multi_label is None:
-            multi_label = any(_is_list_like(v) for v in raw)
+            multi_label = any(is_label_list(v) for v in raw)
         labels = [parse_label(v, multi_label, None) for v in raw]
         missing = sum(1 for t, lab in zip(texts, labels) if lab is None or not str(t).strip())
         if missing:
@@ -162,7 +156,7 @@ class ClassifierBase:
     def score(self, X, y) -> float:
         """Accuracy (subset accuracy for multi-label), as scikit-learn's ``score``."""
         predicted = self.predict(X)
-        truth = [sorted(v) if _is_list_like(v) else str(v) for v in y]
+        truth = [sorted(v) if is_label_list(v) else str(v) for v in y]
         return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
     # -- persistence -------------------------------------------------------------------

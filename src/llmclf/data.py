@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from llmclf.catalog import DATASETS, stratified_split
@@ -238,6 +239,11 @@ def examples_by_split(
 # ---------------------------------------------------------------------------------------
 
 
+def is_label_list(value) -> bool:
+    """Several labels in one cell: a list, tuple, set or array (numpy scalars are not)."""
+    return isinstance(value, (list, tuple, set, frozenset, np.ndarray))
+
+
 def _missing(value) -> bool:
     if value is None:
         return True
@@ -275,9 +281,7 @@ def _as_label(value) -> str:
 def parse_label(value, multi_label: bool, label_sep: str | None):
     """One cell -> a label string, or (multi-label) a list of label strings; None if missing."""
     if multi_label:
-        if hasattr(value, "tolist") and not isinstance(value, str):
-            value = value.tolist()
-        if isinstance(value, (list, tuple)):
+        if is_label_list(value):
             return sorted({_as_label(v) for v in value if not _missing(v)})
         if _missing(value):
             return []
@@ -294,9 +298,7 @@ def parse_label(value, multi_label: bool, label_sep: str | None):
         return sorted({p.strip() for p in parts if p.strip()})
     if _missing(value):
         return None
-    if isinstance(value, (list, tuple)) or (
-        hasattr(value, "tolist") and not isinstance(value, str)
-    ):
+    if is_label_list(value):
         raise LlmclfError(
             f"the label {value!r} is a list: this looks like multi-label data; the model is single-label"
         )
@@ -310,9 +312,7 @@ def detect_multi_label(frame: pd.DataFrame, config: DataConfig) -> bool:
     if config.label_column not in frame.columns:
         return False
     for value in frame[config.label_column].head(200):
-        if isinstance(value, (list, tuple)) or (
-            hasattr(value, "tolist") and not isinstance(value, str)
-        ):
+        if is_label_list(value):
             return True
         if isinstance(value, str) and value.strip().startswith("["):
             return True
