@@ -73,6 +73,7 @@ def add_options(
 def option_values(args: argparse.Namespace) -> dict[str, Any]:
     """``--config`` file values overridden by the flags actually given."""
     values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    values.pop("llmclf_version", None)  # a run's own config.yaml says which version wrote it
     given = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
     return {**values, **given}
 

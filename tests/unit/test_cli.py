@@ -169,6 +169,28 @@ def test_config_file_is_read_and_flags_override_it(tiny_llama, csv_data, tmp_pat
     assert json.loads((run / "adapter_config.json").read_text())["r"] == 2
 
 
+def test_a_runs_config_yaml_can_be_reused(trained_run, tmp_path):
+    run = tmp_path / "again"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(trained_run / "config.yaml"),
+                "--epochs",
+                "1",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    before = yaml.safe_load((trained_run / "config.yaml").read_text())
+    after = yaml.safe_load((run / "config.yaml").read_text())
+    assert after["data"] == before["data"] and after["adapter"] == before["adapter"]
+    assert after["train"]["epochs"] == 1
+
+
 def test_four_bit_base_trains_on_cpu(tiny_llama, csv_data, tmp_path):
     run = tmp_path / "q"
     assert (

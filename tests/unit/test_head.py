@@ -184,6 +184,8 @@ def test_fixed_threshold_for_multi_label(tiny_llama):
 def test_numpy_labels_are_single_label(tiny_llama):
     texts, labels = make_texts(24)
     codes = np.array([{"sport": 0, "money": 1, "tech": 2}[lab] for lab in labels])
-    clf = HeadClassifier(tiny_llama, progress=False, **dict(FAST, epochs=1)).fit(np.array(texts), codes)
+    clf = HeadClassifier(tiny_llama, progress=False, **dict(FAST, epochs=1)).fit(
+        np.array(texts), codes
+    )
     assert not clf.schema_.multi_label and list(clf.classes_) == ["0", "1", "2"]
     assert set(clf.predict(texts[:4])) <= {"0", "1", "2"}
