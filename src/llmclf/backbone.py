@@ -196,6 +196,9 @@ def load_tokenizer(source: str, padding_side: str = "right", append_eos: bool = 
             raise LlmclfError(
                 f"the tokenizer of {source} has no EOS token to append; use --pooling mean"
             )
+        # Rebuilding the post-processor for EOS must keep a BOS the tokenizer already adds.
+        probe = tokenizer("a")["input_ids"]
+        tokenizer.add_bos_token = bool(probe) and probe[0] == tokenizer.bos_token_id
         tokenizer.add_eos_token = True
         if tokenizer("a")["input_ids"][-1] != tokenizer.eos_token_id:
             raise LlmclfError(

@@ -52,3 +52,18 @@ def test_cpu_dtype_is_float32_without_amx(monkeypatch):
     monkeypatch.setattr(backbone, "cpu_has_native_bf16", lambda: True)
     assert backbone.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert backbone.resolve_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+def test_appending_eos_keeps_a_bos_the_tokenizer_adds(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_llama(tmp_path / "bos")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_bos_token = True
+    tokenizer.save_pretrained(folder)
+    plain = backbone.load_tokenizer(str(folder), "right")("match goal")["input_ids"]
+    with_eos = backbone.load_tokenizer(str(folder), "right", append_eos=True)("match goal")[
+        "input_ids"
+    ]
+    assert plain[0] == tokenizer.bos_token_id
+    assert with_eos == plain + [tokenizer.eos_token_id]
