@@ -2,14 +2,13 @@
 
 ``encode_prompts`` runs a batch of left-padded prompts once and keeps their KV cache and
 next-token log-probabilities; ``answer_logprobs`` then scores any number of answers per
-prompt with one more forward over the answer tokens only, attending to the cached prompt.
+prompt with forward passes over the answer tokens only, attending to the cached prompt.
 On top of that: ``score_labels`` (one answer per label), ``label_set_posteriors``
 (multi-label: a beam search over label sets) and ``greedy_answers`` (generation).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +16,6 @@ import torch
 from llmclf.errors import LlmclfError
 from llmclf.pooling import position_ids
 from llmclf.prompts import AnswerPieces
-
-# Answers scored per forward pass: bounds the memory of the repeated prompt cache.
-ANSWER_CHUNK = 128
 
 
 @dataclass
@@ -50,6 +46,8 @@ def encode_prompts(model, batch: dict[str, torch.Tensor]) -> EncodedPrompts:
     )
     if out.cache is None:
         raise LlmclfError(f"{type(model).__name__} returns no KV cache: label scoring needs one")
+    if hasattr(out.cache, "activate_past_recording"):  # sliding-window layers can be cropped
+        out.cache.activate_past_recording()
     return EncodedPrompts(
         cache=out.cache,
         next_logprobs=out.logits[:, -1].float().log_softmax(dim=-1),
@@ -72,39 +70,52 @@ def answer_logprobs(
     Returns:
         [N, longest answer] float32: ``log p(answer[t] | prompt, answer[:t])``, 0 at padding.
 
-    The first token's log-prob is read from the prompt pass; the others come from one
-    forward over ``answer[:-1]`` whose keys and values join the prompt's cached ones.
+    The first token's log-prob is read from the prompt pass. The others come in rounds:
+    round k feeds the k-th answer of every prompt (``answer[:-1]``, right-padded) after the
+    cached prompt, then crops the cache back to the prompt, so the prompt is never re-run
+    nor copied per answer, and transformers builds every attention mask itself.
     """
     device = prompts.mask.device
-    width = max(len(a) for a in answers)
-    ids = torch.zeros((len(answers), width), dtype=torch.long, device=device)
-    real = torch.zeros((len(answers), width), dtype=torch.long, device=device)
-    for n, answer in enumerate(answers):
-        ids[n, : len(answer)] = torch.tensor(answer, device=device)
-        real[n, : len(answer)] = 1
-    row_index = torch.tensor(rows, dtype=torch.long, device=device)
-    out = torch.zeros((len(answers), width), dtype=torch.float32, device=device)
-    out[:, 0] = prompts.next_logprobs[row_index, ids[:, 0]]
-    for start in range(0, len(answers) if width > 1 else 0, ANSWER_CHUNK):
-        part = slice(start, start + ANSWER_CHUNK)
-        chunk_rows = row_index[part]
-        cache = copy.deepcopy(prompts.cache)  # selecting rows changes a cache in place
-        cache.batch_select_indices(chunk_rows)
-        steps = torch.arange(width - 1, device=device)
-        logits = model(
-            input_ids=ids[part, :-1],
-            attention_mask=torch.cat([prompts.mask[chunk_rows], real[part, :-1]], dim=1),
-            position_ids=prompts.lengths[chunk_rows, None] + steps,
-            cache=cache,
-            use_cache=True,
-        ).logits
-        if cache.get_seq_length() != prompts.mask.shape[1] + width - 1:
-            raise LlmclfError(
-                f"{type(model).__name__} ignored the prompt cache: cannot score labels"
-            )
-        logprobs = logits.float().log_softmax(dim=-1)
-        out[part, 1:] = logprobs.gather(-1, ids[part, 1:, None]).squeeze(-1)
-    return out * real
+    out = torch.zeros((len(answers), max(len(a) for a in answers)), device=device)
+    first = torch.tensor([a[0] for a in answers], device=device)
+    out[:, 0] = prompts.next_logprobs[torch.tensor(rows, device=device), first]
+    by_row: list[list[int]] = [[] for _ in range(prompts.mask.shape[0])]
+    for n, row in enumerate(rows):
+        by_row[row].append(n)
+    for k in range(max(len(members) for members in by_row)):
+        members = {row: ns[k] for row, ns in enumerate(by_row) if len(ns) > k}
+        logprobs = _continue(model, prompts, {row: answers[n][:-1] for row, n in members.items()})
+        for row, n in members.items():
+            answer = torch.tensor(answers[n][1:], dtype=torch.long, device=device)
+            steps = torch.arange(len(answer), device=device)
+            out[n, 1 : len(answer) + 1] = logprobs[row, steps, answer]
+    return out
+
+
+def _continue(model, prompts: EncodedPrompts, tokens: dict[int, list[int]]) -> torch.Tensor:
+    """[batch, longest, vocab] next-token log-probs after feeding ``tokens[row]`` to each
+    prompt row (rows left out see padding only); the cache is cropped back afterwards."""
+    device = prompts.mask.device
+    length = max(len(t) for t in tokens.values())
+    if length == 0:
+        return torch.zeros((prompts.mask.shape[0], 0, 0), device=device)
+    ids = torch.zeros((prompts.mask.shape[0], length), dtype=torch.long, device=device)
+    real = torch.zeros_like(ids)
+    for row, row_tokens in tokens.items():
+        ids[row, : len(row_tokens)] = torch.tensor(row_tokens, device=device)
+        real[row, : len(row_tokens)] = 1
+    cached = prompts.cache.get_seq_length()
+    logits = model(
+        input_ids=ids,
+        attention_mask=torch.cat([prompts.mask, real], dim=1),
+        position_ids=prompts.lengths[:, None] + torch.arange(length, device=device),
+        cache=prompts.cache,
+        use_cache=True,
+    ).logits
+    if prompts.cache.get_seq_length() != cached + length:
+        raise LlmclfError(f"{type(model).__name__} ignored the prompt cache: cannot score labels")
+    prompts.cache.crop(-length)
+    return logits.float().log_softmax(dim=-1)
 
 
 def score_labels(

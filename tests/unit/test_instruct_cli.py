@@ -157,3 +157,17 @@ def test_threshold_flag_is_shared_by_both_methods(model, csv_data, tmp_path, cap
     code = main([*args, "--data", str(csv_data), *COLUMNS, "--output", str(tmp_path / "r")])
     assert code == 2 and "--threshold must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    from llmclf.cli import names_of
+    from llmclf.config import DataConfig, build, read_yaml
+    from llmclf.runs import method_classes
+
+    values = read_yaml(Path(__file__).parents[2] / "examples" / "instruct.yaml")
+    classes = method_classes()[values.pop("method")].config_classes
+    assert set(values) <= names_of(DataConfig, *classes)
+    for cls in (DataConfig, *classes):
+        build(cls, values)  # validates
