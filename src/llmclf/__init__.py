@@ -10,6 +10,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from llmclf.errors import LlmclfError  # noqa: E402
 from llmclf.head import HeadClassifier  # noqa: E402
+from llmclf.instruct import InstructClassifier  # noqa: E402
 from llmclf.labels import LabelSchema  # noqa: E402
 
-__all__ = ["HeadClassifier", "LabelSchema", "LlmclfError", "__version__"]
+__all__ = ["HeadClassifier", "InstructClassifier", "LabelSchema", "LlmclfError", "__version__"]

@@ -48,13 +48,15 @@ def run_batches(
     device: torch.device,
     progress: bool = True,
     description: str = "predict",
+    padding_side: str = "right",
 ) -> np.ndarray:
     """Apply ``forward`` to length-sorted padded batches; rows come back in input order."""
     out: np.ndarray | None = None
     bar = tqdm(total=len(sequences), desc=description, unit="ex", disable=not progress, leave=False)
     for rows in length_sorted_batches([len(s) for s in sequences], batch_size):
         batch = {
-            k: v.to(device) for k, v in pad_batch([sequences[i] for i in rows], pad_id).items()
+            k: v.to(device)
+            for k, v in pad_batch([sequences[i] for i in rows], pad_id, padding_side).items()
         }
         result = forward(batch).float().cpu().numpy()
         if out is None:

@@ -153,6 +153,11 @@ class ClassifierBase:
         labels = self.schema_.decode(self.schema_.decide(proba))
         return labels[0] if isinstance(X, str) else labels
 
+    def prediction_extras(self) -> tuple[dict, dict]:
+        """About the last ``predict_proba`` call: figures for metrics.json and extra
+        per-row columns for prediction tables (e.g. unparsed generated answers). None here."""
+        return {}, {}
+
     def score(self, X, y) -> float:
         """Accuracy (subset accuracy for multi-label), as scikit-learn's ``score``."""
         predicted = self.predict(X)

@@ -15,12 +15,29 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from llmclf.config import DataConfig, ModelConfig, TrainConfig, build, read_yaml
+from llmclf.config import DataConfig, InstructConfig, ModelConfig, TrainConfig, build, read_yaml
 from llmclf.errors import LlmclfError
 
 log = logging.getLogger("llmclf")
 
 RUNTIME_OPTIONS = ("device", "eval_batch_size", "dtype")
+# How a trained instruct run predicts; may change at evaluate / predict time.
+INSTRUCT_RUNTIME_OPTIONS = (
+    "predict_mode",
+    "score_normalization",
+    "max_new_tokens",
+    "multi_label_beam",
+)
+# What only an untrained model takes (a trained run keeps the ones it was trained with).
+ZERO_SHOT_OPTIONS = (
+    "model",
+    "quantize",
+    "max_length",
+    "prompt_template",
+    "chat_template",
+    "verbalizer",
+    "threshold",
+)
 
 
 def train_configs() -> list[type]:
@@ -122,8 +139,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     values = option_values(args)
+    if values.pop("zero_shot", False):
+        return cmd_zero_shot(values)
+    if values.get("run") is None:
+        raise LlmclfError("evaluate needs a RUN folder (or --zero-shot --model M --data D)")
+    fixed = [k for k in ("method", *ZERO_SHOT_OPTIONS) if k in values]
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise LlmclfError(f"{flags} only apply with --zero-shot: a trained run keeps its own")
     run = Path(values.pop("run"))
-    classifier = load_classifier(run, **{k: values[k] for k in RUNTIME_OPTIONS if k in values})
+    overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
+    classifier = load_classifier(run, **{k: values[k] for k in overrides if k in values})
     stored = dataclasses.asdict(data_config_of(run))
     data_config = build(
         DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}}
@@ -141,6 +167,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_json(folder / METRICS_FILE, metrics)
     print_summary(metrics, folder)
     return 0
+
+
+def cmd_zero_shot(values: dict[str, Any]) -> int:
+    """``evaluate --zero-shot``: the untrained model answering the prompts on one split."""
+    from llmclf.runs import method_classes, zero_shot_run
+
+    if values.pop("run", None) is not None:
+        raise LlmclfError("--zero-shot evaluates an untrained --model: give no RUN folder")
+    method = values.pop("method", "instruct")
+    classes = method_classes()
+    if method not in classes:
+        raise LlmclfError(f"--method must be one of {', '.join(classes)}, not {method!r}")
+    split = values.pop("split", "test")
+    data_config = build(DataConfig, values)
+    options = {k: v for k, v in values.items() if k in names_of(*classes[method].config_classes)}
+    mode = options.get("predict_mode", "score")
+    output = values.get("output") or Path("runs") / "-".join(
+        ["zero-shot", _slug(options.get("model", "smollm2-135m")), _slug(data_config.data), mode]
+    )
+    metrics = zero_shot_run(method, options, data_config, split, output)
+    print_summary(metrics, output)
+    return 0
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe short form of a model or data reference."""
+    stem = Path(name).stem if Path(name).suffix else Path(name).name
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in stem).strip("-") or "x"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -161,7 +215,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     empty = [i for i, t in enumerate(texts) if t is None]
     if empty and values.get("empty_text", "drop") == "error":
         raise LlmclfError(f"{values['input']} has {len(empty)} rows with an empty text")
-    classifier = load_classifier(run, **{k: values[k] for k in RUNTIME_OPTIONS if k in values})
+    overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
+    classifier = load_classifier(run, **{k: values[k] for k in overrides if k in values})
     keep = [i for i, t in enumerate(texts) if t is not None]
     schema = classifier.schema_
     proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
@@ -169,6 +224,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         proba[keep] = classifier.predict_proba([texts[i] for i in keep])
     decided = schema.decide(np.nan_to_num(proba))
     result = prediction_frame(frame, schema, proba, decided)
+    _, columns = classifier.prediction_extras()
+    for name, column in columns.items():  # e.g. the raw generated answer
+        full = [None] * len(texts)
+        for row, value in zip(keep, column):
+            full[row] = value
+        result[name] = full
     if empty:
         log.warning("%d rows have an empty text: their prediction is empty", len(empty))
         result.loc[empty, "prediction"] = ""
@@ -213,6 +274,11 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
                 f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
             )
         print(line)
+    if "unparsed" in metrics:
+        print(
+            f"unparsed answers {metrics['unparsed']} ({metrics['unparsed_rate']:.1%}): "
+            "counted as wrong"
+        )
     if "trainable_params" in metrics:
         print(
             f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "
@@ -246,14 +312,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
     train.add_argument("--config", help="a YAML file of options; flags override it")
-    for cls in train_configs():
-        add_options(train, cls)
+    added: set[str] = set()
+    for cls in train_configs():  # a field two methods share (threshold) is one flag
+        fresh = tuple(f.name for f in dataclasses.fields(cls) if f.name not in added)
+        add_options(train, cls, only=fresh)
+        added.update(fresh)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a run on a data split; writes metrics.json"
     )
-    evaluate.add_argument("run", help="a run folder written by `llmclf train`")
+    evaluate.add_argument(
+        "run", nargs="?", default=None, help="a run folder written by `llmclf train`"
+    )
+    evaluate.add_argument(
+        "--zero-shot",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="evaluate the untrained --model answering the instruct prompts instead of a RUN "
+        "(writes a run folder to --output, default runs/zero-shot-MODEL-DATA-MODE)",
+    )
+    evaluate.add_argument(
+        "--method", default=argparse.SUPPRESS, help="with --zero-shot: instruct (the default)"
+    )
     evaluate.add_argument(
         "--split", default=argparse.SUPPRESS, help="train, validation, test (default) or all"
     )
@@ -266,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         DataConfig,
         only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
     )
-    add_options(evaluate, ModelConfig, only=("device", "dtype"))
+    add_options(evaluate, ModelConfig, only=("model", "quantize", "max_length", "device", "dtype"))
     add_options(evaluate, TrainConfig, only=("eval_batch_size",))
+    add_options(evaluate, InstructConfig)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="label the texts of a file with a trained run")
@@ -280,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(predict, DataConfig, only=("text_column", "empty_text"))
     add_options(predict, ModelConfig, only=("device", "dtype"))
     add_options(predict, TrainConfig, only=("eval_batch_size",))
+    add_options(predict, InstructConfig, only=INSTRUCT_RUNTIME_OPTIONS)
     predict.set_defaults(func=cmd_predict)
 
     models = commands.add_parser("models", help="list the built-in offline models")

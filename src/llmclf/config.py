@@ -268,3 +268,62 @@ def build(cls: type, values: dict[str, Any]):
 def to_dict(*configs: Any) -> dict[str, dict[str, Any]]:
     """Sections for the run's resolved ``config.yaml``."""
     return {type(c).__name__.removesuffix("Config").lower(): dataclasses.asdict(c) for c in configs}
+
+
+@dataclass
+class InstructConfig:
+    """Approach 2: the model answers a prompt with the label words (see docs/instruct.md)."""
+
+    prompt_template: str | None = option(
+        None,
+        "a text file holding the prompt, with {text} (the text) and {labels} (the allowed "
+        "answers) fields; default: a built-in instruction",
+    )
+    chat_template: str = option(
+        "auto",
+        "wrap the prompt in the tokenizer's chat template: auto = when it has one; "
+        "off = llmclf's plain 'prompt / Answer: label' format",
+        choices=("auto", "on", "off"),
+    )
+    verbalizer: str = option(
+        "names",
+        "the words each label is answered with: names (the label strings), letters (A, B, ...), "
+        "numbers (1, 2, ...), or a JSON / YAML file mapping each label to its words",
+    )
+    predict_mode: str = option(
+        "score",
+        "score = log-likelihood of every label's answer, one prompt pass, with probabilities; "
+        "generate = greedy decoding, then parsing the answer (the paper's way)",
+        choices=("score", "generate"),
+    )
+    score_normalization: str = option(
+        "sum",
+        "score mode: sum = log-probability of the whole answer (softmax = the model's "
+        "probability restricted to the labels); mean = per-token average (no length bias)",
+        choices=("sum", "mean"),
+    )
+    max_new_tokens: int | None = option(
+        None, "generate mode: answer length limit in tokens (none: the longest answer + 16)"
+    )
+    multi_label_beam: int = option(
+        8,
+        "multi-label score mode: per-label probabilities come from this many most probable "
+        "label sets (a beam search over the answer)",
+    )
+    threshold: str = option(
+        "tuned",
+        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        _check_positive(self, "max_new_tokens", "multi_label_beam")
+        if self.threshold != "tuned":
+            try:
+                value = float(self.threshold)
+            except ValueError:
+                raise LlmclfError(
+                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
+                ) from None
+            if not 0 < value < 1:
+                raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")

@@ -11,6 +11,7 @@ import numpy as np
 from llmclf.errors import LlmclfError
 
 SCHEMA_FILE = "labels.json"
+NO_CLASS = -1  # the decision for a row without probability mass (an unreadable answer)
 
 
 @dataclass
@@ -68,20 +69,29 @@ class LabelSchema:
         return out
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        """Probabilities -> predictions: [n] indices, or [n, k] 0/1 with the thresholds."""
+        """Probabilities -> predictions: [n] indices, or [n, k] 0/1 with the thresholds.
+
+        A single-label row of zeros (a generated answer naming no label) decides
+        ``NO_CLASS``, never class 0: metrics count it wrong, ``decode`` gives None.
+        """
         if not self.multi_label:
-            return proba.argmax(axis=1)
+            decided = proba.argmax(axis=1)
+            decided[~(proba > 0).any(axis=1)] = NO_CLASS
+            return decided
         thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * self.num_classes)
         return (proba >= thresholds).astype(np.int64)
 
     def decode(self, predictions: np.ndarray) -> list:
-        """Indices -> label strings; indicator rows -> lists of label strings."""
+        """Indices -> label strings (None for ``NO_CLASS``); indicator rows -> lists of
+        label strings."""
         if not self.multi_label:
-            return [self.classes[i] for i in predictions]
+            return [self.classes[i] if i != NO_CLASS else None for i in predictions]
         return [[c for c, on in zip(self.classes, row) if on] for row in predictions]
 
     def join(self, label) -> str:
         """One string per row for tables: multi-label labels joined by ``label_sep``."""
+        if label is None:
+            return ""
         return self.label_sep.join(label) if self.multi_label else label
 
     def save(self, folder: str | Path) -> None:

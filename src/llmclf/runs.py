@@ -44,8 +44,9 @@ TEST_PREDICTIONS = "test_predictions.jsonl"
 def method_classes() -> dict[str, type[ClassifierBase]]:
     """--method name -> classifier class."""
     from llmclf.head import HeadClassifier
+    from llmclf.instruct import InstructClassifier
 
-    return {"head": HeadClassifier}
+    return {"head": HeadClassifier, "instruct": InstructClassifier}
 
 
 def load_classifier(run: str | Path, **overrides) -> ClassifierBase:
@@ -166,6 +167,7 @@ def write_run(
     metrics: dict,
     predictions: pd.DataFrame | None,
     keep_checkpoints: bool = False,
+    predictions_file: str = TEST_PREDICTIONS,
 ) -> None:
     staging = output / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -174,7 +176,7 @@ def write_run(
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if predictions is not None:
         predictions.to_json(
-            staging / TEST_PREDICTIONS, orient="records", lines=True, force_ascii=False
+            staging / predictions_file, orient="records", lines=True, force_ascii=False
         )
     if hasattr(classifier, "train_result_"):
         history = classifier.train_result_.log_history
@@ -194,6 +196,45 @@ def write_json(path: Path, values: dict) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(values, indent=2) + "\n")
     partial.replace(path)
+
+
+def zero_shot_run(
+    method: str,
+    options: dict,
+    data_config: DataConfig,
+    split: str,
+    output: str | Path,
+    progress: bool = True,
+) -> dict:
+    """Evaluate the untrained model answering ``method``'s prompts on one split and write
+    a run folder (loadable by ``predict``) with the same metrics.json as a trained run."""
+    classes = method_classes()
+    if not hasattr(classes.get(method), "zero_shot"):
+        able = ", ".join(name for name, cls in classes.items() if hasattr(cls, "zero_shot"))
+        raise LlmclfError(
+            f"--zero-shot needs a method that answers untrained ({able}), not {method!r}"
+        )
+    output = Path(output)
+    check_output_folder(output, resume=False)
+    splits, multi_label = examples_by_split(data_config)
+    examples = evaluation_split(data_config, split, multi_label)
+    names = {
+        lab
+        for part in splits.values()
+        for row in part.labels
+        for lab in (row if multi_label else [row])
+    }
+    classifier = classes[method](progress=progress, **options).zero_shot(sorted(names), multi_label)
+    if data_config.label_sep:
+        classifier.schema_.label_sep = data_config.label_sep
+    where = f"{data_config.data} [{split}]"
+    metrics, predictions = evaluate_examples(classifier, examples, where)
+    metrics.update(accounting(classifier, 0))
+    metrics.update({"method": method, "zero_shot": True, "data": data_config.data, "split": split})
+    write_run(
+        classifier, output, data_config, metrics, predictions, predictions_file="predictions.jsonl"
+    )
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,6 +257,8 @@ def evaluate_examples(
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
+    figures, columns = classifier.prediction_extras()
+    metrics.update(figures)
     frame = prediction_frame(
         pd.DataFrame(
             {"text": examples.texts, "label": [schema.join(lab) for lab in examples.labels]}
@@ -224,6 +267,8 @@ def evaluate_examples(
         proba,
         decided,
     )
+    for name, values in columns.items():
+        frame[name] = values
     return metrics, frame
 
 

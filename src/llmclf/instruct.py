@@ -1,0 +1,491 @@
+"""Approach 2: instruction-tune a causal LM to answer a prompt with the label words.
+
+Each example becomes prompt -> answer (``prompts.py``); LoRA adapters (PEFT, task type
+CAUSAL_LM) learn the answer with the loss on its tokens only. Predictions either score
+every label's answer after one pass over the prompt (``predict_mode="score"``, with
+probabilities) or generate greedily and parse the answer (``"generate"``, the paper's way).
+A saved run is a plain PEFT causal-LM adapter plus a tokenizer carrying the chat template
+used; ``docs/instruct.md`` explains the scheme.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmclf import backbone
+from llmclf.batching import pad_batch, run_batches
+from llmclf.calibration import to_proba
+from llmclf.classifier import ClassifierBase
+from llmclf.config import AdapterConfig, InstructConfig, ModelConfig, TrainConfig
+from llmclf.errors import LlmclfError
+from llmclf.label_scoring import greedy_answers, label_set_posteriors, score_labels
+from llmclf.labels import LabelSchema
+from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
+from llmclf.pooling import position_ids
+from llmclf.prompts import PromptFormat, chat_template_for, read_template
+from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
+from llmclf.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
+
+log = logging.getLogger("llmclf")
+
+STATE_FILE = "instruct.json"
+IGNORE_INDEX = -100  # label of prompt and padding tokens: no loss
+# A membership probability of exactly 0 or 1 has no finite logit.
+_PROBABILITY_FLOOR = 1e-6
+
+
+# ---------------------------------------------------------------------------------------
+# Training batches
+# ---------------------------------------------------------------------------------------
+
+
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token logits over the last ``answer_width + 1`` positions of left-padded
+    prompt + answer rows, the only ones the loss reads (the vocabulary projection of
+    the prompt positions is skipped).
+
+    Returns:
+        [batch, answer_width + 1, vocab].
+    """
+    mask = batch["attention_mask"]
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        logits_to_keep=int(batch["answer_width"]) + 1,
+        use_cache=False,
+    ).logits
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens; prompt and padding carry ``IGNORE_INDEX``.
+
+    Args:
+        logits: [batch, k, vocab] from ``answer_logits`` (position t predicts t + 1).
+        labels: [batch, width] token ids, left-padded like the inputs.
+    """
+    targets = labels[:, -(logits.shape[1] - 1) :]
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+@dataclass
+class InstructCollator:
+    """Left-pads rows. Training rows (``labels`` per token) become answer batches;
+    evaluation rows (``target``: the class) become prompt batches for label scoring."""
+
+    pad_id: int
+    multi_label: bool
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([r["input_ids"] for r in rows], self.pad_id, side="left")
+        if "target" in rows[0]:
+            dtype = torch.float32 if self.multi_label else torch.long
+            batch["labels"] = torch.tensor(np.array([r["target"] for r in rows]), dtype=dtype)
+            return batch
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, r in enumerate(rows):
+            labels[row, labels.shape[1] - len(r["labels"]) :] = torch.tensor(r["labels"])
+        batch["labels"] = labels
+        batch["answer_width"] = torch.tensor(max(r["answer_length"] for r in rows))
+        return batch
+
+
+def label_sets(schema: LabelSchema, labels: list) -> list[tuple[int, ...]]:
+    """Each example's classes as sorted index tuples (one index for single-label)."""
+    encoded = schema.encode(labels)
+    if not schema.multi_label:
+        return [(int(i),) for i in encoded]
+    return [tuple(int(i) for i in np.flatnonzero(row)) for row in encoded]
+
+
+# ---------------------------------------------------------------------------------------
+# The classifier
+# ---------------------------------------------------------------------------------------
+
+
+class InstructClassifier(ClassifierBase):
+    """A causal LM that answers a classification prompt with the label words.
+
+    Options are the fields of ``ModelConfig``, ``AdapterConfig``, ``TrainConfig`` and
+    ``InstructConfig`` (the CLI flags, with underscores).
+
+    Example:
+        >>> clf = InstructClassifier("smollm2-135m", epochs=2, max_length=256)  # doctest: +SKIP
+        >>> clf.fit(texts, labels).predict(["Shares fell sharply on Monday"])  # doctest: +SKIP
+        ['business']
+        >>> InstructClassifier("smollm2-135m").zero_shot(["business", "sport"])  # doctest: +SKIP
+    """
+
+    method = "instruct"
+    config_classes = (ModelConfig, AdapterConfig, TrainConfig, InstructConfig)
+
+    # -- setting up prompts and model --------------------------------------------------
+
+    def _prepare(
+        self,
+        schema: LabelSchema,
+        template: str,
+        verbalizer: Verbalizer,
+        answer_length: int | None = None,
+        sets: list[tuple[int, ...]] | None = None,
+    ) -> None:
+        """Prompt format and answer budget for ``schema``'s classes. ``answer_length`` is
+        the longest answer the prompts leave room for; None: the longest of the training
+        label ``sets``, or of all labels together when there are none (zero-shot)."""
+        model_cfg = self._configs()[0]
+        self.multi_label_ = schema.multi_label
+        self.verbalizer_ = verbalizer
+        self.format_ = PromptFormat(
+            self.tokenizer_, template, verbalizer.words, verbalizer.labels_text()
+        )
+        if answer_length is None:
+            if sets is None:
+                sets = [tuple(range(len(verbalizer.words)))] if schema.multi_label else []
+            answer_length = self._answer_length(sets)
+        self.answer_length_ = answer_length
+        self.format_.check_room(model_cfg.max_length, answer_length)
+        self.device_ = backbone.resolve_device(model_cfg.device)
+        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+
+    def _answer_length(self, sets: list[tuple[int, ...]]) -> int:
+        """Tokens of the longest answer among single labels and ``sets``."""
+        pieces = self.format_.pieces
+        singles = [(j,) for j in range(len(pieces.first))]
+        return max(len(pieces.complete(s)) for s in [*singles, *sets])
+
+    def _new_format(self, schema: LabelSchema, sets: list[tuple[int, ...]] | None = None) -> None:
+        """Tokenizer, chat template, verbalizer and template from the options; warns when
+        two answers could be confused."""
+        model_cfg, instruct_cfg = self._configs()[0], self._configs()[3]
+        self.tokenizer_ = backbone.load_tokenizer(backbone.model_source(model_cfg.model), "left")
+        self.tokenizer_.chat_template = chat_template_for(
+            self.tokenizer_, instruct_cfg.chat_template
+        )
+        verbalizer = Verbalizer.build(instruct_cfg.verbalizer, schema.classes)
+        template = read_template(instruct_cfg.prompt_template, schema.multi_label)
+        self._prepare(schema, template, verbalizer, sets=sets)
+        pieces = self.format_.pieces
+        for problem in ambiguity_warnings(
+            verbalizer.words,
+            pieces.first,
+            pieces.end,
+            self.tokenizer_.unk_token_id,
+            schema.multi_label,
+        ):
+            log.warning("ambiguous answers: %s", problem)
+
+    def _load_base(self):
+        from transformers import AutoModelForCausalLM
+
+        model_cfg = self._configs()[0]
+        # 4-bit: an explicit skip list replaces bitsandbytes' default, so name the output
+        # layer; unquantized, leave it (and the embedding tied to it) in the compute dtype.
+        keep = ["lm_head"] if model_cfg.quantize == "4bit" else []
+        return backbone.load_model(
+            AutoModelForCausalLM, backbone.model_source(model_cfg.model), model_cfg, keep
+        )
+
+    # -- training ----------------------------------------------------------------------
+
+    def _fit(
+        self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
+    ):
+        model_cfg, adapter_cfg, train_cfg, instruct_cfg = self._configs()
+        resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
+        torch.manual_seed(train_cfg.seed)
+        sets = label_sets(schema, labels)
+        self._new_format(schema, sets)
+        self.model_ = backbone.add_lora(self._load_base(), adapter_cfg, "CAUSAL_LM")
+
+        train_set = self._answer_dataset(texts, sets)
+        eval_set = (
+            self._prompt_dataset(eval_texts, schema.encode(eval_labels)) if eval_texts else None
+        )
+        metric = selection_metric(schema.multi_label) if eval_set is not None else None
+        with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
+            folder = (output_dir or Path(scratch)) / "checkpoints"
+            args = training_arguments(
+                train_cfg, folder, self.device_, self.dtype_, metric, progress=self.progress
+            )
+            self.train_result_ = run_trainer(
+                self.model_,
+                train_set,
+                eval_set,
+                InstructCollator(self.tokenizer_.pad_token_id, schema.multi_label),
+                forward=self._trainer_forward,
+                loss=self._trainer_loss,
+                compute_metrics=self._metrics_function(schema),
+                config=train_cfg,
+                args=args,
+                resume_from=resume_from,
+                progress=self.progress,
+            )
+        self.model_.eval()
+        if schema.multi_label:
+            schema.thresholds = self._thresholds(instruct_cfg, eval_texts, eval_labels, schema)
+
+    def _prompt_budget(self) -> int:
+        return self._configs()[0].max_length - self.answer_length_
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        budget = self._prompt_budget()
+        return [self.format_.prompt_ids(t, budget) for t in texts]
+
+    def _answer_dataset(self, texts: list[str], sets: list[tuple[int, ...]]):
+        """Rows of prompt + answer tokens; only the answer tokens carry labels."""
+        import datasets
+
+        prompts = self._encode(texts)
+        answers = [self.format_.pieces.complete(s) for s in sets]
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": [p + a for p, a in zip(prompts, answers)],
+                "labels": [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)],
+                "answer_length": [len(a) for a in answers],
+                "length": [len(p) + len(a) for p, a in zip(prompts, answers)],
+            }
+        )
+
+    def _prompt_dataset(self, texts: list[str], targets: np.ndarray):
+        """Rows of prompt tokens with their class, for validation by label scoring."""
+        import datasets
+
+        prompts = self._encode(texts)
+        return datasets.Dataset.from_dict(
+            {
+                "input_ids": prompts,
+                "target": targets.tolist(),
+                "length": [len(p) for p in prompts],
+            }
+        )
+
+    def _trainer_forward(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer batches give next-token logits (training); prompt batches give label
+        scores (validation, so the best epoch is picked by macro-F1 like the head's)."""
+        if "answer_width" in batch:
+            return answer_logits(model, batch)
+        return self._label_logits(model, batch)
+
+    def _trainer_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The answer tokens' cross-entropy in training; on validation, the classification
+        loss of the label scores (cross-entropy, or binary cross-entropy per label)."""
+        if logits.dim() == 3:
+            return answer_loss(logits, labels)
+        if self.multi_label_:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    def _metrics_function(self, schema: LabelSchema):
+        def compute(prediction) -> dict:
+            proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
+            figures = classification_metrics(
+                np.asarray(prediction.label_ids).astype(np.int64),
+                schema.decide(proba),
+                schema.classes,
+            )
+            return {k: v for k, v in figures.items() if isinstance(v, float)}
+
+        return compute
+
+    def _thresholds(self, instruct_cfg, eval_texts, eval_labels, schema) -> list[float]:
+        if instruct_cfg.threshold != "tuned":
+            return [float(instruct_cfg.threshold)] * schema.num_classes
+        if not eval_texts:
+            log.warning("no validation data: multi-label thresholds stay at 0.5")
+            return [0.5] * schema.num_classes
+        proba = to_proba(self._logits(eval_texts), multi_label=True)
+        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
+
+    # -- zero-shot ---------------------------------------------------------------------
+
+    def zero_shot(self, classes: list[str], multi_label: bool = False) -> InstructClassifier:
+        """Ready the untrained model to answer the same prompts: the zero-shot baseline.
+
+        Multi-label thresholds are ``threshold`` when it is a number, else 0.5 (there is
+        no validation split to tune them on).
+
+        Example:
+            >>> clf = InstructClassifier("smollm2-135m", progress=False)  # doctest: +SKIP
+            >>> clf.zero_shot(["business", "sport"]).predict("Shares fell.")  # doctest: +SKIP
+            'business'
+        """
+        names = [[c] for c in classes] if multi_label else list(classes)
+        schema = LabelSchema.from_labels(names, multi_label)
+        self._new_format(schema)
+        self.model_ = self._load_base().requires_grad_(False).eval()
+        if multi_label:
+            threshold = self._configs()[3].threshold
+            schema.thresholds = [0.5 if threshold == "tuned" else float(threshold)] * len(
+                schema.classes
+            )
+        self.schema_ = schema
+        self.classes_ = np.array(schema.classes)
+        self.temperature_ = 1.0
+        self.fit_seconds_ = 0.0
+        self.trainable_params_, self.total_params_ = self._count_parameters()
+        return self
+
+    # -- inference ---------------------------------------------------------------------
+
+    def _label_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[batch, classes]: label scores (single-label) or the logit of each label's
+        membership probability (multi-label), so ``to_proba`` gives the probabilities."""
+        instruct_cfg = self._configs()[3]
+        pieces = self.format_.pieces
+        if not self.multi_label_:
+            return score_labels(model, batch, pieces, instruct_cfg.score_normalization)
+        proba = label_set_posteriors(model, batch, pieces, instruct_cfg.multi_label_beam)
+        return torch.logit(proba.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR))
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Score mode: [n, num_classes] label scores (log-likelihoods; multi-label: logits
+        of the label probabilities), rows in input order."""
+        self._check_fitted()
+        if self._configs()[3].predict_mode != "score":
+            raise LlmclfError(
+                "predict_logits needs predict_mode='score': generated answers have no scores"
+            )
+        return self._logits(texts)
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        self.model_.eval()
+        return run_batches(
+            self._encode(texts),
+            lambda batch: self._label_logits(self.model_, batch),
+            self.tokenizer_.pad_token_id,
+            self._configs()[2].eval_batch_size,
+            self.device_,
+            progress=self.progress,
+            padding_side="left",
+        )
+
+    def predict_proba(self, X) -> np.ndarray:
+        """[n, n_classes], columns in ``classes_`` order.
+
+        Score mode: softmax of the label scores (per-label membership probabilities for
+        multi-label), temperature applied. Generate mode: the parsed answer as 0/1 rows; a
+        row of zeros is an answer naming no label, which ``predict`` returns as None and
+        metrics count as wrong.
+        """
+        if self._configs()[3].predict_mode == "score":
+            self._last_prediction = ({"predict_mode": "score"}, {})
+            return super().predict_proba(X)
+        self._check_fitted()
+        texts = [X] if isinstance(X, str) else [str(t) for t in X]
+        proba = self._parse_answers(self.generate_answers(texts))
+        return proba[0] if isinstance(X, str) else proba
+
+    def generate_answers(self, texts: list[str]) -> list[str]:
+        """The model's greedy answer to each text's prompt, as text."""
+        self._check_fitted()
+        instruct_cfg = self._configs()[3]
+        new_tokens = instruct_cfg.max_new_tokens or self.answer_length_ + 16
+        stops = sorted({self.format_.pieces.end[0], self.tokenizer_.eos_token_id} - {None})
+        pad_id = self.tokenizer_.pad_token_id
+        self.model_.eval()
+        tokens = run_batches(
+            self._encode(texts),
+            lambda batch: greedy_answers(self.model_, batch, new_tokens, stops, pad_id),
+            pad_id,
+            self._configs()[2].eval_batch_size,
+            self.device_,
+            progress=self.progress,
+            description="generate",
+            padding_side="left",
+        ).astype(np.int64)
+        return [self._answer_text(row, set(stops)) for row in tokens]
+
+    def _answer_text(self, tokens: np.ndarray, stops: set[int]) -> str:
+        ids = []
+        for token in tokens.tolist():
+            if token in stops:
+                break
+            ids.append(token)
+        text = self.tokenizer_.decode(ids, skip_special_tokens=True)
+        lead = self.tokenizer_.decode(self.format_.pieces.empty, skip_special_tokens=True).strip()
+        text = text.strip()
+        return text[len(lead) :].strip() if lead and text.startswith(lead) else text
+
+    def _parse_answers(self, answers: list[str]) -> np.ndarray:
+        parser = AnswerParser(
+            self.verbalizer_.words, search_anywhere=self.verbalizer_.kind in ("names", "mapping")
+        )
+        proba = np.zeros((len(answers), len(self.verbalizer_.words)), dtype=np.float32)
+        unparsed = 0
+        for row, answer in enumerate(answers):
+            if self.multi_label_:
+                found, understood = parser.parse_set(answer)
+                proba[row, found] = 1.0
+            else:
+                index = parser.parse(answer)
+                understood = index is not None
+                if understood:
+                    proba[row, index] = 1.0
+            unparsed += not understood
+        figures = {
+            "predict_mode": "generate",
+            "unparsed": unparsed,
+            "unparsed_rate": round(unparsed / len(answers), 4) if answers else 0.0,
+        }
+        self._last_prediction = (figures, {"answer": answers})
+        return proba
+
+    def prediction_extras(self) -> tuple[dict, dict]:
+        """The prediction mode, and in generate mode the count and rate of answers that
+        named no label (``unparsed``) plus each raw ``answer``, of the last prediction."""
+        return getattr(self, "_last_prediction", ({}, {}))
+
+    def format_prompt(self, text: str) -> str:
+        """The prompt llmclf sends for ``text`` (before any truncation), as a string:
+        ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` gives
+        the same with the run's tokenizer."""
+        self._check_fitted()
+        return self.format_.prompt_text(text)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _save_model(self, folder: Path) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model_, PeftModel):
+            self.model_.save_pretrained(folder)
+        self.tokenizer_.save_pretrained(folder)  # with the chat template the prompts used
+        state = {
+            "template": self.format_.template,
+            "verbalizer": self.verbalizer_.kind,
+            "answers": dict(zip(self.verbalizer_.classes, self.verbalizer_.words)),
+            "answer_length": self.answer_length_,
+        }
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+
+    def _load_model(self, folder: Path) -> None:
+        from peft import PeftModel
+
+        path = folder / STATE_FILE
+        if not path.is_file():
+            raise LlmclfError(f"{folder} holds no {STATE_FILE}: it is not an instruct run")
+        state = json.loads(path.read_text())
+        self.tokenizer_ = backbone.load_tokenizer(str(folder), "left")
+        classes = self.schema_.classes
+        verbalizer = Verbalizer(
+            state["verbalizer"], classes, [state["answers"][c] for c in classes]
+        )
+        self._prepare(self.schema_, state["template"], verbalizer, state["answer_length"])
+        base = self._load_base()
+        if (folder / "adapter_config.json").is_file():
+            self.model_ = PeftModel.from_pretrained(base, str(folder))
+        else:  # a zero-shot run: the untrained model
+            self.model_ = base.requires_grad_(False)
+        self.model_.eval()
+
+    def _count_parameters(self) -> tuple[int, int]:
+        return backbone.count_parameters(self.model_)
