@@ -118,6 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluation_split,
         load_classifier,
         write_json,
+        write_predictions,
     )
 
     values = option_values(args)
@@ -134,9 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
     folder = Path(values.get("output") or run / "eval")
     folder.mkdir(parents=True, exist_ok=True)
-    predictions.to_json(
-        folder / "predictions.jsonl", orient="records", lines=True, force_ascii=False
-    )
+    write_predictions(predictions, folder / "predictions.jsonl")
     write_json(folder / METRICS_FILE, metrics)
     print_summary(metrics, folder)
     return 0

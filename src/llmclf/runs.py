@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from llmclf.calibration import calibration_figures
 from llmclf.classifier import CONFIG_FILE, ClassifierBase, read_config
 from llmclf.config import DataConfig
 from llmclf.data import Examples, content_hash, examples_by_split, sample
@@ -173,9 +174,7 @@ def write_run(
     config = {**classifier.resolved_config(), "data": dataclasses.asdict(data_config)}
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if predictions is not None:
-        predictions.to_json(
-            staging / TEST_PREDICTIONS, orient="records", lines=True, force_ascii=False
-        )
+        write_predictions(predictions, staging / TEST_PREDICTIONS)
     if hasattr(classifier, "train_result_"):
         history = classifier.train_result_.log_history
         (staging / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -188,6 +187,14 @@ def write_run(
     if not keep_checkpoints:
         shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     write_json(output / METRICS_FILE, metrics)
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> None:
+    """A prediction table as JSON lines, atomically; probabilities keep 15 decimals so that
+    re-scaling them to another temperature (calibration) stays exact."""
+    partial = path.with_name(f".{path.name}.partial")
+    frame.to_json(partial, orient="records", lines=True, force_ascii=False, double_precision=15)
+    partial.replace(path)
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -213,6 +220,12 @@ def evaluate_examples(
     decided = schema.decide(proba)
     truth = schema.encode(examples.labels)
     metrics = classification_metrics(truth.astype(np.int64), decided, schema.classes)
+    # ECE / Brier / NLL at the run's temperature, and before calibration when it has one.
+    metrics.update(
+        calibration_figures(
+            truth.astype(np.int64), proba, schema.multi_label, float(classifier.temperature_)
+        )
+    )
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
