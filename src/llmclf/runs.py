@@ -266,3 +266,42 @@ def evaluation_split(config: DataConfig, split: str, multi_label: bool) -> Examp
             f"{config.data} has no {split!r} split (it has {', '.join(splits)}); pass --split all for every row"
         )
     return splits[split]
+
+
+# ---------------------------------------------------------------------------------------
+# Calibrate
+# ---------------------------------------------------------------------------------------
+
+
+def calibrate_run(
+    run: str | Path, data_values: dict | None = None, split: str = "validation", **runtime
+) -> dict:
+    """Fit temperature scaling on a split of the run's data (validation by default) and
+    store it in the run's calibration.json, which evaluate / predict / compare then use.
+
+    Returns what was stored: the temperature, before / after NLL, ECE and Brier on the
+    calibration split, and on the stored test predictions (``test``) when the run has them.
+    """
+    from llmclf.classifier import data_config_of
+    from llmclf.compare import calibration_before_after, stored_evaluation
+
+    folder = Path(run)
+    classifier = load_classifier(folder, **runtime)
+    values = {**dataclasses.asdict(data_config_of(folder)), **(data_values or {})}
+    config = DataConfig(**values)
+    examples = evaluation_split(config, split, classifier.schema_.multi_label)
+    if split in ("test", "all"):
+        log.warning("calibrating on the %s split makes the test ECE look better than it is", split)
+    where = f"{config.data} [{split}]"
+    log.info("fitting the temperature on %s: %d examples", where, len(examples))
+    classifier.calibrate(examples.texts, examples.labels, where=where)
+    stored = dict(classifier.calibration_)
+    if (folder / TEST_PREDICTIONS).is_file() and (folder / METRICS_FILE).is_file():
+        test = calibration_before_after(
+            stored_evaluation(folder, folder.name), classifier.temperature_
+        )
+        stored["test"] = {"before": test["before"], "after": test["after"]}
+    if classifier.schema_.multi_label:  # thresholds moved with the temperature
+        write_json(folder / "labels.json", dataclasses.asdict(classifier.schema_))
+    write_json(folder / "calibration.json", stored)
+    return stored
