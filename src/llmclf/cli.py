@@ -294,6 +294,15 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
                 f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
             )
         print(line)
+    if "ece" in metrics:
+        line = f"calibration: ECE {metrics['ece']:.4f}  Brier {metrics['brier']:.4f}"
+        if "ece_uncalibrated" in metrics:
+            line += (
+                f"  at temperature {metrics['temperature']:.3f} "
+                f"(uncalibrated: ECE {metrics['ece_uncalibrated']:.4f}  "
+                f"Brier {metrics['brier_uncalibrated']:.4f})"
+            )
+        print(line)
     if "trainable_params" in metrics:
         print(
             f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "

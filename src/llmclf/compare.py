@@ -142,7 +142,7 @@ def stored_evaluation(folder: Path, name: str) -> RunEvaluation:
             f"{folder} has no test_predictions.jsonl (its data had no test split): "
             "pass --data to evaluate every run on one data set"
         )
-    frame = pd.read_json(path, lines=True, dtype=False)
+    frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
     return from_frame(name, folder, frame, metrics, metrics, "stored test predictions")
 
 

@@ -176,10 +176,9 @@ def _method_cells(method, cls, own, common, grid, data_values, output) -> list[C
             f"{', '.join(sorted(allowed))})"
         )
     options = {k: v for k, v in common.items() if k in allowed}
-    if "models" in grid:
-        options["model"] = _as_list(grid["models"])
-    if "seeds" in grid:
-        options["seed"] = _as_list(grid["seeds"])
+    for key, option in (("models", "model"), ("seeds", "seed")):
+        if key in grid and option in allowed:
+            options[option] = _as_list(grid[key])
     options.update(own)
     fixed, axes = _axes(options, _list_fields(cls.config_classes))
     cells = []

@@ -46,31 +46,44 @@ def confusion_matrices(report: dict) -> bytes:
     runs = report["runs"]
     classes = report["classes"]
     multi = report["multi_label"]
+    k = len(classes)
     columns = ["TP", "FN", "FP", "TN"] if multi else [_short(c, 8) for c in classes]
-    rows_n, cols_n = _grid(len(runs), 3)
-    size = 0.5 * len(columns) + 2.0
+    # Panels shrink, and fewer fit a row, as the classes grow (R52 has 52).
+    per_row = 3 if k <= 8 else 2 if k <= 16 else 1
+    cell = 0.5 if k <= 12 else max(0.16, 8.0 / k)
+    width = min(14.0, cell * len(columns) + 2.2)
+    height = min(14.0, cell * k + 1.6)
+    annotate = k <= 20
+    rows_n, cols_n = _grid(len(runs), per_row)
     figure, axes = plt.subplots(
-        rows_n, cols_n, figsize=(size * cols_n, (0.42 * len(classes) + 1.6) * rows_n), squeeze=False
+        rows_n, cols_n, figsize=(width * cols_n, height * rows_n), squeeze=False
     )
+    fontsize = 8 if k <= 20 else 6
     for ax, run in zip(axes.flat, runs):
         counts = np.asarray(report["confusion"][run["name"]], dtype=float)
-        totals = counts[:, :2].sum(axis=1) if multi else counts.sum(axis=1)
-        shares = counts / np.maximum(totals, 1)[:, None]
+        if multi:  # TP, FN as shares of the positives; FP, TN of the negatives
+            positives = counts[:, :2].sum(axis=1, keepdims=True)
+            negatives = counts[:, 2:].sum(axis=1, keepdims=True)
+            totals = np.hstack([positives, positives, negatives, negatives])
+        else:
+            totals = counts.sum(axis=1, keepdims=True)
+        shares = counts / np.maximum(totals, 1)
         ax.imshow(np.minimum(shares, 1.0), cmap="Blues", vmin=0, vmax=1, aspect="auto")
-        for (i, j), value in np.ndenumerate(counts):
-            ax.text(
-                j,
-                i,
-                f"{int(value)}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if shares[i, j] > 0.6 else "black",
-            )
-        ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), [_short(c) for c in classes], fontsize=8)
+        if annotate:
+            for (i, j), value in np.ndenumerate(counts):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(value)}",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if shares[i, j] > 0.6 else "black",
+                )
+        ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=fontsize)
+        ax.set_yticks(range(k), [_short(c) for c in classes], fontsize=fontsize)
         ax.set_xlabel("label outcome" if multi else "predicted", fontsize=9)
-        ax.set_ylabel("true" if not multi else "label", fontsize=9)
+        ax.set_ylabel("label" if multi else "true", fontsize=9)
         ax.set_title(f"{_short(run['name'], 40)}\naccuracy {run['accuracy']:.3f}", fontsize=9)
     for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
@@ -78,21 +91,30 @@ def confusion_matrices(report: dict) -> bytes:
     return to_png(figure)
 
 
+def _values(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
 def reliability_diagrams(report: dict) -> bytes:
     """Per run: accuracy per confidence bin (bars) against the diagonal, before
-    temperature scaling, and after it (line) where the run is calibrated."""
+    temperature scaling, and after it (line) where the run is calibrated; underneath, how
+    many forecasts fall in each bin (log scale), so a bar resting on one example is seen
+    as such."""
     runs = report["runs"]
     rows_n, cols_n = _grid(len(runs), 4)
-    figure, axes = plt.subplots(rows_n, cols_n, figsize=(3.3 * cols_n, 3.4 * rows_n), squeeze=False)
-    for index, (ax, run) in enumerate(zip(axes.flat, runs)):
+    figure = plt.figure(figsize=(3.3 * cols_n, 4.3 * rows_n))
+    grid = figure.add_gridspec(2 * rows_n, cols_n, height_ratios=[3.2, 1.0] * rows_n)
+    for index, run in enumerate(runs):
+        row, col = divmod(index, cols_n)
+        ax = figure.add_subplot(grid[2 * row, col])
+        counts_ax = figure.add_subplot(grid[2 * row + 1, col], sharex=ax)
         calibration = run["calibration"]
         before = calibration["reliability_before"]
         edges = np.asarray(before["edges"])
         width = edges[1] - edges[0]
-        accuracy = np.array([np.nan if a is None else a for a in before["accuracy"]])
         ax.bar(
             edges[:-1],
-            np.nan_to_num(accuracy),
+            np.nan_to_num(_values(before["accuracy"])),
             width=width,
             align="edge",
             color=colour(index),
@@ -102,11 +124,9 @@ def reliability_diagrams(report: dict) -> bytes:
         )
         after = calibration["reliability_after"]
         if after is not None:
-            acc_after = np.array([np.nan if a is None else a for a in after["accuracy"]])
-            conf_after = np.array([np.nan if c is None else c for c in after["confidence"]])
             ax.plot(
-                conf_after,
-                acc_after,
+                _values(after["confidence"]),
+                _values(after["accuracy"]),
                 "o-",
                 color="black",
                 markersize=3,
@@ -116,14 +136,19 @@ def reliability_diagrams(report: dict) -> bytes:
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        ax.set_xlabel("probability" if report["multi_label"] else "confidence", fontsize=9)
         ax.set_ylabel("frequency" if report["multi_label"] else "accuracy", fontsize=9)
         ax.set_title(_short(run["name"], 40), fontsize=9)
         ax.legend(loc="upper left", fontsize=7, frameon=False)
-        ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(runs) :]:
-        ax.axis("off")
+        ax.tick_params(labelsize=8, labelbottom=False)
+        counts = np.asarray(before["count"], dtype=float)
+        counts_ax.bar(edges[:-1], counts, width=width, align="edge", color="grey", alpha=0.6)
+        counts_ax.set_yscale("log")
+        counts_ax.set_ylim(0.8, max(2.0, counts.max() * 2))
+        counts_ax.set_ylabel("forecasts", fontsize=8)
+        counts_ax.set_xlabel(
+            "probability" if report["multi_label"] else "confidence (before)", fontsize=9
+        )
+        counts_ax.tick_params(labelsize=7)
     figure.tight_layout()
     return to_png(figure)
 

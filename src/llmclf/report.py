@@ -210,6 +210,14 @@ def summary_lines(report: dict) -> list[str]:
     ]
     for p in report["pairs"]:
         lines.append(f"{p['b']} vs {p['a']}: {p['verdict']}.")
+    for run in report["runs"]:
+        calibration = run["calibration"]
+        if calibration["after"]:
+            lines.append(
+                f"{run['name']}: temperature scaling (T = {calibration['temperature']:.2f}) "
+                f"takes the test ECE from {calibration['before']['ece']:.4f} to "
+                f"{calibration['after']['ece']:.4f}."
+            )
     return lines
 
 
@@ -334,12 +342,14 @@ ul.read li { margin: .3rem 0; }
 """
 
 FIGURE_CAPTIONS = {
-    "confusion": "Rows: true class, columns: predicted class (multi-label: per label, counts "
-    "of true positives, false negatives, false positives, true negatives); colour = share "
-    "of the row.",
+    "confusion": "Rows: true class, columns: predicted class; colour = share of the row. "
+    "Multi-label: per label, counts of true positives and false negatives (coloured as a "
+    "share of the label's positives) and of false positives and true negatives (as a share "
+    "of its negatives).",
     "reliability": "Bars: accuracy (multi-label: frequency of the label) in each of 15 "
     "confidence bins before calibration; black line: after temperature scaling. A calibrated "
-    "model follows the dashed diagonal.",
+    "model follows the dashed diagonal. Below: how many forecasts fall in each bin (log "
+    "scale); a bin with a handful of examples says little.",
     "per_class_f1": "F1 of each class for every run.",
     "forest": "Each pair's difference in F1 (second run minus first) with its paired-bootstrap "
     "interval; intervals that cross the dashed zero line show no reliable difference.",

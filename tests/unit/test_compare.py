@@ -171,3 +171,84 @@ def test_compare_refuses_a_non_report_output_and_single_runs(runs, tmp_path, cap
     assert "holds no earlier report" in capsys.readouterr().err
     assert main(["compare", str(runs["a"]), "--output", str(tmp_path / "r")]) == 2
     assert "at least two runs" in capsys.readouterr().err
+
+
+def synthetic_evaluations(multi_label, n=200, k=4, seed=0):
+    """Two runs' predictions made up directly: the report needs no model."""
+    from pathlib import Path
+
+    from llmclf.compare import RunEvaluation
+    from llmclf.labels import LabelSchema
+
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(k)]
+    schema = LabelSchema(classes, multi_label=multi_label, thresholds=[0.5] * k)
+    truth = (rng.random((n, k)) < 0.3).astype(int) if multi_label else rng.integers(0, k, n)
+    target = truth if multi_label else np.eye(k)[truth]
+    out = []
+    for index, noise in enumerate((1.0, 3.0)):
+        proba = to_proba(rng.normal(0, noise, (n, k)) + 3 * target, multi_label)
+        predicted = (proba >= 0.5).astype(int) if multi_label else proba.argmax(axis=1)
+        out.append(
+            RunEvaluation(
+                name=f"r{index}",
+                folder=Path(f"r{index}"),
+                schema=schema,
+                truth=truth,
+                predicted=predicted,
+                proba=proba,
+                proba_temperature=1.0,
+                temperature=2.0 if index else 1.0,
+                test_hash="same",
+                run_metrics={"trainable_params": 1000, "train_seconds": 5.0},
+                config={"method": "head", "lora_r": 8 * (index + 1)},
+            )
+        )
+    return out
+
+
+def test_a_multi_label_report_uses_micro_f1_and_label_figures(tmp_path):
+    from sklearn.metrics import hamming_loss
+
+    from llmclf.compare import build_report
+    from llmclf.report import write_report
+
+    evaluations = synthetic_evaluations(multi_label=True)
+    report = build_report(evaluations, resamples=2000)
+    assert report["primary_metric"] == "micro_f1" and report["multi_label"]
+    first = report["runs"][0]
+    assert first["hamming_loss"] == pytest.approx(
+        hamming_loss(evaluations[0].truth, evaluations[0].predicted)
+    )
+    truth = evaluations[0].truth
+    assert first["calibration"]["before"]["ece"] == pytest.approx(
+        expected_calibration_error(truth, evaluations[0].proba)
+    )
+    assert report["runs"][1]["calibration"]["after"] is not None  # calibrated at T = 2
+    pair = report["pairs"][0]
+    subset_a = (evaluations[0].predicted == truth).all(axis=1)
+    subset_b = (evaluations[1].predicted == truth).all(axis=1)
+    assert pair["only_a_correct"] == int(np.sum(subset_a & ~subset_b))
+    assert pair["micro_ci_low"] <= pair["delta_micro_f1"] <= pair["micro_ci_high"]
+    assert report["confusion"]["r0"][0] == [
+        int(np.sum((truth[:, 0] == 1) & (evaluations[0].predicted[:, 0] == 1))),
+        int(np.sum((truth[:, 0] == 1) & (evaluations[0].predicted[:, 0] == 0))),
+        int(np.sum((truth[:, 0] == 0) & (evaluations[0].predicted[:, 0] == 1))),
+        int(np.sum((truth[:, 0] == 0) & (evaluations[0].predicted[:, 0] == 0))),
+    ]
+    write_report(report, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Hamming loss" in markdown and "samples-F1" in markdown and "ECE after T" in markdown
+
+
+def test_the_verdict_needs_both_tests():
+    from llmclf.compare import verdict
+
+    pair = {"a": "x", "b": "y", "micro_ci_low": 0.01, "micro_ci_high": 0.03}
+    base = {**pair, "ci_low": 0.01, "ci_high": 0.05}
+    assert verdict({**base, "mcnemar_p_adjusted": 0.01}, "macro_f1", 0.05) == "y is better"
+    flipped = {**base, "ci_low": -0.05, "ci_high": -0.01, "mcnemar_p_adjusted": 0.01}
+    assert verdict(flipped, "macro_f1", 0.05) == "x is better"
+    assert "not significant" in verdict({**base, "mcnemar_p_adjusted": 0.2}, "macro_f1", 0.05)
+    unclear = {**base, "ci_low": -0.01, "mcnemar_p_adjusted": 0.2}
+    assert verdict(unclear, "macro_f1", 0.05) == "no significant difference"
