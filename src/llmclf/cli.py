@@ -231,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def print_report_summary(report: dict, folder: Path) -> None:
-    from llmclf.report import summary_lines
+    from llmclf.tables import summary_lines
 
     primary = report["primary_metric"]
     for run in report["runs"]:
