@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="compare runs on one test set: McNemar, bootstrap delta-F1, calibration, cost; "
         "writes report.html / .md / .json",
+        description="Without --data, the test predictions each run stored when it was trained "
+        "are compared (the runs must share a test set); with --data D, every run is first "
+        "evaluated on D's test split. See docs/evaluation.md.",
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
     compare.add_argument("--output", required=True, help="the report folder")
