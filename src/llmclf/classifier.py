@@ -17,7 +17,12 @@ import numpy as np
 import yaml
 
 from llmclf import __version__
-from llmclf.calibration import to_proba
+from llmclf.calibration import (
+    calibration_metrics,
+    fit_temperature,
+    rescale_thresholds,
+    to_proba,
+)
 from llmclf.config import DataConfig, TrainConfig, build, flatten, to_dict
 from llmclf.data import is_label_list, parse_label, sample
 from llmclf.errors import LlmclfError
@@ -164,6 +169,44 @@ class ClassifierBase:
         truth = [sorted(v) if is_label_list(v) else str(v) for v in y]
         return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
+    # -- calibration -------------------------------------------------------------------
+
+    def calibrate(self, X, y, *, where: str = "the calibration data"):
+        """Fit temperature scaling on held-out texts ``X`` and labels ``y`` (a validation
+        split, never the training data) and return ``self``.
+
+        Sets ``temperature_`` (``predict_proba`` divides the logits by it), moves multi-label
+        thresholds so that no decision changes, and keeps before / after NLL, ECE and Brier
+        on ``X`` in ``calibration_``.
+
+        Example:
+            >>> clf.calibrate(val_texts, val_labels).temperature_  # doctest: +SKIP
+            1.84
+        """
+        self._check_fitted()
+        texts, labels, _ = self._texts_and_labels(X, y, multi_label=self.schema_.multi_label)
+        self.schema_.check_known(labels, where)
+        logits = np.asarray(self.predict_logits(texts), dtype=np.float64)
+        truth = self.schema_.encode(labels).astype(np.int64)
+        temperature = fit_temperature(logits, truth)
+        multi_label = self.schema_.multi_label
+        if multi_label and self.schema_.thresholds:
+            self.schema_.thresholds = rescale_thresholds(
+                self.schema_.thresholds, self.temperature_, temperature
+            )
+        before = calibration_metrics(truth, to_proba(logits, multi_label, 1.0))
+        after = calibration_metrics(truth, to_proba(logits, multi_label, temperature))
+        self.temperature_ = temperature
+        self.calibration_ = {
+            "temperature": temperature,
+            "method": "temperature scaling (NLL)",
+            "fitted_on": where,
+            "n": len(texts),
+            "before": before,
+            "after": after,
+        }
+        return self
+
     # -- persistence -------------------------------------------------------------------
 
     def resolved_config(self) -> dict[str, Any]:
@@ -176,9 +219,8 @@ class ClassifierBase:
         folder.mkdir(parents=True, exist_ok=True)
         self._save_model(folder)
         self.schema_.save(folder)
-        (folder / "calibration.json").write_text(
-            json.dumps({"temperature": self.temperature_}) + "\n"
-        )
+        calibration = {**getattr(self, "calibration_", {}), "temperature": self.temperature_}
+        (folder / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
         return folder
 
@@ -196,9 +238,10 @@ class ClassifierBase:
         clf.schema_ = LabelSchema.load(folder)
         clf.classes_ = np.array(clf.schema_.classes)
         calibration = folder / "calibration.json"
-        clf.temperature_ = (
-            json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
-        )
+        stored = json.loads(calibration.read_text()) if calibration.is_file() else {}
+        clf.temperature_ = float(stored.get("temperature", 1.0))
+        if "fitted_on" in stored:  # written by calibrate()
+            clf.calibration_ = stored
         clf._load_model(folder)
         clf.trainable_params_, clf.total_params_ = clf._count_parameters()
         return clf

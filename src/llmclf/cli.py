@@ -136,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluation_split,
         load_classifier,
         write_json,
+        write_predictions,
     )
 
     values = option_values(args)
@@ -161,9 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
     folder = Path(values.get("output") or run / "eval")
     folder.mkdir(parents=True, exist_ok=True)
-    predictions.to_json(
-        folder / "predictions.jsonl", orient="records", lines=True, force_ascii=False
-    )
+    write_predictions(predictions, folder / "predictions.jsonl")
     write_json(folder / METRICS_FILE, metrics)
     print_summary(metrics, folder)
     return 0
@@ -238,6 +237,89 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_overrides(values: dict) -> dict:
+    """The data options given on the command line (or in --config)."""
+    return {k: v for k, v in values.items() if k in names_of(DataConfig)}
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from llmclf.runs import calibrate_run
+
+    values = option_values(args)
+    run = Path(values.pop("run"))
+    runtime = {k: values[k] for k in RUNTIME_OPTIONS if k in values}
+    stored = calibrate_run(
+        run, data_overrides(values), values.get("split", "validation"), **runtime
+    )
+    before, after = stored["before"], stored["after"]
+    print(
+        f"temperature {stored['temperature']:.3f} (fitted on {stored['fitted_on']}, n={stored['n']})"
+    )
+    print(
+        f"{stored['fitted_on']}: NLL {before['nll']:.4f} -> {after['nll']:.4f}  "
+        f"ECE {before['ece']:.4f} -> {after['ece']:.4f}  Brier {before['brier']:.4f} -> {after['brier']:.4f}"
+    )
+    if "test" in stored:
+        test_before, test_after = (
+            stored["test"]["before"],
+            stored["test"]["after"] or stored["test"]["before"],
+        )
+        print(
+            f"stored test predictions: ECE {test_before['ece']:.4f} -> {test_after['ece']:.4f}  "
+            f"Brier {test_before['brier']:.4f} -> {test_after['brier']:.4f}"
+        )
+    print(f"written to {run / 'calibration.json'}; evaluate, predict and compare now apply it")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from llmclf.compare import compare_runs
+
+    values = option_values(args)
+    data_values = data_overrides(values)
+    if data_values and "data" not in data_values:
+        raise LlmclfError("column options need --data: compare evaluates the runs on that data set")
+    report = compare_runs(
+        values["runs"],
+        values["output"],
+        data_values=data_values or None,
+        runtime={k: values[k] for k in RUNTIME_OPTIONS if k in values},
+        resamples=values.get("resamples", 10_000),
+        seed=values.get("seed", 0),
+        confidence=values.get("confidence", 0.95),
+    )
+    print_report_summary(report, Path(values["output"]))
+    return 0
+
+
+def print_report_summary(report: dict, folder: Path) -> None:
+    from llmclf.tables import summary_lines
+
+    primary = report["primary_metric"]
+    for run in report["runs"]:
+        calibration = run["calibration"]
+        after = calibration["after"]
+        ece = f"ECE {calibration['before']['ece']:.4f}" + (
+            f" -> {after['ece']:.4f} (T={calibration['temperature']:.2f})" if after else ""
+        )
+        print(f"{run['name']}: {primary.replace('_f1', '-F1')} {run[primary]:.4f}  {ece}")
+    for pair in report["pairs"]:
+        print(
+            f"{pair['b']} - {pair['a']}: McNemar p={pair['mcnemar_p']:.4g}  "
+            f"delta macro-F1 {pair['delta_macro_f1']:+.4f} [{pair['ci_low']:+.4f}, {pair['ci_high']:+.4f}]  "
+            f"delta micro-F1 {pair['delta_micro_f1']:+.4f} [{pair['micro_ci_low']:+.4f}, {pair['micro_ci_high']:+.4f}]"
+        )
+    print(summary_lines(report)[0])
+    print(f"written to {folder / 'report.html'} (and report.md, report.json)")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from llmclf.grid import run_grid
+
+    run_grid(args.grid, output=args.output, dry_run=args.dry_run)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from llmclf.catalog import MODELS
 
@@ -279,6 +361,15 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
             f"unparsed answers {metrics['unparsed']} ({metrics['unparsed_rate']:.1%}): "
             "counted as wrong"
         )
+    if "ece" in metrics:
+        line = f"calibration: ECE {metrics['ece']:.4f}  Brier {metrics['brier']:.4f}"
+        if "ece_uncalibrated" in metrics:
+            line += (
+                f"  at temperature {metrics['temperature']:.3f} "
+                f"(uncalibrated: ECE {metrics['ece_uncalibrated']:.4f}  "
+                f"Brier {metrics['brier_uncalibrated']:.4f})"
+            )
+        print(line)
     if "trainable_params" in metrics:
         print(
             f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "
@@ -364,6 +455,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(predict, TrainConfig, only=("eval_batch_size",))
     add_options(predict, InstructConfig, only=INSTRUCT_RUNTIME_OPTIONS)
     predict.set_defaults(func=cmd_predict)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit temperature scaling on the validation split and store it in the run"
+    )
+    calibrate.add_argument("run", help="a run folder written by `llmclf train`")
+    calibrate.add_argument(
+        "--split",
+        default=argparse.SUPPRESS,
+        help="the split to fit on: validation (default); never the test split you report",
+    )
+    calibrate.add_argument("--config", help="a YAML file of options; flags override it")
+    add_options(
+        calibrate,
+        DataConfig,
+        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
+    )
+    add_options(calibrate, ModelConfig, only=("device", "dtype"))
+    add_options(calibrate, TrainConfig, only=("eval_batch_size",))
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare runs on one test set: McNemar, bootstrap delta-F1, calibration, cost; "
+        "writes report.html / .md / .json",
+        description="Without --data, the test predictions each run stored when it was trained "
+        "are compared (the runs must share a test set); with --data D, every run is first "
+        "evaluated on D's test split. See docs/evaluation.md.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    compare.add_argument("--output", required=True, help="the report folder")
+    compare.add_argument(
+        "--resamples",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="paired-bootstrap resamples, at least 2000 (default: 10000)",
+    )
+    compare.add_argument(
+        "--seed", type=int, default=argparse.SUPPRESS, help="bootstrap seed (default: 0)"
+    )
+    compare.add_argument(
+        "--confidence",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="confidence level of the intervals; 1 - it is the significance level (default: 0.95)",
+    )
+    compare.add_argument("--config", help="a YAML file of options; flags override it")
+    add_options(
+        compare,
+        DataConfig,
+        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
+    )
+    add_options(compare, ModelConfig, only=("device", "dtype"))
+    add_options(compare, TrainConfig, only=("eval_batch_size",))
+    compare.set_defaults(func=cmd_compare)
+
+    experiment = commands.add_parser(
+        "experiment",
+        help="train a grid of runs (methods x models x seeds x options), resumably, then compare",
+    )
+    experiment.add_argument("grid", help="the grid file (see examples/grid-bbc-news.yaml)")
+    experiment.add_argument(
+        "--output", default=None, help="the grid's folder (default: the file's `output`)"
+    )
+    experiment.add_argument(
+        "--dry-run", action="store_true", help="list the cells and their state; train nothing"
+    )
+    experiment.set_defaults(func=cmd_experiment)
 
     models = commands.add_parser("models", help="list the built-in offline models")
     models.set_defaults(func=cmd_models)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from llmclf.calibration import calibration_figures
 from llmclf.classifier import CONFIG_FILE, ClassifierBase, read_config
 from llmclf.config import DataConfig
 from llmclf.data import Examples, content_hash, examples_by_split, sample
@@ -175,9 +176,7 @@ def write_run(
     config = {**classifier.resolved_config(), "data": dataclasses.asdict(data_config)}
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if predictions is not None:
-        predictions.to_json(
-            staging / predictions_file, orient="records", lines=True, force_ascii=False
-        )
+        write_predictions(predictions, staging / predictions_file)
     if hasattr(classifier, "train_result_"):
         history = classifier.train_result_.log_history
         (staging / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -190,6 +189,14 @@ def write_run(
     if not keep_checkpoints:
         shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     write_json(output / METRICS_FILE, metrics)
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> None:
+    """A prediction table as JSON lines, atomically; probabilities keep 15 decimals so that
+    re-scaling them to another temperature (calibration) stays exact."""
+    partial = path.with_name(f".{path.name}.partial")
+    frame.to_json(partial, orient="records", lines=True, force_ascii=False, double_precision=15)
+    partial.replace(path)
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -254,6 +261,12 @@ def evaluate_examples(
     decided = schema.decide(proba)
     truth = schema.encode(examples.labels)
     metrics = classification_metrics(truth.astype(np.int64), decided, schema.classes)
+    # ECE / Brier / NLL at the run's temperature, and before calibration when it has one.
+    metrics.update(
+        calibration_figures(
+            truth.astype(np.int64), proba, schema.multi_label, float(classifier.temperature_)
+        )
+    )
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
@@ -298,3 +311,42 @@ def evaluation_split(config: DataConfig, split: str, multi_label: bool) -> Examp
             f"{config.data} has no {split!r} split (it has {', '.join(splits)}); pass --split all for every row"
         )
     return splits[split]
+
+
+# ---------------------------------------------------------------------------------------
+# Calibrate
+# ---------------------------------------------------------------------------------------
+
+
+def calibrate_run(
+    run: str | Path, data_values: dict | None = None, split: str = "validation", **runtime
+) -> dict:
+    """Fit temperature scaling on a split of the run's data (validation by default) and
+    store it in the run's calibration.json, which evaluate / predict / compare then use.
+
+    Returns what was stored: the temperature, before / after NLL, ECE and Brier on the
+    calibration split, and on the stored test predictions (``test``) when the run has them.
+    """
+    from llmclf.classifier import data_config_of
+    from llmclf.compare import calibration_before_after, stored_evaluation
+
+    folder = Path(run)
+    classifier = load_classifier(folder, **runtime)
+    values = {**dataclasses.asdict(data_config_of(folder)), **(data_values or {})}
+    config = DataConfig(**values)
+    examples = evaluation_split(config, split, classifier.schema_.multi_label)
+    if split in ("test", "all"):
+        log.warning("calibrating on the %s split makes the test ECE look better than it is", split)
+    where = f"{config.data} [{split}]"
+    log.info("fitting the temperature on %s: %d examples", where, len(examples))
+    classifier.calibrate(examples.texts, examples.labels, where=where)
+    stored = dict(classifier.calibration_)
+    if (folder / TEST_PREDICTIONS).is_file() and (folder / METRICS_FILE).is_file():
+        test = calibration_before_after(
+            stored_evaluation(folder, folder.name), classifier.temperature_
+        )
+        stored["test"] = {"before": test["before"], "after": test["after"]}
+    if classifier.schema_.multi_label:  # thresholds moved with the temperature
+        write_json(folder / "labels.json", dataclasses.asdict(classifier.schema_))
+    write_json(folder / "calibration.json", stored)
+    return stored

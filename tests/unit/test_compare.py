@@ -1,0 +1,254 @@
+"""`llmclf calibrate` and `llmclf compare` on tiny trained runs."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+from statsmodels.stats.contingency_tables import mcnemar
+
+from llmclf.calibration import expected_calibration_error, to_proba
+from llmclf.cli import main
+from llmclf.runs import load_classifier
+from tests.conftest import make_texts
+
+TINY = [
+    "--epochs",
+    "1",
+    "--max-length",
+    "32",
+    "--learning-rate",
+    "5e-3",
+    "--head-learning-rate",
+    "1e-2",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "16",
+    "--text-column",
+    "body",
+    "--label-column",
+    "topic",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    """Three tiny runs: A and B see the same test set through differently named files,
+    C the same file split with another seed (another test set)."""
+    folder = tmp_path_factory.mktemp("compare")
+    texts, labels = make_texts(150, seed=9)
+    frame = pd.DataFrame({"body": texts, "topic": labels})
+    frame.to_csv(folder / "data.csv", index=False)
+    frame.to_csv(folder / "copy.csv", index=False)
+    made = {}
+    for name, data, extra in (
+        ("a", "data.csv", ["--pooling", "last"]),
+        ("b", "copy.csv", ["--pooling", "mean"]),
+        ("c", "data.csv", ["--split-seed", "1"]),
+    ):
+        run = folder / name
+        args = ["train", "--model", tiny_llama, "--data", str(folder / data), *TINY, *extra]
+        assert main([*args, "--output", str(run)]) == 0
+        made[name] = run
+    made["data"] = folder / "data.csv"
+    return made
+
+
+def stored(run):
+    frame = pd.read_json(run / "test_predictions.jsonl", lines=True)
+    return frame, json.loads((run / "metrics.json").read_text())
+
+
+def test_train_metrics_include_calibration_figures(runs):
+    frame, metrics = stored(runs["a"])
+    classes = sorted(frame["label"].unique())
+    proba = frame[[f"proba_{c}" for c in classes]].to_numpy()
+    truth = np.array([classes.index(v) for v in frame["label"]])
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(truth, proba))
+    assert 0 <= metrics["brier"] <= 2 and metrics["nll"] > 0 and metrics["temperature"] == 1.0
+
+
+def test_compare_writes_a_report_whose_numbers_match_the_runs(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--output", str(out)]) == 0
+    assert "McNemar p=" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    (frame_a, metrics_a), (frame_b, metrics_b) = stored(runs["a"]), stored(runs["b"])
+    assert [r["name"] for r in report["runs"]] == ["a", "b"]
+    assert report["runs"][0]["macro_f1"] == pytest.approx(metrics_a["macro_f1"])
+    assert report["runs"][1]["trainable_params"] == metrics_b["trainable_params"]
+    assert report["runs"][0]["calibration"]["before"]["ece"] == pytest.approx(metrics_a["ece"])
+
+    pair = report["pairs"][0]
+    right_a = (frame_a["prediction"] == frame_a["label"]).to_numpy()
+    right_b = (frame_b["prediction"] == frame_b["label"]).to_numpy()
+    assert (pair["only_a_correct"], pair["only_b_correct"]) == (
+        int(np.sum(right_a & ~right_b)),
+        int(np.sum(~right_a & right_b)),
+    )
+    table = [
+        [np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
+        [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)],
+    ]
+    assert pair["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    delta = f1_score(frame_b["label"], frame_b["prediction"], average="macro") - f1_score(
+        frame_a["label"], frame_a["prediction"], average="macro"
+    )
+    assert pair["delta_macro_f1"] == pytest.approx(delta)
+    assert pair["ci_low"] <= pair["delta_macro_f1"] <= pair["ci_high"]
+    assert report["settings"]["bootstrap_resamples"] >= 2000
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "src='http" not in page and "<link" not in page  # self-contained
+    markdown = (out / "report.md").read_text()
+    assert "| a |" in markdown and "figures/forest.png" in markdown
+    for name in ("confusion", "reliability", "per_class_f1", "forest"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / ".staging").exists()
+
+
+def test_compare_refuses_runs_tested_on_different_test_sets(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", str(runs["a"]), str(runs["c"]), "--output", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmclf")]
+    assert len(errors) == 1 and "different test sets" in errors[0] and "--data" in errors[0]
+    assert not out.exists()
+
+
+def test_compare_with_data_evaluates_every_run_on_one_test_set(runs, tmp_path):
+    out = tmp_path / "report"
+    args = ["compare", str(runs["a"]), str(runs["c"]), "--output", str(out)]
+    assert main([*args, "--data", str(runs["data"]), "--resamples", "2000"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    _, metrics_a = stored(runs["a"])
+    assert report["test_set_hash"] == metrics_a["test_set_hash"]  # A's own split (seed 0)
+    assert report["runs"][0]["macro_f1"] == pytest.approx(metrics_a["macro_f1"])
+    assert (out / "evaluations" / "c" / "predictions.jsonl").is_file()
+    assert report["settings"]["bootstrap_resamples"] == 2000
+
+
+def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["b"], run)
+    assert main(["calibrate", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "temperature" in printed and "ECE" in printed
+    stored_calibration = json.loads((run / "calibration.json").read_text())
+    temperature = stored_calibration["temperature"]
+    assert temperature != 1.0 and "[validation]" in stored_calibration["fitted_on"]
+    assert stored_calibration["after"]["nll"] <= stored_calibration["before"]["nll"]
+    assert set(stored_calibration["test"]) == {"before", "after"}
+
+    clf = load_classifier(run, progress=False)
+    texts, _ = make_texts(10, seed=4)
+    assert clf.temperature_ == temperature
+    expected = to_proba(clf.predict_logits(texts), False, temperature)
+    assert np.allclose(clf.predict_proba(texts), expected, atol=1e-6)
+
+    assert main(["evaluate", str(run), "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["temperature"] == temperature
+    assert metrics["ece_uncalibrated"] == pytest.approx(stored(runs["b"])[1]["ece"], abs=1e-6)
+    assert metrics["ece"] == pytest.approx(stored_calibration["test"]["after"]["ece"], abs=1e-6)
+
+    out = tmp_path / "report"
+    assert main(["compare", str(runs["a"]), str(run), "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    calibrated = report["runs"][1]["calibration"]
+    assert calibrated["temperature"] == temperature
+    assert calibrated["after"]["ece"] == pytest.approx(stored_calibration["test"]["after"]["ece"])
+    assert report["runs"][0]["calibration"]["after"] is None
+    assert "ECE after T" in (out / "report.md").read_text()
+
+
+def test_compare_refuses_a_non_report_output_and_single_runs(runs, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--output", str(tmp_path)]) == 2
+    assert "holds no earlier report" in capsys.readouterr().err
+    assert main(["compare", str(runs["a"]), "--output", str(tmp_path / "r")]) == 2
+    assert "at least two runs" in capsys.readouterr().err
+
+
+def synthetic_evaluations(multi_label, n=200, k=4, seed=0):
+    """Two runs' predictions made up directly: the report needs no model."""
+    from pathlib import Path
+
+    from llmclf.compare import RunEvaluation
+    from llmclf.labels import LabelSchema
+
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(k)]
+    schema = LabelSchema(classes, multi_label=multi_label, thresholds=[0.5] * k)
+    truth = (rng.random((n, k)) < 0.3).astype(int) if multi_label else rng.integers(0, k, n)
+    target = truth if multi_label else np.eye(k)[truth]
+    out = []
+    for index, noise in enumerate((1.0, 3.0)):
+        proba = to_proba(rng.normal(0, noise, (n, k)) + 3 * target, multi_label)
+        predicted = (proba >= 0.5).astype(int) if multi_label else proba.argmax(axis=1)
+        out.append(
+            RunEvaluation(
+                name=f"r{index}",
+                folder=Path(f"r{index}"),
+                schema=schema,
+                truth=truth,
+                predicted=predicted,
+                proba=proba,
+                proba_temperature=1.0,
+                temperature=2.0 if index else 1.0,
+                test_hash="same",
+                run_metrics={"trainable_params": 1000, "train_seconds": 5.0},
+                config={"method": "head", "lora_r": 8 * (index + 1)},
+            )
+        )
+    return out
+
+
+def test_a_multi_label_report_uses_micro_f1_and_label_figures(tmp_path):
+    from sklearn.metrics import hamming_loss
+
+    from llmclf.compare import build_report
+    from llmclf.report import write_report
+
+    evaluations = synthetic_evaluations(multi_label=True)
+    report = build_report(evaluations, resamples=2000)
+    assert report["primary_metric"] == "micro_f1" and report["multi_label"]
+    first = report["runs"][0]
+    assert first["hamming_loss"] == pytest.approx(
+        hamming_loss(evaluations[0].truth, evaluations[0].predicted)
+    )
+    truth = evaluations[0].truth
+    assert first["calibration"]["before"]["ece"] == pytest.approx(
+        expected_calibration_error(truth, evaluations[0].proba)
+    )
+    assert report["runs"][1]["calibration"]["after"] is not None  # calibrated at T = 2
+    pair = report["pairs"][0]
+    subset_a = (evaluations[0].predicted == truth).all(axis=1)
+    subset_b = (evaluations[1].predicted == truth).all(axis=1)
+    assert pair["only_a_correct"] == int(np.sum(subset_a & ~subset_b))
+    assert pair["micro_ci_low"] <= pair["delta_micro_f1"] <= pair["micro_ci_high"]
+    assert report["confusion"]["r0"][0] == [
+        int(np.sum((truth[:, 0] == 1) & (evaluations[0].predicted[:, 0] == 1))),
+        int(np.sum((truth[:, 0] == 1) & (evaluations[0].predicted[:, 0] == 0))),
+        int(np.sum((truth[:, 0] == 0) & (evaluations[0].predicted[:, 0] == 1))),
+        int(np.sum((truth[:, 0] == 0) & (evaluations[0].predicted[:, 0] == 0))),
+    ]
+    write_report(report, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Hamming loss" in markdown and "samples-F1" in markdown and "ECE after T" in markdown
+
+
+def test_the_verdict_needs_both_tests():
+    from llmclf.compare import verdict
+
+    pair = {"a": "x", "b": "y", "micro_ci_low": 0.01, "micro_ci_high": 0.03}
+    base = {**pair, "ci_low": 0.01, "ci_high": 0.05}
+    assert verdict({**base, "mcnemar_p_adjusted": 0.01}, "macro_f1", 0.05) == "y is better"
+    flipped = {**base, "ci_low": -0.05, "ci_high": -0.01, "mcnemar_p_adjusted": 0.01}
+    assert verdict(flipped, "macro_f1", 0.05) == "x is better"
+    assert "not significant" in verdict({**base, "mcnemar_p_adjusted": 0.2}, "macro_f1", 0.05)
+    unclear = {**base, "ci_low": -0.01, "mcnemar_p_adjusted": 0.2}
+    assert verdict(unclear, "macro_f1", 0.05) == "no significant difference"
