@@ -222,7 +222,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     parity = info["parity"]
     size = Path(info["folder"], "model.onnx").stat().st_size / 2**20
     print(
-        f"wrote {info['folder']} (model.onnx, {size:.0f} MiB); ONNX Runtime matches PyTorch on "
+        f"wrote {info['folder']} (model.onnx, {size:.1f} MiB); ONNX Runtime matches PyTorch on "
         f"{parity['texts']} texts: same predictions, max |logit difference| "
         f"{parity['max_abs_logit_diff']:.1g}"
     )

@@ -114,22 +114,30 @@ def _export_graph(clf, path: Path, opset: int) -> None:
     inputs = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     axes = {0: batch, 1: sequence}
-    with warnings.catch_warnings():  # the exporter's deprecation chatter says nothing to a user
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (),
-            str(path),
-            kwargs=inputs,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-            report=False,
-        )
+    # The exporter's deprecation warnings and its note that torchvision (never used by a
+    # text model) is missing say nothing to a user.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (),
+                str(path),
+                kwargs=inputs,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                report=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _check_texts(run: Path, limit: int = 64) -> list[str]:
