@@ -14,8 +14,9 @@ rows = [
     ("MiniLM-L6 fine-tuned, 400 train", out / "minilm-400"),
     ("MiniLM-L6 fine-tuned, full train", out / "minilm-full"),
     ("SmolLM2-135M head (teacher), 400 train", teacher),
-    ("MiniLM-L6 distilled, 400 labelled", out / "student-400"),
-    ("MiniLM-L6 distilled, 400 labelled + 1,089 unlabelled", out / "student-400-unlab"),
+    ("MiniLM-L6 distilled, 400 labelled, 128 tokens", out / "student-400"),
+    ("MiniLM-L6 distilled, 400 labelled + 1,089 unlabelled, 64 tokens", out / "student-unlab-64"),
+    ("MiniLM-L6 distilled, 400 labelled + 1,089 unlabelled, 128 tokens", out / "student-unlab-128"),
 ]
 results = []
 for name, run in rows:

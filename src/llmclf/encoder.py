@@ -24,7 +24,7 @@ from llmclf.batching import pad_batch, run_batches
 from llmclf.calibration import to_proba
 from llmclf.catalog import MODELS
 from llmclf.classifier import ClassifierBase
-from llmclf.config import ModelConfig, TrainConfig, _check_choices, build, option
+from llmclf.config import ModelConfig, TrainConfig, _check_choices, _check_positive, build, option
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
@@ -60,9 +60,15 @@ class EncoderConfig:
         "tuned",
         "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
     )
+    encoder_layers: int | None = option(
+        None,
+        "keep only the first N transformer layers of the encoder: a smaller, faster model "
+        "(a common distillation student); none = all",
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        _check_positive(self, "encoder_layers")
         if self.threshold != "tuned":
             try:
                 value = float(self.threshold)
@@ -166,7 +172,7 @@ class EncoderClassifier(ClassifierBase):
         """Load the encoder with a fresh classifier for ``schema``'s classes."""
         from transformers import AutoModelForSequenceClassification
 
-        model_cfg, train_cfg, _ = self._configs()
+        model_cfg, train_cfg, encoder_cfg = self._configs()
         source = backbone.model_source(model_cfg.model)
         self.tokenizer_ = backbone.load_tokenizer(source, "right")
         torch.manual_seed(train_cfg.seed)  # the fresh classifier's initial weights
@@ -177,6 +183,7 @@ class EncoderClassifier(ClassifierBase):
             keep_full_precision=[],
             # a hub classifier with another label count gets a fresh layer of the right size
             ignore_mismatched_sizes=True,
+            **self._layer_kwargs(source, encoder_cfg),
             **self._label_kwargs(schema),
         )
         self.device_ = backbone.resolve_device(model_cfg.device)
@@ -224,6 +231,21 @@ class EncoderClassifier(ClassifierBase):
                 progress=self.progress,
             )
         self.model_.eval()
+
+    @staticmethod
+    def _layer_kwargs(source: str, encoder_cfg: EncoderConfig) -> dict:
+        """``num_hidden_layers=N`` when only the first N layers are kept (the rest of the
+        checkpoint is not loaded); the saved config then says N, so a plain load agrees."""
+        if not encoder_cfg.encoder_layers:
+            return {}
+        from transformers import AutoConfig
+
+        available = AutoConfig.from_pretrained(source).num_hidden_layers
+        if encoder_cfg.encoder_layers > available:
+            raise LlmclfError(
+                f"--encoder-layers {encoder_cfg.encoder_layers}: the encoder has only {available}"
+            )
+        return {"num_hidden_layers": encoder_cfg.encoder_layers}
 
     def _label_kwargs(self, schema: LabelSchema) -> dict:
         return {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmclf import LlmclfError
+from llmclf import LabelSchema, LlmclfError
 from llmclf.cli import main
 from llmclf.encoder import ENCODER_DEFAULTS, EncoderClassifier
 from tests.conftest import make_texts
@@ -127,3 +127,25 @@ def test_cli_trains_an_encoder_run_and_refuses_lora_flags(tiny_bert, tmp_path, c
     assert metrics["method"] == "encoder" and metrics["n"] == 6
     assert metrics["trainable_params"] == metrics["total_params"]
     assert main(["evaluate", str(run), "--eval-batch-size", "4"]) == 0
+
+
+def test_encoder_layers_keeps_the_first_layers_and_saves_loadably(tiny_bert, tmp_path):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    texts, labels = make_texts(30)
+    options = {**FAST, "epochs": 1}
+    with pytest.raises(LlmclfError, match="the encoder has only 2"):
+        EncoderClassifier(tiny_bert, progress=False, encoder_layers=3, **options).fit(texts, labels)
+    clf = EncoderClassifier(tiny_bert, progress=False, encoder_layers=1, **options)
+    clf.build_model(clf_schema := __import__("llmclf").LabelSchema.from_labels(labels, False))
+    assert len(clf.model_.bert.encoder.layer) == 1
+    original = AutoModel.from_pretrained(tiny_bert).encoder.layer[0].state_dict()
+    kept = clf.model_.bert.encoder.layer[0].state_dict()
+    assert all(torch.equal(original[k], kept[k]) for k in original)  # the first layer, as is
+    clf.fit(texts, labels)
+    folder = clf.save(tmp_path / "run")
+    assert AutoModelForSequenceClassification.from_pretrained(folder).config.num_hidden_layers == 1
+    assert np.array_equal(
+        EncoderClassifier.load(folder).predict_proba(texts), clf.predict_proba(texts)
+    )
+    assert clf_schema.classes == list(clf.classes_)
