@@ -177,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from llmclf.classifier import data_config_of, option_names
+    from llmclf.classifier import data_config_of, option_names, read_config
     from llmclf.distill import DistillConfig, distill_run
     from llmclf.encoder import EncoderClassifier
 
@@ -196,6 +196,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         )
     data_values = {k: v for k, v in values.items() if k in names_of(DataConfig)}
     if "data" not in data_values:  # the teacher's own data, read the way it was read
+        if "data" not in read_config(teacher):
+            raise LlmclfError(f"{teacher} does not say what data it was trained on: give --data")
         data_values = {**dataclasses.asdict(data_config_of(teacher)), **data_values}
     metrics = distill_run(
         teacher,

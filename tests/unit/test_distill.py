@@ -208,4 +208,6 @@ def test_distill_refuses_what_does_not_apply(teacher_and_data, tmp_path, capsys)
     assert "--lora-r does not apply to distill" in capsys.readouterr().err
     assert main(["distill", str(tmp_path / "nope"), "--data", str(data), "--output", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["distill", str(teacher), "--output", str(out)]) == 2  # saved by the Python API
+    assert "does not say what data it was trained on: give --data" in capsys.readouterr().err
     assert not out.exists()
