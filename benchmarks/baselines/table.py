@@ -17,6 +17,10 @@ rows = [
     ("MiniLM-L6 distilled, 400 labelled, 128 tokens", out / "student-400"),
     ("MiniLM-L6 distilled, 400 labelled + 1,089 unlabelled, 64 tokens", out / "student-unlab-64"),
     ("MiniLM-L6 distilled, 400 labelled + 1,089 unlabelled, 128 tokens", out / "student-unlab-128"),
+    (
+        "MiniLM-L6 first 3 layers distilled, 400 labelled + 1,089 unlabelled, 128 tokens",
+        out / "student-unlab-128-l3",
+    ),
 ]
 results = []
 for name, run in rows:
