@@ -238,11 +238,7 @@ def distill_run(
             "(its cached teacher outputs are reused), or choose another --output"
         )
     check_output_folder(output, resume)
-    options = {**options}
-    teacher_max_length = flatten(read_config(Path(teacher_run))).get("max_length")
-    if teacher_max_length and "max_length" not in options:
-        options["max_length"] = teacher_max_length  # the same input budget as the teacher
-    student = EncoderClassifier(progress=progress, **options)
+    student = EncoderClassifier(progress=progress, **student_options(teacher_run, options))
     batch_size = student._configs()[1].eval_batch_size
     teacher = load_classifier(teacher_run, progress=progress, eval_batch_size=batch_size)
     schema = LabelSchema(list(teacher.schema_.classes), teacher.schema_.multi_label)
@@ -258,24 +254,11 @@ def distill_run(
         len(train),
         len(unlabeled),
     )
-    cache = output / TEACHER_CACHE
-    scale = 1.0 / teacher.temperature_  # a calibrated teacher passes on its calibrated logits
     texts = train.texts + unlabeled
-    teacher_train = cached_teacher_logits(teacher, texts, cache, "train") * scale
-    has_gold = np.array([1.0] * len(train) + [0.0] * len(unlabeled), dtype=np.float32)
-    gold = np.concatenate(
-        [gold_matrix(schema, train.labels, len(train)), gold_matrix(schema, None, len(unlabeled))]
+    targets, eval_targets = teacher_targets(
+        teacher, train, unlabeled, validation, schema, output / TEACHER_CACHE
     )
-    targets = pack_targets(gold, has_gold, teacher_train)
-    eval_texts, eval_targets = None, None
-    if validation is not None:
-        teacher_val = cached_teacher_logits(teacher, validation.texts, cache, "validation") * scale
-        eval_texts = validation.texts
-        eval_targets = pack_targets(
-            gold_matrix(schema, validation.labels, len(validation)),
-            np.ones(len(validation), dtype=np.float32),
-            teacher_val,
-        )
+    eval_texts = validation.texts if validation is not None else None
 
     start = time.perf_counter()
     _fit_student(
@@ -308,6 +291,38 @@ def distill_run(
         student, output, data_config, metrics, predictions, options.get("keep_checkpoints", False)
     )
     return metrics
+
+
+def student_options(teacher_run: str | Path, options: dict) -> dict:
+    """The student's options; its max_length defaults to the teacher's input budget."""
+    teacher_max_length = flatten(read_config(Path(teacher_run))).get("max_length")
+    if teacher_max_length and "max_length" not in options:
+        return {**options, "max_length": teacher_max_length}
+    return dict(options)
+
+
+def teacher_targets(
+    teacher: ClassifierBase,
+    train: Examples,
+    unlabeled: list[str],
+    validation: Examples | None,
+    schema: LabelSchema,
+    cache: Path,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Packed targets for the training texts (labelled, then unlabelled) and for the
+    validation split, from the (cached) teacher logits and the gold labels."""
+    scale = 1.0 / teacher.temperature_  # a calibrated teacher passes on its calibrated logits
+    logits = cached_teacher_logits(teacher, train.texts + unlabeled, cache, "train") * scale
+    has_gold = np.array([1.0] * len(train) + [0.0] * len(unlabeled), dtype=np.float32)
+    gold = np.concatenate(
+        [gold_matrix(schema, train.labels, len(train)), gold_matrix(schema, None, len(unlabeled))]
+    )
+    targets = pack_targets(gold, has_gold, logits)
+    if validation is None:
+        return targets, None
+    val_logits = cached_teacher_logits(teacher, validation.texts, cache, "validation") * scale
+    val_gold = gold_matrix(schema, validation.labels, len(validation))
+    return targets, pack_targets(val_gold, np.ones(len(validation), np.float32), val_logits)
 
 
 def _splits(data_config: DataConfig, schema: LabelSchema):
