@@ -184,8 +184,15 @@ def builtin_folder(entry: ModelEntry) -> Path:
     target = cache_dir() / "models" / entry.name
     if (target / "config.json").is_file():
         return target
+    unzip_chunks(paths, target, entry)
+    return target
+
+
+def unzip_chunks(paths: list[Path], target: Path, entry: ModelEntry) -> None:
+    """Join the zip ``paths``, check the entry's sha256 and unzip the model folder (the
+    one holding the top-most config.json) to ``target``, moved into place when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".{entry.name}.{os.getpid()}.partial")
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
@@ -203,7 +210,6 @@ def builtin_folder(entry: ModelEntry) -> Path:
             found[0].parent.replace(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 # ---------------------------------------------------------------------------------------
