@@ -167,8 +167,8 @@ def test_distill_writes_an_ordinary_encoder_run_with_the_comparison(
     assert metrics["f1_ratio"] == pytest.approx(
         metrics["student_macro_f1"] / metrics["teacher_macro_f1"], abs=1e-4
     )
-    assert metrics["throughput_ratio"] == pytest.approx(
-        metrics["student_examples_per_s"] / metrics["teacher_examples_per_s"], rel=0.01
+    assert metrics["throughput_ratio"] == pytest.approx(  # rounded to 2 decimals
+        metrics["student_examples_per_s"] / metrics["teacher_examples_per_s"], abs=0.0051
     )
     # 48 labelled training rows (80 % of 60) plus the 12 non-empty unlabelled lines
     assert metrics["labelled_examples"] == 48 and metrics["unlabeled_examples"] == 12
