@@ -8,9 +8,21 @@ import logging as _logging  # noqa: E402
 # package from the Hugging Face hub is missing; its own CPU path works without it.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+from llmclf.encoder import EncoderClassifier  # noqa: E402
 from llmclf.errors import LlmclfError  # noqa: E402
+from llmclf.export import OnnxClassifier  # noqa: E402
 from llmclf.head import HeadClassifier  # noqa: E402
 from llmclf.instruct import InstructClassifier  # noqa: E402
 from llmclf.labels import LabelSchema  # noqa: E402
+from llmclf.tfidf import TfidfClassifier  # noqa: E402
 
-__all__ = ["HeadClassifier", "InstructClassifier", "LabelSchema", "LlmclfError", "__version__"]
+__all__ = [
+    "EncoderClassifier",
+    "HeadClassifier",
+    "InstructClassifier",
+    "LabelSchema",
+    "LlmclfError",
+    "OnnxClassifier",
+    "TfidfClassifier",
+    "__version__",
+]

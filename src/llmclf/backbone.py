@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from llmclf.catalog import MODELS, builtin_gguf, cache_dir
+from llmclf.catalog import MODELS, builtin_folder, builtin_gguf, cache_dir
 from llmclf.config import AdapterConfig, ModelConfig
 from llmclf.errors import LlmclfError
 
@@ -85,11 +85,14 @@ def quiet_transformers():
 def model_source(ref: str) -> str:
     """A local folder or hub id that ``from_pretrained`` can open.
 
-    Built-in names and ``.gguf`` files become the cached safetensors folder (converted on
-    first use); folders and hub ids are returned unchanged.
+    Built-in causal names and ``.gguf`` files become the cached safetensors folder
+    (converted on first use); built-in encoders are their Hugging Face folder; folders and
+    hub ids are returned unchanged.
     """
     if ref in MODELS:
         entry = MODELS[ref]
+        if entry.kind == "encoder":  # shipped as a Hugging Face folder (or a zip of one)
+            return str(builtin_folder(entry))
         return str(convert_gguf(builtin_gguf(entry)))
     path = Path(ref).expanduser()
     if ref.lower().endswith(".gguf"):

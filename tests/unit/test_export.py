@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from llmclf.cli import main
+from llmclf.encoder import EncoderClassifier
+from llmclf.export import OnnxClassifier, export_onnx
+from tests.conftest import make_texts
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tiny_bert, tmp_path_factory):
+    texts, labels = make_texts(60)
+    clf = EncoderClassifier(
+        tiny_bert, progress=False, epochs=2, max_length=32, learning_rate=5e-3, batch_size=8
+    ).fit(texts, labels)
+    return clf.save(tmp_path_factory.mktemp("runs") / "encoder"), clf
+
+
+def test_onnx_runtime_gives_the_same_predictions_as_pytorch(encoder_run):
+    run, clf = encoder_run
+    info = export_onnx(run)
+    assert info["parity"]["same_predictions"] and info["parity"]["max_abs_logit_diff"] < 1e-4
+    exported = OnnxClassifier(run / "onnx", batch_size=5)
+    texts, _ = make_texts(40, seed=7)
+    texts.append(" ".join(["bank"] * 100))  # longer than max_length: truncated the same way
+    assert exported.predict(texts) == clf.predict(texts)
+    assert np.allclose(exported.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+    assert exported.predict(texts[0]) == clf.predict(texts[0])
+    assert list(exported.classes_) == list(clf.classes_)
+
+
+def test_cli_export_refuses_to_overwrite_and_non_encoder_runs(encoder_run, tmp_path, capsys):
+    import pandas as pd
+
+    run, _ = encoder_run
+    target = tmp_path / "onnx"
+    assert main(["export", str(run), "--format", "onnx", "--output", str(target)]) == 0
+    assert "same predictions" in capsys.readouterr().out
+    info = json.loads((target / "llmclf_export.json").read_text())
+    assert info["max_length"] == 32 and info["opset"] == 18
+    assert {"model.onnx", "tokenizer.json", "labels.json", "config.json"} <= {
+        p.name for p in target.iterdir()
+    }
+    assert main(["export", str(run), "--output", str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+    texts, labels = make_texts(30)
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
+    tfidf = tmp_path / "tfidf"
+    assert main(["train", "--method", "tfidf", "--data", str(data), "--output", str(tfidf)]) == 0
+    assert main(["export", str(tfidf)]) == 2
+    assert "is a tfidf run: ONNX export is for encoder runs" in capsys.readouterr().err
+    assert not (tfidf / "onnx").exists() and not (tfidf / ".onnx.partial").exists()
