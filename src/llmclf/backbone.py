@@ -316,6 +316,19 @@ def load_model(
     return model
 
 
+def load_adapter_for_inference(base, folder: str):
+    """A saved LoRA adapter on ``base``, ready to predict. Over a full-precision base the
+    adapter is merged into the weights (PEFT ``merge_adapter``: the LoRA matmuls stop
+    costing time, the adapter can still be saved and unmerged); over a 4-bit base it stays
+    separate, since merging into NF4 weights would round it away."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, folder)
+    if getattr(base, "hf_quantizer", None) is None:
+        model.merge_adapter()
+    return model
+
+
 def add_lora(
     model, adapter: AdapterConfig, task_type: str, modules_to_save: list[str] | None = None
 ):

@@ -317,6 +317,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from llmclf.grid import run_grid
 
     run_grid(args.grid, output=args.output, dry_run=args.dry_run)
+    return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

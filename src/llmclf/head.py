@@ -327,7 +327,6 @@ class HeadClassifier(ClassifierBase):
         self.tokenizer_.save_pretrained(folder)
 
     def _load_model(self, folder: Path) -> None:
-        from peft import PeftModel
 
         self.frozen_ = (folder / HEAD_WEIGHTS).is_file()
         base = self._load_base(self.schema_, tokenizer_source=str(folder))
@@ -337,7 +336,7 @@ class HeadClassifier(ClassifierBase):
             base.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)), strict=False)
             self.model_ = base
         else:
-            self.model_ = PeftModel.from_pretrained(base, str(folder))
+            self.model_ = backbone.load_adapter_for_inference(base, str(folder))
         self.model_.requires_grad_(False)
         self.model_.eval()
 

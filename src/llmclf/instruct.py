@@ -468,7 +468,6 @@ class InstructClassifier(ClassifierBase):
         (folder / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
 
     def _load_model(self, folder: Path) -> None:
-        from peft import PeftModel
 
         path = folder / STATE_FILE
         if not path.is_file():
@@ -482,7 +481,7 @@ class InstructClassifier(ClassifierBase):
         self._prepare(self.schema_, state["template"], verbalizer, state["answer_length"])
         base = self._load_base()
         if (folder / "adapter_config.json").is_file():
-            self.model_ = PeftModel.from_pretrained(base, str(folder))
+            self.model_ = backbone.load_adapter_for_inference(base, str(folder))
         else:  # a zero-shot run: the untrained model
             self.model_ = base.requires_grad_(False)
         self.model_.eval()

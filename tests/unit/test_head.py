@@ -79,7 +79,10 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
     texts, _ = make_texts(20, seed=2)
     fitted.save(tmp_path / "run")
     loaded = HeadClassifier.load(tmp_path / "run", progress=False)
-    assert np.array_equal(loaded.predict_proba(texts), fitted.predict_proba(texts))
+    # a loaded full-precision run has its adapter merged into the weights: float rounding
+    np.testing.assert_allclose(
+        loaded.predict_proba(texts), fitted.predict_proba(texts), rtol=0, atol=1e-6
+    )
     assert (loaded.trainable_params_, loaded.total_params_) == (
         fitted.trainable_params_,
         fitted.total_params_,
@@ -169,7 +172,9 @@ def test_mean_pooling_gradient_checkpointing_and_class_weights_train(tiny_llama,
     assert all(ids[-1] != clf.tokenizer_.eos_token_id for ids in clf._encode(texts))
     clf.save(tmp_path / "mean")
     loaded = HeadClassifier.load(tmp_path / "mean", progress=False)
-    assert np.array_equal(loaded.predict_proba(texts[:5]), clf.predict_proba(texts[:5]))
+    np.testing.assert_allclose(
+        loaded.predict_proba(texts[:5]), clf.predict_proba(texts[:5]), atol=1e-6
+    )
 
 
 def test_fixed_threshold_for_multi_label(tiny_llama):

@@ -1,0 +1,134 @@
+"""Inference: llmclf's predict path vs `transformers.pipeline("text-classification")` on the
+same merged model (the head run's LoRA merged into the base with PEFT), same texts, batch
+size, truncation and precision. Both are timed in this process after loading, one after the
+other, and their predictions are compared.
+
+Usage: python benchmarks/bench_inference.py RUN DATA_CSV [--batch-size 16] [--name NAME]
+(RUN: a head run, e.g. the one bench_train.py wrote; DATA_CSV: its data, test split used)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    WORK,
+    machine,
+    matmul_peak_gflops,
+    model_flops_per_token,
+    read_split,
+    real_tokens,
+    write_result,
+)
+
+
+def merged_model(run: Path, folder: Path) -> Path:
+    """The run's adapter merged into its base, saved as a plain transformers folder."""
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    labels = json.loads((run / "labels.json").read_text())["classes"]
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(
+        run,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={c: i for i, c in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+    ).merge_and_unload()
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoConfig, pipeline
+
+    from llmclf.runs import load_classifier
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = args.name or f"inference_{args.run.name}"
+    merged = merged_model(args.run, WORK / f"{args.run.name}-merged")
+    test = read_split(args.data, "test")
+    texts = list(test["text"])
+    peak = matmul_peak_gflops(device)
+
+    classifier = load_classifier(args.run, eval_batch_size=args.batch_size, device=device)
+    max_length = classifier._configs()[0].max_length
+    classifier.progress = False
+    classifier.predict_proba(texts[: args.batch_size])  # warm-up
+    start = time.perf_counter()
+    ours = classifier.predict(texts)
+    ours_seconds = time.perf_counter() - start
+    dtype = next(classifier.model_.parameters()).dtype
+    del classifier
+
+    classify = pipeline(
+        "text-classification", model=str(merged), device=device, dtype=dtype, top_k=1
+    )
+    options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
+    classify(texts[: args.batch_size], **options)  # warm-up
+    start = time.perf_counter()
+    outputs = classify(texts, **options)
+    pipeline_seconds = time.perf_counter() - start
+    theirs = np.array([out[0]["label"] for out in outputs])
+
+    tokens = real_tokens(classify.tokenizer, texts, max_length)
+    config = AutoConfig.from_pretrained(merged)
+    flops = model_flops_per_token(config, sum(tokens) / len(tokens) / 2, training=False)
+    achieved = flops * sum(tokens) / ours_seconds / 1e9
+    gold = np.array(test["label"])
+    write_result(
+        name,
+        {
+            "machine": machine(),
+            "settings": {
+                "run": str(args.run),
+                "texts": len(texts),
+                "batch_size": args.batch_size,
+                "max_length": max_length,
+                "dtype": str(dtype),
+                "device": device,
+            },
+            "real_tokens": sum(tokens),
+            "matmul_peak_gflops": round(peak, 1),
+            "llmclf": {
+                "seconds": round(ours_seconds, 2),
+                "examples_per_s": round(len(texts) / ours_seconds, 2),
+                "real_tokens_per_s": round(sum(tokens) / ours_seconds, 1),
+                "achieved_gflops": round(achieved, 1),
+                "accuracy": round(float((ours == gold).mean()), 4),
+            },
+            "pipeline": {
+                "seconds": round(pipeline_seconds, 2),
+                "examples_per_s": round(len(texts) / pipeline_seconds, 2),
+                "real_tokens_per_s": round(sum(tokens) / pipeline_seconds, 1),
+                "accuracy": round(float((theirs == gold).mean()), 4),
+            },
+            "prediction_agreement": round(float((ours == theirs).mean()), 4),
+            "inference_speedup_vs_pipeline": round(pipeline_seconds / ours_seconds, 2),
+            "fraction_of_matmul_peak": round(achieved / peak, 3),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

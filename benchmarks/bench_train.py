@@ -1,0 +1,136 @@
+"""Training: `llmclf train --method head` vs the transformers / PEFT docs recipe
+(reference_train.py, padding="max_length"), same model, examples, epochs, batch size,
+learning rate, LoRA rank and precision, one after the other.
+
+Both time the same phase: loading the model, the training steps and the per-epoch
+validation pass (what a user waits for), then predict the same test split.
+
+Usage: python benchmarks/bench_train.py [--data 20newsgroups] [--max-length 256] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+
+from common import (
+    LLMCLF,
+    WORK,
+    bench_data,
+    machine,
+    matmul_peak_gflops,
+    model_flops_per_token,
+    read_split,
+    real_tokens,
+    run_timed,
+    write_result,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", default="20newsgroups")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--train", type=int, default=240, help="training examples")
+    parser.add_argument("--validation", type=int, default=60)
+    parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--quantize", choices=("none", "4bit"), default="none")
+    parser.add_argument("--name", default=None, help="results file name")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from llmclf.backbone import model_source
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = args.name or f"train_{args.data}_{args.max_length}"
+    folder = model_source(args.model)  # a GGUF is converted (and cached) before timing
+    data = bench_data(args.data, args.train, args.validation, args.test)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    train_texts = list(read_split(data, "train")["text"])
+    tokens = real_tokens(tokenizer, train_texts, args.max_length)
+    real = sum(tokens) * args.epochs
+    padded = len(tokens) * args.max_length * args.epochs
+    peak = matmul_peak_gflops(device)
+    print(f"matmul peak {peak:.0f} GFLOP/s; {real:,.0f} real of {padded:,.0f} padded tokens")
+
+    shared = [
+        "--max-length", str(args.max_length),
+        "--epochs", str(args.epochs),
+        "--batch-size", str(args.batch_size),
+        "--learning-rate", str(args.learning_rate),
+        "--quantize", args.quantize,
+    ]  # fmt: skip
+    run = WORK / f"{name}-llmclf"
+    shutil.rmtree(run, ignore_errors=True)
+    wall = run_timed(
+        [*LLMCLF, "train", "--method", "head", "--model", args.model, "--data", str(data),
+         "--output", str(run), *shared],
+        WORK / f"{name}-llmclf.log",
+    )  # fmt: skip
+    ours = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "train_log.json").read_text())
+    ours["validation_seconds"] = sum(e.get("eval_runtime", 0.0) for e in history)
+    ours["wall_seconds"] = wall
+
+    log = WORK / f"{name}-reference.log"
+    wall = run_timed(
+        [sys.executable, "benchmarks/reference_train.py", "--model", str(folder),
+         "--data", str(data), "--output", str(WORK / f"{name}-reference"), *shared],
+        log,
+    )  # fmt: skip
+    line = next(x for x in log.read_text().splitlines() if x.startswith("RESULT "))
+    reference = {**json.loads(line[len("RESULT ") :]), "wall_seconds": wall}
+
+    config = AutoConfig.from_pretrained(folder)
+    mean_context = sum(tokens) / len(tokens) / 2
+    flops = model_flops_per_token(config, mean_context, training=True)
+    sides = {}
+    for side, m in (("llmclf", ours), ("reference", reference)):
+        step_seconds = m["train_seconds"] - m["validation_seconds"]
+        sides[side] = {
+            "macro_f1": round(m["macro_f1"], 4),
+            "accuracy": round(m["accuracy"], 4),
+            "train_seconds": round(m["train_seconds"], 1),
+            "validation_seconds": round(m["validation_seconds"], 1),
+            "real_tokens_per_s": round(real / m["train_seconds"], 1),
+            "examples_per_s": round(len(tokens) * args.epochs / m["train_seconds"], 3),
+            "step_real_tokens_per_s": round(real / step_seconds, 1),
+            "achieved_gflops": round(flops * real / step_seconds / 1e9, 1),
+            "peak_rss_mb": m["peak_rss_mb"],
+            "peak_gpu_mb": m.get("peak_gpu_mb"),
+            "trainable_params": m["trainable_params"],
+        }
+    write_result(
+        name,
+        {
+            "machine": machine(),
+            "settings": {**vars(args), "device": device, "model_folder": str(folder)},
+            "real_tokens": real,
+            "padded_tokens": padded,
+            "matmul_peak_gflops": round(peak, 1),
+            "train_flops_per_real_token": flops,
+            **sides,
+            "train_speedup_vs_reference": round(
+                reference["train_seconds"] / ours["train_seconds"], 2
+            ),
+            "step_speedup_vs_reference": round(
+                sides["llmclf"]["step_real_tokens_per_s"]
+                / sides["reference"]["step_real_tokens_per_s"],
+                2,
+            ),
+            "macro_f1_difference": round(ours["macro_f1"] - reference["macro_f1"], 4),
+            "fraction_of_matmul_peak": round(sides["llmclf"]["achieved_gflops"] / peak, 3),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
