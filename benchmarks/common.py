@@ -98,7 +98,6 @@ def model_flops_per_token(config, context: float, training: bool) -> float:
 def bench_data(name: str, n_train: int, n_validation: int, n_test: int, seed: int = 0) -> Path:
     """A CSV with a ``split`` column holding a stratified sample of a built-in data set,
     so llmclf and the reference read exactly the same examples."""
-    from llmclf.catalog import stratified_split
     from llmclf.config import DataConfig
     from llmclf.data import load_frames
 
@@ -113,9 +112,11 @@ def bench_data(name: str, n_train: int, n_validation: int, n_test: int, seed: in
         frame = frames[split]
         if n == 0:
             continue
-        if n < len(frame):
-            keep = stratified_split(list(frame["label"]), (n / len(frame),), seed)[0]
-            frame = frame.iloc[sorted(keep)]
+        if n < len(frame):  # round-robin over the classes in a seeded order: exactly n rows
+            shuffled = frame.sample(frac=1.0, random_state=seed)
+            rank = shuffled.groupby("label").cumcount()
+            frame = shuffled.assign(_rank=rank).sort_values(["_rank", "label"]).head(n)
+            frame = frame.drop(columns="_rank").sort_index()
         parts.append(frame[["text", "label"]].assign(split=split))
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(parts).to_csv(path.with_suffix(".partial"), index=False)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# make bench: every benchmark, one after the other (run nothing else on the machine),
+# then the tables in BENCHMARKS.md. Results: benchmarks/results/*.json.
+# Usage: benchmarks/run.sh [STEP...]   steps: train inference instruct layers (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+STEPS=${*:-train inference instruct layers}
+for step in $STEPS; do case $step in
+train)
+  # 20 Newsgroups at 256 tokens: mixed lengths (median 189 tokens, 31% longer than 256)
+  $PY benchmarks/bench_train.py --data 20newsgroups --max-length 256 \
+      --train 240 --validation 60 --test 300 --epochs 1 ;;
+inference)
+  $PY benchmarks/bench_inference.py benchmarks/work/train_20newsgroups_256-llmclf \
+      benchmarks/work/20newsgroups-240-60-300-0.csv ;;
+instruct)
+  $PY benchmarks/bench_instruct.py --data 20newsgroups --test 150 --max-length 256 ;;
+layers)
+  $PY benchmarks/bench_layers.py --data bbc-news --layers 30 15 8 --train-limit 200 ;;
+*) echo "unknown step $step (train inference instruct layers)" >&2; exit 2 ;;
+esac; done
+$PY benchmarks/table.py

@@ -1,0 +1,168 @@
+"""Write the tables of BENCHMARKS.md (between its `generated` markers) from
+benchmarks/results/*.json; the prose around them is kept.
+
+Usage: python benchmarks/table.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS, ROOT
+
+BEGIN, END = "<!-- begin generated: benchmarks/table.py -->", "<!-- end generated -->"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def machine_lines(m: dict) -> list[str]:
+    gpu = m["gpu"] or "none"
+    return [
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"{m['memory_gib']} GiB RAM, AVX-512 {'yes' if m['avx512'] else 'no'}, "
+        f"AMX {'yes' if m['amx'] else 'no'}, GPU {gpu}; Python {m['python']}, "
+        f"torch {m['torch']}, transformers {m['transformers']}.",
+        "",
+    ]
+
+
+def train_lines(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [
+        f"### Training: `llmclf train --method head` vs the docs recipe ({s['data']}, "
+        f"max length {s['max_length']})",
+        "",
+        f"{s['train']} training / {s['validation']} validation / {s['test']} test examples, "
+        f"{s['epochs']:g} epoch, batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
+        f"LoRA r 16 on all linear layers, quantize {s['quantize']}, {s['device']}. "
+        f"{r['real_tokens']:,.0f} real tokens of {r['padded_tokens']:,.0f} padded to max "
+        f"length. Time = model load + training steps + per-epoch validation.",
+        "",
+        "| | llmclf | reference | llmclf / reference |",
+        "|---|---|---|---|",
+    ]
+    a, b = r["llmclf"], r["reference"]
+    for key, label in (
+        ("real_tokens_per_s", "real tokens/s"),
+        ("examples_per_s", "examples/s"),
+        ("step_real_tokens_per_s", "real tokens/s, training steps only"),
+        ("train_seconds", "train seconds"),
+        ("validation_seconds", "of which validation"),
+        ("peak_rss_mb", "peak RSS MiB"),
+        ("peak_gpu_mb", "peak GPU MiB"),
+        ("macro_f1", "test macro-F1"),
+        ("accuracy", "test accuracy"),
+    ):
+        if a.get(key) is None:
+            continue
+        ratio = f"{a[key] / b[key]:.2f}x" if b.get(key) else ""
+        out.append(f"| {label} | {a[key]:,} | {b[key]:,} | {ratio} |")
+    out += [
+        "",
+        f"`train_speedup_vs_reference` **{r['train_speedup_vs_reference']}**, "
+        f"`step_speedup_vs_reference` {r['step_speedup_vs_reference']}, macro-F1 difference "
+        f"{r['macro_f1_difference']:+.4f}; achieved {a['achieved_gflops']} GFLOP/s on real tokens "
+        f"in the training steps vs a measured matmul peak of {r['matmul_peak_gflops']} GFLOP/s: "
+        f"`fraction_of_matmul_peak` **{r['fraction_of_matmul_peak']}** (reference: "
+        f"{b['achieved_gflops'] / r['matmul_peak_gflops']:.3f}, counting only its real tokens).",
+        "",
+    ]
+    return out
+
+
+def inference_lines(r: dict) -> list[str]:
+    s, a, b = r["settings"], r["llmclf"], r["pipeline"]
+    return [
+        "### Inference: llmclf predict vs `pipeline(\"text-classification\")`",
+        "",
+        f"The training run's adapter merged into the base (the same weights on both sides), "
+        f"{s['texts']} test texts, batch {s['batch_size']}, max length {s['max_length']}, "
+        f"{s['dtype']}, {s['device']}; timed after loading and a warm-up batch.",
+        "",
+        "| | llmclf | pipeline |",
+        "|---|---|---|",
+        f"| examples/s | {a['examples_per_s']} | {b['examples_per_s']} |",
+        f"| real tokens/s | {a['real_tokens_per_s']:,} | {b['real_tokens_per_s']:,} |",
+        f"| seconds | {a['seconds']} | {b['seconds']} |",
+        f"| test accuracy | {a['accuracy']} | {b['accuracy']} |",
+        "",
+        f"`inference_speedup_vs_pipeline` **{r['inference_speedup_vs_pipeline']}**; the two "
+        f"agree on {r['prediction_agreement']:.1%} of the predictions; achieved "
+        f"{a['achieved_gflops']} GFLOP/s vs matmul peak {r['matmul_peak_gflops']}: "
+        f"fraction {r['fraction_of_matmul_peak']}.",
+        "",
+    ]
+
+
+def instruct_lines(r: dict) -> list[str]:
+    s, a, b = r["settings"], r["score"], r["generate"]
+    lo, mean, hi = r["label_tokens_min_mean_max"]
+    kind = "the untrained model (zero-shot)" if s["zero_shot"] else f"run {s['run']}"
+    unparsed = b.get("unparsed_rate")
+    return [
+        "### Instruct: `--predict-mode score` vs `generate`",
+        "",
+        f"{s['data']}, {s['test']} test texts, {s['labels']} labels of {lo}-{hi} tokens "
+        f"(mean {mean}), {kind}, max length {s['max_length']}, batch {s['batch_size']}.",
+        "",
+        "| | score | generate |",
+        "|---|---|---|",
+        f"| examples/s | {a['examples_per_s']} | {b['examples_per_s']} |",
+        f"| seconds | {a['seconds']} | {b['seconds']} |",
+        f"| macro-F1 | {a['macro_f1']} | {b['macro_f1']} |",
+        f"| unparsed answers | - | {unparsed:.1%} |" if unparsed is not None else "",
+        "",
+        f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**.",
+        "",
+    ]
+
+
+def layers_lines(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [
+        f"### `--num-layers K` and `--lora none` on {s['data']}",
+        "",
+        f"{s['train_limit']} training examples, max length {s['max_length']}, "
+        f"{s['epochs']:g} epoch with LoRA ({s['frozen_epochs']:g} head-only epochs with "
+        "`--lora none`, whose time includes the first feature pass on a cold cache); full "
+        "validation and test splits.",
+        "",
+        "| variant | test macro-F1 | train s | test examples/s | trainable | total params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        out.append(
+            f"| {row['variant']} | {row['macro_f1']} | {row['train_seconds']} | "
+            f"{row['test_examples_per_s']} | {row['trainable_params']:,} | "
+            f"{row['total_params']:,} |"
+        )
+    return [*out, ""]
+
+
+def main() -> None:
+    parts = [("train_20newsgroups_256", train_lines), ("inference_train_20newsgroups_256-llmclf",
+             inference_lines), ("instruct_20newsgroups", instruct_lines),
+             ("layers_bbc-news", layers_lines)]  # fmt: skip
+    lines: list[str] = []
+    for name, render in parts:
+        result = load(name)
+        if result is None:
+            continue
+        if not lines:
+            lines += machine_lines(result["machine"])
+        lines += [line for line in render(result) if line is not None]
+        lines.append(f"(from `benchmarks/results/{name}.json`, {result['date']})")
+        lines.append("")
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
