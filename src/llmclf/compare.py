@@ -255,15 +255,23 @@ def calibration_before_after(
 
 
 def differing_settings(evaluations: list[RunEvaluation]) -> list[dict]:
-    """Per run, the config values that are not the same in every run (method, model,
+    """Per run, its config values that are not the same in every run (method, model,
     pooling, seed, ...): what tells the runs apart."""
     keys = sorted({k for e in evaluations for k in e.config} - _NOT_SETTINGS)
     varying = [
         k
         for k in keys
-        if len({json.dumps(e.config.get(k), sort_keys=True) for e in evaluations}) > 1
+        if len({json.dumps(_plain(e.config.get(k)), sort_keys=True) for e in evaluations}) > 1
     ]
-    return [{k: e.config.get(k) for k in varying} for e in evaluations]
+    # an option another method has and this run lacks (a head run's verbalizer) is left out
+    return [{k: e.config[k] for k in varying if e.config.get(k) is not None} for e in evaluations]
+
+
+def _plain(value):
+    """2 and 2.0 are the same setting (a YAML int and a float default)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def compare_pair(
