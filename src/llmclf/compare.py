@@ -114,7 +114,7 @@ def from_frame(
         folder=folder,
         schema=schema,
         truth=schema.encode(labels).astype(np.int64),
-        predicted=schema.encode(predictions).astype(np.int64),
+        predicted=_encode_predictions(predictions, schema),
         proba=frame[columns].to_numpy(dtype=np.float64),
         proba_temperature=float(metrics.get("temperature", 1.0)),
         temperature=stored_temperature(folder),
@@ -124,6 +124,15 @@ def from_frame(
         eval_examples_per_s=metrics.get("eval_examples_per_s"),
         source=source,
     )
+
+
+def _encode_predictions(predictions: list, schema: LabelSchema) -> np.ndarray:
+    """As ``schema.encode``; an unparsed generated answer (an empty single-label
+    prediction) is -1: wrong for every example, a false negative of its true class."""
+    if schema.multi_label:
+        return schema.encode(predictions).astype(np.int64)
+    index = {c: i for i, c in enumerate(schema.classes)}
+    return np.array([index.get(p, -1) if p else -1 for p in predictions], dtype=np.int64)
 
 
 def _split(value, schema: LabelSchema):
@@ -385,7 +394,8 @@ def confusion(evaluation: RunEvaluation) -> list[list[int]]:
             for j in range(k)
         ]
     matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (truth, predicted), 1)
+    parsed = predicted >= 0  # unparsed answers are in no column
+    np.add.at(matrix, (truth[parsed], predicted[parsed]), 1)
     return matrix.tolist()
 
 

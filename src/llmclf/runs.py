@@ -246,7 +246,13 @@ def zero_shot_run(
     metrics.update(accounting(classifier, 0))
     metrics.update({"method": method, "zero_shot": True, "data": data_config.data, "split": split})
     write_run(
-        classifier, output, data_config, metrics, predictions, predictions_file="predictions.jsonl"
+        classifier,
+        output,
+        data_config,
+        metrics,
+        predictions,
+        # on the test split it is comparable with trained runs (llmclf compare)
+        predictions_file=TEST_PREDICTIONS if split == "test" else "predictions.jsonl",
     )
     return metrics
 

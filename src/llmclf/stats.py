@@ -119,11 +119,15 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def indicator(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[n] class indices -> [n, k] one-hot; [n, k] indicators pass through (as int8)."""
+    """[n] class indices -> [n, k] one-hot, -1 (no class: an unparsed answer) -> a row of
+    zeros; [n, k] indicators pass through (as int8)."""
     labels = np.asarray(labels)
     if labels.ndim == 2:
         return labels.astype(np.int8)
-    return np.eye(num_classes, dtype=np.int8)[labels]
+    out = np.zeros((len(labels), num_classes), dtype=np.int8)
+    known = labels >= 0
+    out[np.flatnonzero(known), labels[known]] = 1
+    return out
 
 
 def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -120,7 +120,9 @@ def test_zero_shot_evaluation(model, csv_data, tmp_path, mode, capsys):
     for key in ("accuracy", "macro_f1", "micro_f1", "per_class", "total_params"):
         assert key in metrics
     assert ("unparsed" in metrics) == (mode == "generate")
-    assert (out / "predictions.jsonl").is_file() and not (out / "adapter_config.json").exists()
+    # the test split's predictions, named as a trained run's: llmclf compare reads them
+    assert (out / "test_predictions.jsonl").is_file()
+    assert not (out / "adapter_config.json").exists()
     # the folder is a run: predict works on it
     source = tmp_path / "in.csv"
     pd.DataFrame({"body": ["bank stock"]}).to_csv(source, index=False)

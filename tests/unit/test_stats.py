@@ -163,3 +163,20 @@ def test_too_few_resamples_are_refused():
     truth, a, b = predictions(n=20)
     with pytest.raises(LlmclfError, match="at least 2000"):
         paired_bootstrap(truth, a, b, num_classes=4, resamples=500)
+
+
+def test_unparsed_answers_count_as_wrong_like_scikit_learn():
+    """-1 (an unparsed generated answer) is no class: a false negative of the true class."""
+    truth, a, b = predictions(n=80, k=3, seed=5)
+    b = b.copy()
+    b[::7] = -1
+    result = paired_bootstrap(truth, a, b, num_classes=3, resamples=2000, seed=0)
+    labels = [0, 1, 2]
+    expected_macro = f1_score(truth, b, labels=labels, average="macro") - f1_score(
+        truth, a, labels=labels, average="macro"
+    )
+    expected_micro = f1_score(truth, b, labels=labels, average="micro") - f1_score(
+        truth, a, labels=labels, average="micro"
+    )
+    assert result.delta_macro_f1 == pytest.approx(expected_macro)
+    assert result.delta_micro_f1 == pytest.approx(expected_micro)
