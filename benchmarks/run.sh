@@ -5,11 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${*:-train inference instruct layers}
+STEPS=${*:-train inference instruct layers train-reuters}
 for step in $STEPS; do case $step in
 train)
   # 20 Newsgroups at 256 tokens: mixed lengths (median 189 tokens, 31% longer than 256)
   $PY benchmarks/bench_train.py --data 20newsgroups --max-length 256 \
+      --train 240 --validation 60 --test 300 --epochs 1 ;;
+train-reuters)
+  # Reuters R8 at 256 tokens: short news wires (median 82 tokens, 41% of max_length filled)
+  $PY benchmarks/bench_train.py --data reuters-r8 --max-length 256 \
       --train 240 --validation 60 --test 300 --epochs 1 ;;
 inference)
   $PY benchmarks/bench_inference.py benchmarks/work/train_20newsgroups_256-llmclf \
@@ -18,6 +22,6 @@ instruct)
   $PY benchmarks/bench_instruct.py --data 20newsgroups --test 150 --max-length 256 ;;
 layers)
   $PY benchmarks/bench_layers.py --data bbc-news --layers 30 15 8 --train-limit 200 ;;
-*) echo "unknown step $step (train inference instruct layers)" >&2; exit 2 ;;
+*) echo "unknown step $step (train inference instruct layers train-reuters)" >&2; exit 2 ;;
 esac; done
 $PY benchmarks/table.py

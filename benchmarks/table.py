@@ -13,11 +13,6 @@ from common import RESULTS, ROOT
 BEGIN, END = "<!-- begin generated: benchmarks/table.py -->", "<!-- end generated -->"
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def machine_lines(m: dict) -> list[str]:
     gpu = m["gpu"] or "none"
     return [
@@ -76,7 +71,7 @@ def train_lines(r: dict) -> list[str]:
 def inference_lines(r: dict) -> list[str]:
     s, a, b = r["settings"], r["llmclf"], r["pipeline"]
     return [
-        "### Inference: llmclf predict vs `pipeline(\"text-classification\")`",
+        '### Inference: llmclf predict vs `pipeline("text-classification")`',
         "",
         f"The training run's adapter merged into the base (the same weights on both sides), "
         f"{s['texts']} test texts, batch {s['batch_size']}, max length {s['max_length']}, "
@@ -113,7 +108,7 @@ def instruct_lines(r: dict) -> list[str]:
         f"| examples/s | {a['examples_per_s']} | {b['examples_per_s']} |",
         f"| seconds | {a['seconds']} | {b['seconds']} |",
         f"| macro-F1 | {a['macro_f1']} | {b['macro_f1']} |",
-        f"| unparsed answers | - | {unparsed:.1%} |" if unparsed is not None else "",
+        *([f"| unparsed answers | - | {unparsed:.1%} |"] if unparsed is not None else []),
         "",
         f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**.",
         "",
@@ -143,19 +138,20 @@ def layers_lines(r: dict) -> list[str]:
 
 
 def main() -> None:
-    parts = [("train_20newsgroups_256", train_lines), ("inference_train_20newsgroups_256-llmclf",
-             inference_lines), ("instruct_20newsgroups", instruct_lines),
-             ("layers_bbc-news", layers_lines)]  # fmt: skip
+    renderers = (
+        ("train_", train_lines),
+        ("inference_", inference_lines),
+        ("instruct_", instruct_lines),
+        ("layers_", layers_lines),
+    )
     lines: list[str] = []
-    for name, render in parts:
-        result = load(name)
-        if result is None:
-            continue
-        if not lines:
-            lines += machine_lines(result["machine"])
-        lines += [line for line in render(result) if line is not None]
-        lines.append(f"(from `benchmarks/results/{name}.json`, {result['date']})")
-        lines.append("")
+    for prefix, render in renderers:
+        for path in sorted(RESULTS.glob(f"{prefix}*.json"), reverse=True):
+            result = json.loads(path.read_text())
+            if not lines:
+                lines += machine_lines(result["machine"])
+            lines += render(result)
+            lines += [f"(from `benchmarks/results/{path.name}`, {result['date']})", ""]
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)

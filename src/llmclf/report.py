@@ -134,8 +134,8 @@ ul.read li { margin: .3rem 0; }
 """
 
 FIGURE_CAPTIONS = {
-    "confusion": "Rows: true class, columns: predicted class; colour = share of the row. "
-    "Multi-label: per label, counts of true positives and false negatives (coloured as a "
+    "confusion": "Rows: true class, columns: predicted class; colour = share of the row; "
+    "an unparsed generated answer is in no column, so its row sums to less. Multi-label: per label, counts of true positives and false negatives (coloured as a "
     "share of the label's positives) and of false positives and true negatives (as a share "
     "of its negatives).",
     "reliability": "Bars: accuracy (multi-label: frequency of the label) in each of 15 "
