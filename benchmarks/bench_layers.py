@@ -2,7 +2,8 @@
 from block K) and of `--lora none` (frozen features computed once and cached, only the head
 trains), on the same bbc-news sample, settings and test split.
 
-Usage: python benchmarks/bench_layers.py [--layers 30 15 8] [--train-limit 200] [--epochs 1]
+Usage: python benchmarks/bench_layers.py [--layers 30 15 8] [--frozen-layers 30 8]
+           [--train-limit 400] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="bbc-news")
     parser.add_argument("--layers", type=int, nargs="+", default=[30, 15, 8])
-    parser.add_argument("--train-limit", type=int, default=200)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--train-limit", type=int, default=400)
+    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--frozen-layers", type=int, nargs="*", default=[30, 8])
     parser.add_argument("--frozen-epochs", type=float, default=20.0)
     args = parser.parse_args()
 
@@ -31,12 +33,9 @@ def main() -> None:
     ]  # fmt: skip
     variants = [(f"lora, {k} layers", ["--num-layers", str(k), "--epochs", str(args.epochs)])
                 for k in args.layers]  # fmt: skip
-    variants.append(
-        (
-            f"lora none (frozen features), {max(args.layers)} layers",
-            ["--lora", "none", "--epochs", str(args.frozen_epochs), "--head-learning-rate", "1e-2"],
-        )
-    )
+    for k in args.frozen_layers:
+        frozen = ["--lora", "none", "--epochs", str(args.frozen_epochs), "--num-layers", str(k)]
+        variants.append((f"lora none (frozen features), {k} layers", frozen))
     rows = []
     for label, extra in variants:
         output = WORK / ("layers-" + label.replace(" ", "").replace(",", "-").replace("(", "")

@@ -21,7 +21,9 @@ inference)
 instruct)
   $PY benchmarks/bench_instruct.py --data 20newsgroups --test 150 --max-length 256 ;;
 layers)
-  $PY benchmarks/bench_layers.py --data bbc-news --layers 30 15 8 --train-limit 200 ;;
+  # the demo's budget: 400 articles, 2 epochs, 128 tokens
+  $PY benchmarks/bench_layers.py --data bbc-news --layers 30 15 8 --frozen-layers 30 8 \
+      --train-limit 400 --epochs 2 ;;
 *) echo "unknown step $step (train inference instruct layers train-reuters)" >&2; exit 2 ;;
 esac; done
 $PY benchmarks/table.py
