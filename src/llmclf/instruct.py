@@ -200,6 +200,11 @@ class InstructClassifier(ClassifierBase):
         self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
     ):
         model_cfg, adapter_cfg, train_cfg, instruct_cfg = self._configs()
+        if adapter_cfg.lora == "none":
+            raise LlmclfError(
+                "--lora none (frozen features, head only) is for --method head: the instruct "
+                "approach learns through its LoRA adapters"
+            )
         resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
         torch.manual_seed(train_cfg.seed)
         sets = label_sets(schema, labels)

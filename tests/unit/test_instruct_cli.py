@@ -161,6 +161,13 @@ def test_threshold_flag_is_shared_by_both_methods(model, csv_data, tmp_path, cap
     assert not (tmp_path / "r").exists()
 
 
+def test_lora_none_is_refused_for_instruct(model, csv_data, tmp_path, capsys):
+    args = ["train", "--method", "instruct", "--lora", "none", "--model", model]
+    code = main([*args, "--data", str(csv_data), *COLUMNS, "--output", str(tmp_path / "r")])
+    assert code == 2 and "--lora none" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_shipped_example_config_is_valid():
     from pathlib import Path
 
