@@ -146,7 +146,7 @@ def main() -> None:
     )
     lines: list[str] = []
     for prefix, render in renderers:
-        for path in sorted(RESULTS.glob(f"{prefix}*.json"), reverse=True):
+        for path in sorted(RESULTS.glob(f"{prefix}*.json")):
             result = json.loads(path.read_text())
             if not lines:
                 lines += machine_lines(result["machine"])
