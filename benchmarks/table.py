@@ -31,7 +31,7 @@ def train_lines(r: dict) -> list[str]:
         f"max length {s['max_length']})",
         "",
         f"{s['train']} training / {s['validation']} validation / {s['test']} test examples, "
-        f"{s['epochs']:g} epoch, batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
+        f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''}, batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
         f"LoRA r 16 on all linear layers, quantize {s['quantize']}, {s['device']}. "
         f"{r['real_tokens']:,.0f} real tokens of {r['padded_tokens']:,.0f} padded to max "
         f"length. Time = model load + training steps + per-epoch validation.",
@@ -121,7 +121,7 @@ def layers_lines(r: dict) -> list[str]:
         f"### `--num-layers K` and `--lora none` on {s['data']}",
         "",
         f"{s['train_limit']} training examples, max length {s['max_length']}, "
-        f"{s['epochs']:g} epoch with LoRA ({s['frozen_epochs']:g} head-only epochs with "
+        f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''} with LoRA ({s['frozen_epochs']:g} head-only epochs with "
         "`--lora none`, whose time includes the first feature pass on a cold cache); full "
         "validation and test splits.",
         "",
