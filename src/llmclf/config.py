@@ -49,6 +49,18 @@ def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
             raise LlmclfError(f"--{name.replace('_', '-')} must be {bound}, not {value}")
 
 
+def check_threshold(threshold: str) -> None:
+    """--threshold is 'tuned' or a probability strictly between 0 and 1."""
+    if threshold == "tuned":
+        return
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise LlmclfError(f"--threshold must be 'tuned' or a number, not {threshold!r}") from None
+    if not 0 < value < 1:
+        raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+
+
 @dataclass
 class DataConfig:
     """Where the examples come from and how to read them."""
@@ -221,15 +233,7 @@ class HeadConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         _check_positive(self, "num_layers")
-        if self.threshold != "tuned":
-            try:
-                value = float(self.threshold)
-            except ValueError:
-                raise LlmclfError(
-                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
-                ) from None
-            if not 0 < value < 1:
-                raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+        check_threshold(self.threshold)
 
 
 def flatten(values: dict[str, Any]) -> dict[str, Any]:
@@ -318,12 +322,4 @@ class InstructConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         _check_positive(self, "max_new_tokens", "multi_label_beam")
-        if self.threshold != "tuned":
-            try:
-                value = float(self.threshold)
-            except ValueError:
-                raise LlmclfError(
-                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
-                ) from None
-            if not 0 < value < 1:
-                raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+        check_threshold(self.threshold)

@@ -24,9 +24,18 @@ from llmclf.batching import pad_batch, run_batches
 from llmclf.calibration import to_proba
 from llmclf.catalog import MODELS
 from llmclf.classifier import ClassifierBase
-from llmclf.config import ModelConfig, TrainConfig, _check_choices, _check_positive, build, option
+from llmclf.config import (
+    ModelConfig,
+    TrainConfig,
+    _check_choices,
+    _check_positive,
+    build,
+    check_threshold,
+    option,
+)
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
+from llmclf.losses import balanced_weights, loss_function
 from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
 from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
 
@@ -69,15 +78,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         _check_positive(self, "encoder_layers")
-        if self.threshold != "tuned":
-            try:
-                value = float(self.threshold)
-            except ValueError:
-                raise LlmclfError(
-                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
-                ) from None
-            if not 0 < value < 1:
-                raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+        check_threshold(self.threshold)
 
 
 def encoder_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -101,22 +102,6 @@ class TargetCollator:
             np.array([r["labels"] for r in rows]), dtype=self.label_dtype
         )
         return batch
-
-
-def gold_loss(schema: LabelSchema, class_weights: torch.Tensor | None):
-    """Cross-entropy (single-label) or per-label binary cross-entropy (multi-label)."""
-    if schema.multi_label:
-        return torch.nn.BCEWithLogitsLoss(pos_weight=class_weights)
-    return torch.nn.CrossEntropyLoss(weight=class_weights)
-
-
-def balanced_weights(targets: np.ndarray, multi_label: bool) -> torch.Tensor:
-    """scikit-learn's 'balanced' weights: n / (k * count) per class, or neg / pos per label."""
-    if multi_label:
-        positives = targets.sum(axis=0).clip(min=1)
-        return torch.tensor((len(targets) - positives) / positives, dtype=torch.float32)
-    counts = np.bincount(targets, minlength=targets.max() + 1).clip(min=1)
-    return torch.tensor(len(targets) / (len(counts) * counts), dtype=torch.float32)
 
 
 class EncoderClassifier(ClassifierBase):
@@ -162,7 +147,7 @@ class EncoderClassifier(ClassifierBase):
             else None
         )
         self.build_model(schema)
-        loss = gold_loss(schema, weights.to(self.device_) if weights is not None else None)
+        loss = loss_function(schema, weights.to(self.device_) if weights is not None else None)
         eval_targets = schema.encode(eval_labels) if eval_texts else None
         self.train_targets(texts, targets, eval_texts, eval_targets, schema, output_dir, loss)
         if schema.multi_label:

@@ -23,6 +23,7 @@ from llmclf.classifier import ClassifierBase
 from llmclf.config import AdapterConfig, HeadConfig, ModelConfig, TrainConfig
 from llmclf.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.labels import LabelSchema
+from llmclf.losses import balanced_weights, loss_function
 from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
 from llmclf.pooling import POOLERS, position_ids
 from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
@@ -72,22 +73,6 @@ class PaddingCollator:
         dtype = torch.float32 if self.multi_label else torch.long
         batch["labels"] = torch.tensor(np.array([r["labels"] for r in rows]), dtype=dtype)
         return batch
-
-
-def loss_function(schema: LabelSchema, class_weights: torch.Tensor | None):
-    """Cross-entropy (single-label) or binary cross-entropy per label (multi-label)."""
-    if schema.multi_label:
-        return torch.nn.BCEWithLogitsLoss(pos_weight=class_weights)
-    return torch.nn.CrossEntropyLoss(weight=class_weights)
-
-
-def balanced_weights(targets: np.ndarray, multi_label: bool) -> torch.Tensor:
-    """scikit-learn's 'balanced' weights: n / (k * count) per class, or neg / pos per label."""
-    if multi_label:
-        positives = targets.sum(axis=0).clip(min=1)
-        return torch.tensor((len(targets) - positives) / positives, dtype=torch.float32)
-    counts = np.bincount(targets, minlength=targets.max() + 1).clip(min=1)
-    return torch.tensor(len(targets) / (len(counts) * counts), dtype=torch.float32)
 
 
 class HeadClassifier(ClassifierBase):

@@ -22,7 +22,7 @@ import numpy as np
 
 from llmclf.calibration import to_proba
 from llmclf.classifier import ClassifierBase, option_names
-from llmclf.config import _check_choices, _check_positive, option
+from llmclf.config import _check_choices, _check_positive, check_threshold, option
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.metrics import tune_thresholds
@@ -77,15 +77,7 @@ class TfidfConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         _check_positive(self, "ngram_max", "min_df", "max_features", "logreg_c")
-        if self.threshold != "tuned":
-            try:
-                value = float(self.threshold)
-            except ValueError:
-                raise LlmclfError(
-                    f"--threshold must be 'tuned' or a number, not {self.threshold!r}"
-                ) from None
-            if not 0 < value < 1:
-                raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+        check_threshold(self.threshold)
 
 
 def make_pipeline(config: TfidfConfig, multi_label: bool):

@@ -148,7 +148,7 @@ def test_same_seed_gives_the_same_model(tiny_llama):
 
 
 def test_balanced_class_weights():
-    from llmclf.head import balanced_weights
+    from llmclf.losses import balanced_weights
 
     weights = balanced_weights(np.array([0, 0, 0, 1]), multi_label=False)
     assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
