@@ -4,12 +4,12 @@ articles: a few dozen short examples, so it stays short on a 2-core CPU."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from llmclf.catalog import DATASETS
 from llmclf.cli import main
+
+from .bbc_data import write_bbc_small
 
 pytestmark = pytest.mark.integration
 
@@ -17,17 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bbc_small(tmp_path_factory):
     """32 train / 8 validation / 16 test BBC articles (title + opening), two topics."""
-    splits = DATASETS["bbc-news"].loader()
-    parts = []
-    for split, n in (("train", 16), ("validation", 4), ("test", 8)):
-        frame = splits[split]
-        frame = frame[frame["label"].isin(["sports", "business"])].groupby("label").head(n).copy()
-        frame["text"] = frame["text"].str.slice(0, 400)
-        frame["split"] = split
-        parts.append(frame)
-    path = tmp_path_factory.mktemp("bbc") / "bbc_small.csv"
-    pd.concat(parts).to_csv(path, index=False)
-    return path
+    return write_bbc_small(tmp_path_factory.mktemp("bbc"), (16, 4, 8), max_chars=400)
 
 
 @pytest.fixture(scope="module")

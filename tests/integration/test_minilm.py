@@ -8,25 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from llmclf.catalog import DATASETS
 from llmclf.cli import main
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def bbc_small(tmp_path_factory):
-    """36 train / 10 validation / 16 test BBC articles, two topics, with a split column."""
-    splits = DATASETS["bbc-news"].loader()
-    parts = []
-    for split, n in (("train", 18), ("validation", 5), ("test", 8)):
-        frame = splits[split]
-        frame = frame[frame["label"].isin(["sports", "business"])].groupby("label").head(n).copy()
-        frame["split"] = split
-        parts.append(frame)
-    path = tmp_path_factory.mktemp("bbc") / "bbc_small.csv"
-    pd.concat(parts).to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture(scope="module")
