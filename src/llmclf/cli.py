@@ -438,6 +438,17 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Where the examples to evaluate on come from, and how to run the model on them."""
+    add_options(
+        parser,
+        DataConfig,
+        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
+    )
+    add_options(parser, ModelConfig, only=("device", "dtype"))
+    add_options(parser, TrainConfig, only=("eval_batch_size",))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmclf",
@@ -523,13 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split to fit on: validation (default); never the test split you report",
     )
     calibrate.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(
-        calibrate,
-        DataConfig,
-        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
-    )
-    add_options(calibrate, ModelConfig, only=("device", "dtype"))
-    add_options(calibrate, TrainConfig, only=("eval_batch_size",))
+    add_evaluation_options(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
     compare = commands.add_parser(
@@ -558,13 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="confidence level of the intervals; 1 - it is the significance level (default: 0.95)",
     )
     compare.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(
-        compare,
-        DataConfig,
-        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
-    )
-    add_options(compare, ModelConfig, only=("device", "dtype"))
-    add_options(compare, TrainConfig, only=("eval_batch_size",))
+    add_evaluation_options(compare)
     compare.set_defaults(func=cmd_compare)
 
     experiment = commands.add_parser(
