@@ -14,8 +14,58 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
+from pathlib import Path
 
-from common import LLMCLF, WORK, bench_data, machine, run_timed, write_result
+import numpy as np
+from common import LLMCLF, WORK, bench_data, machine, read_split, run_timed, write_result
+
+
+def naive_scores(clf, texts: list[str]) -> np.ndarray:
+    """Label scores without prompt reuse: every label's answer appended to the prompt and the
+    whole sequence run through the model, one batch of all labels per text (what a user
+    writes from the docs: model(prompt + answer) per candidate)."""
+    import torch
+
+    pieces = clf.format_.pieces
+    answers = [pieces.complete((j,)) for j in range(len(pieces.first))]
+    out = np.zeros((len(texts), len(answers)))
+    for i, prompt in enumerate(clf._encode(texts)):
+        width = len(prompt) + max(len(a) for a in answers)
+        ids = torch.full((len(answers), width), clf.tokenizer_.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for j, answer in enumerate(answers):
+            ids[j, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            mask[j, : len(prompt) + len(answer)] = 1
+        with torch.no_grad():
+            logprobs = clf.model_(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        for j, answer in enumerate(answers):
+            steps = torch.arange(len(answer)) + len(prompt) - 1
+            out[i, j] = logprobs[j, steps, torch.tensor(answer)].sum().item()
+    return out
+
+
+def prompt_reuse(run: Path, texts: list[str]) -> dict:
+    """The cached-prompt scorer vs naive per-label passes on the same texts."""
+    from llmclf.runs import load_classifier
+
+    clf = load_classifier(run, progress=False)
+    clf.progress = False
+    clf.predict_logits(texts[:2])  # warm-up
+    start = time.perf_counter()
+    cached = clf.predict_logits(texts)
+    cached_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    naive = naive_scores(clf, texts)
+    naive_seconds = time.perf_counter() - start
+    return {
+        "texts": len(texts),
+        "cached_examples_per_s": round(len(texts) / cached_seconds, 3),
+        "naive_examples_per_s": round(len(texts) / naive_seconds, 3),
+        "max_abs_score_difference": float(np.abs(cached - naive).max()),
+        "same_ranking": bool((cached.argmax(1) == naive.argmax(1)).all()),
+        "prompt_reuse_speedup": round(naive_seconds / cached_seconds, 2),
+    }
 
 
 def main() -> None:
@@ -27,6 +77,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--run", default=None, help="a trained instruct run (default: zero-shot)")
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--reuse-texts", type=int, default=8, help="texts for the prompt-reuse comparison"
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -59,6 +112,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_source(args.model))
     labels = sorted(set(__import__("pandas").read_csv(data)["label"]))
     label_tokens = [len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels]
+    test_texts = list(read_split(data, "test")["text"])[: args.reuse_texts]
+    reuse = prompt_reuse(WORK / f"{name}-score", test_texts) if args.reuse_texts else None
+    print("prompt reuse", reuse)
     write_result(
         name,
         {
@@ -70,6 +126,7 @@ def main() -> None:
                 max(label_tokens),
             ],
             **results,
+            "prompt_reuse": reuse,
             "score_speedup_vs_generate": round(
                 results["generate"]["seconds"] / results["score"]["seconds"], 2
             ),

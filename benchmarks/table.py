@@ -112,6 +112,21 @@ def instruct_lines(r: dict) -> list[str]:
         "",
         f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**.",
         "",
+        *reuse_lines(r.get("prompt_reuse")),
+    ]
+
+
+def reuse_lines(reuse: dict | None) -> list[str]:
+    if not reuse:
+        return []
+    return [
+        f"Prompt reuse, on the first {reuse['texts']} of these texts: the cached-prompt scorer "
+        f"{reuse['cached_examples_per_s']} examples/s vs {reuse['naive_examples_per_s']} for "
+        "naive scoring (every label appended to the prompt and run through the whole model, "
+        f"all labels of a text in one batch): `prompt_reuse_speedup` "
+        f"**{reuse['prompt_reuse_speedup']}**; same ranking: {reuse['same_ranking']}, largest "
+        f"score difference {reuse['max_abs_score_difference']:.1e}.",
+        "",
     ]
 
 
