@@ -82,28 +82,35 @@ def make_tokenizer(pad: bool = True):
     )
 
 
-def make_tiny_llama(folder: Path, seed: int = 0, pad: bool = True) -> Path:
+def save_tiny_llama(folder: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """A 2-layer, hidden-64 random-weight Llama for ``tokenizer``, saved with it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer(pad=pad)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3 if pad else None,
-        tie_word_embeddings=True,
+        **{
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 3,
+            "tie_word_embeddings": True,
+            **overrides,
+        }
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_llama(folder: Path, seed: int = 0, pad: bool = True) -> Path:
+    return save_tiny_llama(folder, make_tokenizer(pad=pad), seed, pad_token_id=3 if pad else None)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import FILLER, SPECIALS, WORDS
+from tests.conftest import FILLER, SPECIALS, WORDS, save_tiny_llama
 
 CHATML = (
     "{% for message in messages %}"
@@ -47,25 +47,6 @@ def instruct_tokenizer(chat: bool = False):
 def make_instruct_llama(folder: Path, chat: bool = False, seed: int = 0) -> str:
     """A 2-layer Llama; weights initialised wider than the default (0.1, not 0.02) so a
     few LoRA steps can move its answers (at 0.02 its logits stay near uniform)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = instruct_tokenizer(chat)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_llama(folder, tokenizer, seed, max_position_embeddings=512, initializer_range=0.1)
     return str(folder)

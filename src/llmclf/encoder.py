@@ -36,8 +36,13 @@ from llmclf.config import (
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.losses import balanced_weights, loss_function
-from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
-from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
+from llmclf.metrics import selection_metric, tune_thresholds
+from llmclf.training import (
+    checkpoint_to_resume,
+    metrics_function,
+    run_trainer,
+    training_arguments,
+)
 
 log = logging.getLogger("llmclf")
 
@@ -320,15 +325,3 @@ class EncoderClassifier(ClassifierBase):
 
     def _count_parameters(self) -> tuple[int, int]:
         return backbone.count_parameters(self.model_)
-
-
-def metrics_function(schema: LabelSchema, gold_of: Callable[[np.ndarray], np.ndarray]):
-    """The Trainer's ``compute_metrics``: F1 figures of the logits against the gold labels."""
-
-    def compute(prediction) -> dict:
-        proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
-        gold = gold_of(np.asarray(prediction.label_ids)).astype(np.int64)
-        figures = classification_metrics(gold, schema.decide(proba), schema.classes)
-        return {k: v for k, v in figures.items() if isinstance(v, float)}
-
-    return compute

@@ -24,9 +24,14 @@ from llmclf.config import AdapterConfig, HeadConfig, ModelConfig, TrainConfig
 from llmclf.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.labels import LabelSchema
 from llmclf.losses import balanced_weights, loss_function
-from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
+from llmclf.metrics import selection_metric, tune_thresholds
 from llmclf.pooling import POOLERS, position_ids
-from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
+from llmclf.training import (
+    checkpoint_to_resume,
+    metrics_function,
+    run_trainer,
+    training_arguments,
+)
 
 log = logging.getLogger("llmclf")
 
@@ -131,7 +136,7 @@ class HeadClassifier(ClassifierBase):
                 collator,
                 forward=forward,
                 loss=loss_function(schema, weights),
-                compute_metrics=self._metrics_function(schema),
+                compute_metrics=metrics_function(schema),
                 config=train_cfg,
                 args=args,
                 optimizer=optimizer,
@@ -253,18 +258,6 @@ class HeadClassifier(ClassifierBase):
         if head:
             groups.append({"params": head, "lr": config.head_learning_rate or config.learning_rate})
         return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-    def _metrics_function(self, schema: LabelSchema):
-        def compute(prediction) -> dict:
-            proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
-            figures = classification_metrics(
-                np.asarray(prediction.label_ids).astype(np.int64),
-                schema.decide(proba),
-                schema.classes,
-            )
-            return {k: v for k, v in figures.items() if isinstance(v, float)}
-
-        return compute
 
     def _thresholds(self, head_cfg: HeadConfig, eval_texts, eval_targets, schema) -> list[float]:
         if head_cfg.threshold != "tuned":

@@ -27,10 +27,15 @@ from llmclf.config import AdapterConfig, InstructConfig, ModelConfig, TrainConfi
 from llmclf.errors import LlmclfError
 from llmclf.label_scoring import greedy_answers, label_set_posteriors, score_labels
 from llmclf.labels import LabelSchema
-from llmclf.metrics import classification_metrics, selection_metric, tune_thresholds
+from llmclf.metrics import selection_metric, tune_thresholds
 from llmclf.pooling import position_ids
 from llmclf.prompts import PromptFormat, chat_template_for, read_template
-from llmclf.training import checkpoint_to_resume, run_trainer, training_arguments
+from llmclf.training import (
+    checkpoint_to_resume,
+    metrics_function,
+    run_trainer,
+    training_arguments,
+)
 from llmclf.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
 
 log = logging.getLogger("llmclf")
@@ -228,7 +233,7 @@ class InstructClassifier(ClassifierBase):
                 InstructCollator(self.tokenizer_.pad_token_id, schema.multi_label),
                 forward=self._trainer_forward,
                 loss=self._trainer_loss,
-                compute_metrics=self._metrics_function(schema),
+                compute_metrics=metrics_function(schema),
                 config=train_cfg,
                 args=args,
                 resume_from=resume_from,
@@ -288,18 +293,6 @@ class InstructClassifier(ClassifierBase):
         if self.multi_label_:
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         return torch.nn.functional.cross_entropy(logits, labels)
-
-    def _metrics_function(self, schema: LabelSchema):
-        def compute(prediction) -> dict:
-            proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
-            figures = classification_metrics(
-                np.asarray(prediction.label_ids).astype(np.int64),
-                schema.decide(proba),
-                schema.classes,
-            )
-            return {k: v for k, v in figures.items() if isinstance(v, float)}
-
-        return compute
 
     def _thresholds(self, instruct_cfg, eval_texts, eval_labels, schema) -> list[float]:
         if instruct_cfg.threshold != "tuned":

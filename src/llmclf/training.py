@@ -15,11 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
+from llmclf.calibration import to_proba
 from llmclf.config import TrainConfig
 from llmclf.errors import LlmclfError
+from llmclf.labels import LabelSchema
+from llmclf.metrics import classification_metrics
 
 log = logging.getLogger("llmclf")
 
@@ -200,3 +204,19 @@ def peak_gpu_mb() -> float | None:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.max_memory_allocated() / 2**20
+
+
+def metrics_function(
+    schema: LabelSchema, gold_of: Callable[[np.ndarray], np.ndarray] | None = None
+):
+    """The Trainer's ``compute_metrics``: F1 figures of the logits against the gold labels
+    (``gold_of`` turns the batches' label arrays into gold labels; default: as they are)."""
+
+    def compute(prediction) -> dict:
+        proba = to_proba(np.asarray(prediction.predictions), schema.multi_label)
+        gold = np.asarray(prediction.label_ids)
+        gold = (gold_of(gold) if gold_of else gold).astype(np.int64)
+        figures = classification_metrics(gold, schema.decide(proba), schema.classes)
+        return {k: v for k, v in figures.items() if isinstance(v, float)}
+
+    return compute
