@@ -150,7 +150,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise LlmclfError(f"{flags} only apply with --zero-shot: a trained run keeps its own")
     run = Path(values.pop("run"))
     overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
-    classifier = load_classifier(run, **{k: values[k] for k in overrides if k in values})
+    int8 = values.get("int8", False)
+    classifier = load_classifier(
+        run, int8=int8, **{k: values[k] for k in overrides if k in values}
+    )
     stored = dataclasses.asdict(data_config_of(run))
     data_config = build(
         DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}}
@@ -160,6 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log.info("evaluating on %s [%s]: %d examples", data_config.data, split, len(examples))
     metrics, predictions = evaluate_examples(classifier, examples, f"{data_config.data} [{split}]")
     metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
+    if int8:
+        metrics["int8"] = True
     folder = Path(values.get("output") or run / "eval")
     folder.mkdir(parents=True, exist_ok=True)
     write_predictions(predictions, folder / "predictions.jsonl")
@@ -174,6 +179,8 @@ def cmd_zero_shot(values: dict[str, Any]) -> int:
 
     if values.pop("run", None) is not None:
         raise LlmclfError("--zero-shot evaluates an untrained --model: give no RUN folder")
+    if values.pop("int8", False):
+        raise LlmclfError("--int8 applies to trained runs; --zero-shot runs in the model's dtype")
     method = values.pop("method", "instruct")
     classes = method_classes()
     if method not in classes:
@@ -215,7 +222,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if empty and values.get("empty_text", "drop") == "error":
         raise LlmclfError(f"{values['input']} has {len(empty)} rows with an empty text")
     overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
-    classifier = load_classifier(run, **{k: values[k] for k in overrides if k in values})
+    classifier = load_classifier(
+        run, int8=values.get("int8", False), **{k: values[k] for k in overrides if k in values}
+    )
     keep = [i for i, t in enumerate(texts) if t is not None]
     schema = classifier.schema_
     proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
@@ -449,6 +458,17 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     add_options(parser, TrainConfig, only=("eval_batch_size",))
 
 
+def add_int8_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
+        "instruct runs over a full-precision base): about 1.4-1.8x faster, probabilities "
+        "change slightly (see BENCHMARKS.md)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmclf",
@@ -509,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(evaluate, ModelConfig, only=("model", "quantize", "max_length", "device", "dtype"))
     add_options(evaluate, TrainConfig, only=("eval_batch_size",))
     add_options(evaluate, InstructConfig)
+    add_int8_option(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="label the texts of a file with a trained run")
@@ -522,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(predict, ModelConfig, only=("device", "dtype"))
     add_options(predict, TrainConfig, only=("eval_batch_size",))
     add_options(predict, InstructConfig, only=INSTRUCT_RUNTIME_OPTIONS)
+    add_int8_option(predict)
     predict.set_defaults(func=cmd_predict)
 
     calibrate = commands.add_parser(

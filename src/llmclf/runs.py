@@ -57,8 +57,9 @@ def method_classes() -> dict[str, type[ClassifierBase]]:
     }
 
 
-def load_classifier(run: str | Path, **overrides) -> ClassifierBase:
-    """The fitted classifier stored in a run folder, whatever its method."""
+def load_classifier(run: str | Path, int8: bool = False, **overrides) -> ClassifierBase:
+    """The fitted classifier stored in a run folder, whatever its method; ``int8=True``
+    quantizes it for faster prediction on CPU (``ClassifierBase.quantize_int8``)."""
     folder = Path(run)
     finished = (folder / METRICS_FILE).is_file() or (folder / "labels.json").is_file()
     if not finished and (folder / CHECKPOINTS).is_dir():
@@ -69,7 +70,8 @@ def load_classifier(run: str | Path, **overrides) -> ClassifierBase:
     classes = method_classes()
     if method not in classes:
         raise LlmclfError(f"{folder} was made by an unknown method {method!r}")
-    return classes[method].load(folder, **overrides)
+    classifier = classes[method].load(folder, **overrides)
+    return classifier.quantize_int8() if int8 else classifier
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -223,6 +224,35 @@ def test_four_bit_base_trains_on_cpu(tiny_llama, csv_data, tmp_path):
         clf.model_.get_base_model().score.modules_to_save["default"].weight.dtype.is_floating_point
     )
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 0.5
+    # int8 prediction needs a full-precision base: one line, exit 2, no output file
+    pd.DataFrame({"body": ["bank stock market"]}).to_csv(tmp_path / "in.csv", index=False)
+    result = run_cli(
+        "predict", str(run), "--input", "in.csv", "--output", "out.csv", "--int8", cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "llmclf: error: --int8 needs a full-precision run; this one's base is loaded in 4-bit"
+    )
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_int8_predict_and_evaluate(trained_run, csv_data, tmp_path, capsys):
+    frame = pd.DataFrame({"body": ["bank stock market", "match goal team win", "chip code app"]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    for name, extra in (("full.csv", []), ("int8.csv", ["--int8"])):
+        args = ["predict", str(trained_run), "--input", str(tmp_path / "in.csv")]
+        assert main([*args, "--output", str(tmp_path / name), *extra]) == 0
+    full, fast = pd.read_csv(tmp_path / "full.csv"), pd.read_csv(tmp_path / "int8.csv")
+    probabilities = ["proba_money", "proba_sport", "proba_tech"]
+    np.testing.assert_allclose(fast[probabilities], full[probabilities], atol=0.05)
+    assert main(["evaluate", str(trained_run), "--int8", "--output", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    stored = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["int8"] is True and "int8" not in stored
+    assert metrics["n"] == stored["n"] and abs(metrics["accuracy"] - stored["accuracy"]) <= 0.1
+    capsys.readouterr()
+    assert main(["evaluate", "--zero-shot", "--data", str(csv_data), "--int8"]) == 2
+    assert "--int8 applies to trained runs" in capsys.readouterr().err
 
 
 def run_cli(*args, cwd=None):
