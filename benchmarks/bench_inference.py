@@ -1,7 +1,9 @@
 """Inference: llmclf's predict path vs `transformers.pipeline("text-classification")` on the
 same merged model (the head run's LoRA merged into the base with PEFT), same texts, batch
 size, truncation and precision. Both are timed in this process after loading, one after the
-other, and their predictions are compared.
+other, and their predictions are compared. On CPU the same run is also timed with --int8
+(int8 weights and activations: a different numeric model, so its agreement with the float
+predictions and its macro-F1 are reported beside its speed).
 
 Usage: python benchmarks/bench_inference.py RUN DATA_CSV [--batch-size 16] [--name NAME]
 (RUN: a head run, e.g. the one bench_train.py wrote; DATA_CSV: its data, test split used)
@@ -60,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from sklearn.metrics import f1_score
     from transformers import AutoConfig, pipeline
 
     from llmclf.runs import load_classifier
@@ -76,10 +79,20 @@ def main() -> None:
     classifier.progress = False
     classifier.predict_proba(texts[: args.batch_size])  # warm-up
     start = time.perf_counter()
-    ours = classifier.predict(texts)
+    ours = np.array(classifier.predict(texts))
     ours_seconds = time.perf_counter() - start
     dtype = next(classifier.model_.parameters()).dtype
     del classifier
+
+    int8 = device == "cpu"  # --int8 is a CPU feature
+    if int8:
+        classifier = load_classifier(args.run, int8=True, eval_batch_size=args.batch_size)
+        classifier.progress = False
+        classifier.predict_proba(texts[: args.batch_size])  # warm-up
+        start = time.perf_counter()
+        ours_int8 = np.array(classifier.predict(texts))
+        int8_seconds = time.perf_counter() - start
+        del classifier
 
     classify = pipeline(
         "text-classification", model=str(merged), device=device, dtype=dtype, top_k=1
@@ -96,6 +109,26 @@ def main() -> None:
     flops = model_flops_per_token(config, sum(tokens) / len(tokens) / 2, training=False)
     achieved = flops * sum(tokens) / ours_seconds / 1e9
     gold = np.array(test["label"])
+
+    def quality(predicted) -> dict:
+        return {
+            "accuracy": round(float((predicted == gold).mean()), 4),
+            "macro_f1": round(float(f1_score(gold, predicted, average="macro")), 4),
+        }
+
+    extra = {}
+    if int8:
+        extra = {
+            "llmclf_int8": {
+                "seconds": round(int8_seconds, 2),
+                "examples_per_s": round(len(texts) / int8_seconds, 2),
+                "real_tokens_per_s": round(sum(tokens) / int8_seconds, 1),
+                **quality(ours_int8),
+            },
+            "int8_agreement_with_float": round(float((ours_int8 == ours).mean()), 4),
+            "int8_speedup_vs_float": round(ours_seconds / int8_seconds, 2),
+            "inference_int8_speedup_vs_pipeline": round(pipeline_seconds / int8_seconds, 2),
+        }
     write_result(
         name,
         {
@@ -115,17 +148,18 @@ def main() -> None:
                 "examples_per_s": round(len(texts) / ours_seconds, 2),
                 "real_tokens_per_s": round(sum(tokens) / ours_seconds, 1),
                 "achieved_gflops": round(achieved, 1),
-                "accuracy": round(float((ours == gold).mean()), 4),
+                **quality(ours),
             },
             "pipeline": {
                 "seconds": round(pipeline_seconds, 2),
                 "examples_per_s": round(len(texts) / pipeline_seconds, 2),
                 "real_tokens_per_s": round(sum(tokens) / pipeline_seconds, 1),
-                "accuracy": round(float((theirs == gold).mean()), 4),
+                **quality(theirs),
             },
             "prediction_agreement": round(float((ours == theirs).mean()), 4),
             "inference_speedup_vs_pipeline": round(pipeline_seconds / ours_seconds, 2),
             "fraction_of_matmul_peak": round(achieved / peak, 3),
+            **extra,
         },
     )
 

@@ -1,9 +1,10 @@
 """The accuracy / speed curve of `--num-layers K` (keep the first K decoder blocks, pool
 from block K) and of `--lora none` (frozen features computed once and cached, only the head
-trains), on the same bbc-news sample, settings and test split.
+trains) and of `--lora-layers K` (all blocks, LoRA on the last K only), on the same
+bbc-news sample, settings and test split.
 
 Usage: python benchmarks/bench_layers.py [--layers 30 15 8] [--frozen-layers 30 8]
-           [--train-limit 400] [--epochs 2]
+           [--lora-layers 8] [--train-limit 400] [--epochs 2] [--name NAME]
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="bbc-news")
-    parser.add_argument("--layers", type=int, nargs="+", default=[30, 15, 8])
+    parser.add_argument("--layers", type=int, nargs="*", default=[30, 15, 8])
     parser.add_argument("--train-limit", type=int, default=400)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--frozen-layers", type=int, nargs="*", default=[30, 8])
     parser.add_argument("--frozen-epochs", type=float, default=20.0)
+    parser.add_argument("--lora-layers", type=int, nargs="*", default=[])
+    parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args()
 
     shared = [
@@ -36,6 +39,13 @@ def main() -> None:
     for k in args.frozen_layers:
         frozen = ["--lora", "none", "--epochs", str(args.frozen_epochs), "--num-layers", str(k)]
         variants.append((f"lora none (frozen features), {k} layers", frozen))
+    for k in args.lora_layers:
+        variants.append(
+            (
+                f"lora on the last {k} layers",
+                ["--lora-layers", str(k), "--epochs", str(args.epochs)],
+            )
+        )
     rows = []
     for label, extra in variants:
         output = WORK / ("layers-" + label.replace(" ", "").replace(",", "-").replace("(", "")
@@ -60,7 +70,8 @@ def main() -> None:
         )
         print(rows[-1])
     write_result(
-        f"layers_{args.data}", {"machine": machine(), "settings": vars(args), "rows": rows}
+        args.name or f"layers_{args.data}",
+        {"machine": machine(), "settings": vars(args), "rows": rows},
     )
 
 

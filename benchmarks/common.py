@@ -74,12 +74,15 @@ def matmul_peak_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32) 
     return 2 * size**3 / best / 1e9
 
 
-def model_flops_per_token(config, context: float, training: bool) -> float:
+def model_flops_per_token(
+    config, context: float, training: bool, backward_layers: int | None = None
+) -> float:
     """FLOPs per real token of a decoder: 2 per weight of every matmul in the blocks (the
     embedding lookup costs none) plus attention's QK^T and AV over ``context`` earlier
     positions on average; training with a frozen base adds the backward pass through the
     activations (another 2 per weight, and twice the attention), not the base's weight
-    gradients. LoRA's own matmuls (rank 16: under 3% of the total) are left out."""
+    gradients; with LoRA on the last ``backward_layers`` blocks only, the backward pass
+    stops there. LoRA's own matmuls (rank 16: under 3% of the total) are left out."""
     hidden = config.hidden_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
@@ -90,9 +93,12 @@ def model_flops_per_token(config, context: float, training: bool) -> float:
         + heads * head_dim * hidden  # o
         + 3 * hidden * config.intermediate_size  # gate, up, down
     )
-    forward = 2 * per_layer * config.num_hidden_layers
-    attention = 2 * 2 * heads * head_dim * context * config.num_hidden_layers
-    return (forward + attention) * (2 if training else 1) + (attention if training else 0)
+    layers = config.num_hidden_layers
+    forward = 2 * per_layer + 2 * 2 * heads * head_dim * context  # one block
+    if not training:
+        return forward * layers
+    backward = forward + 2 * 2 * heads * head_dim * context  # twice attention's matmuls
+    return forward * layers + backward * (backward_layers or layers)
 
 
 def bench_data(name: str, n_train: int, n_validation: int, n_test: int, seed: int = 0) -> Path:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # make bench: every benchmark, one after the other (run nothing else on the machine),
 # then the tables in BENCHMARKS.md. Results: benchmarks/results/*.json.
-# Usage: benchmarks/run.sh [STEP...]   steps: train inference instruct layers (default: all)
+# Usage: benchmarks/run.sh [STEP...]   steps: see the case below (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STEPS=${*:-train inference instruct layers train-reuters}
+STEPS=${*:-train inference instruct layers train-reuters train-lora-layers layers-lora-layers}
 for step in $STEPS; do case $step in
 train)
   # 20 Newsgroups at 256 tokens: mixed lengths (training sample: median 173 tokens, 30% reach 256)
@@ -15,6 +15,13 @@ train-reuters)
   # Reuters R8 at 256 tokens: short news wires (54% of the padded tokens are real)
   $PY benchmarks/bench_train.py --data reuters-r8 --max-length 256 \
       --train 240 --validation 60 --test 300 --epochs 1 ;;
+train-lora-layers)
+  # the same comparison with llmclf adapting only the last 8 of the 30 blocks
+  $PY benchmarks/bench_train.py --data 20newsgroups --max-length 256 \
+      --train 240 --validation 60 --test 300 --epochs 1 --lora-layers 8 ;;
+layers-lora-layers)
+  $PY benchmarks/bench_layers.py --data bbc-news --layers --frozen-layers --lora-layers 8 \
+      --train-limit 400 --epochs 2 --name layers_bbc-news_lora-layers ;;
 inference)
   $PY benchmarks/bench_inference.py benchmarks/work/train_20newsgroups_256-llmclf \
       benchmarks/work/20newsgroups-240-60-300-0.csv ;;
@@ -24,6 +31,6 @@ layers)
   # the demo's budget: 400 articles, 2 epochs, 128 tokens
   $PY benchmarks/bench_layers.py --data bbc-news --layers 30 15 8 --frozen-layers 30 8 \
       --train-limit 400 --epochs 2 ;;
-*) echo "unknown step $step (train inference instruct layers train-reuters)" >&2; exit 2 ;;
+*) echo "unknown step $step (train inference instruct layers train-reuters train-lora-layers layers-lora-layers)" >&2; exit 2 ;;
 esac; done
 $PY benchmarks/table.py

@@ -70,26 +70,48 @@ def train_lines(r: dict) -> list[str]:
 
 def inference_lines(r: dict) -> list[str]:
     s, a, b = r["settings"], r["llmclf"], r["pipeline"]
-    return [
+    c = r.get("llmclf_int8")
+    columns = ["llmclf", "pipeline"] + (["llmclf --int8"] if c else [])
+    sides = [a, b] + ([c] if c else [])
+
+    def row(label: str, key: str, form: str = "{}") -> str:
+        values = [form.format(side[key]) if key in side else "-" for side in sides]
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    out = [
         '### Inference: llmclf predict vs `pipeline("text-classification")`',
         "",
         f"The training run's adapter merged into the base (the same weights on both sides), "
         f"{s['texts']} test texts, batch {s['batch_size']}, max length {s['max_length']}, "
-        f"{s['dtype']}, {s['device']}; timed after loading and a warm-up batch.",
+        f"{s['dtype']}, {s['device']}; timed after loading and a warm-up batch."
+        + (
+            " `--int8`: the same run with int8 weights and per-token int8 activations in the "
+            "decoder blocks (torchao), a different numeric model."
+            if c
+            else ""
+        ),
         "",
-        "| | llmclf | pipeline |",
-        "|---|---|---|",
-        f"| examples/s | {a['examples_per_s']} | {b['examples_per_s']} |",
-        f"| real tokens/s | {a['real_tokens_per_s']:,} | {b['real_tokens_per_s']:,} |",
-        f"| seconds | {a['seconds']} | {b['seconds']} |",
-        f"| test accuracy | {a['accuracy']} | {b['accuracy']} |",
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        row("examples/s", "examples_per_s"),
+        row("real tokens/s", "real_tokens_per_s", "{:,}"),
+        row("seconds", "seconds"),
+        row("test accuracy", "accuracy"),
+        row("test macro-F1", "macro_f1"),
         "",
         f"`inference_speedup_vs_pipeline` **{r['inference_speedup_vs_pipeline']}**; the two "
         f"agree on {r['prediction_agreement']:.1%} of the predictions; achieved "
         f"{a['achieved_gflops']} GFLOP/s vs matmul peak {r['matmul_peak_gflops']}: "
         f"fraction {r['fraction_of_matmul_peak']}.",
-        "",
     ]
+    if c:
+        out.append(
+            f"With `--int8`: `inference_int8_speedup_vs_pipeline` "
+            f"**{r['inference_int8_speedup_vs_pipeline']}**, {r['int8_speedup_vs_float']}x the "
+            f"float llmclf path; it agrees with the float predictions on "
+            f"{r['int8_agreement_with_float']:.1%} of the texts."
+        )
+    return [*out, ""]
 
 
 def instruct_lines(r: dict) -> list[str]:
@@ -133,12 +155,13 @@ def reuse_lines(reuse: dict | None) -> list[str]:
 def layers_lines(r: dict) -> list[str]:
     s = r["settings"]
     out = [
-        f"### `--num-layers K` and `--lora none` on {s['data']}",
+        f"### `--num-layers K`, `--lora none` and `--lora-layers K` on {s['data']}",
         "",
         f"{s['train_limit']} training examples, max length {s['max_length']}, "
         f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''} with LoRA ({s['frozen_epochs']:g} head-only epochs with "
         "`--lora none`, whose time includes the first feature pass on a cold cache); full "
-        "validation and test splits.",
+        "validation and test splits. `--lora-layers K` keeps all blocks and puts LoRA on the "
+        "last K only.",
         "",
         "| variant | test macro-F1 | train s | test examples/s | trainable | total params |",
         "|---|---|---|---|---|---|",

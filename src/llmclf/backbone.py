@@ -329,6 +329,10 @@ def load_adapter_for_inference(base, folder: str):
     return model
 
 
+# output layers that "all-linear" leaves out (PEFT never adapts the output layer)
+HEADS = ("score", "lm_head", "classifier")
+
+
 def add_lora(
     model, adapter: AdapterConfig, task_type: str, modules_to_save: list[str] | None = None
 ):
@@ -336,12 +340,30 @@ def add_lora(
     from peft import LoraConfig, get_peft_model
 
     targets = adapter.target_modules
+    layers = None
+    if adapter.lora_layers is not None:
+        total = model.config.get_text_config().num_hidden_layers
+        if adapter.lora_layers > total:
+            raise LlmclfError(
+                f"--lora-layers must be between 1 and {total} (the model's decoder blocks), "
+                f"not {adapter.lora_layers}"
+            )
+        layers = list(range(total - adapter.lora_layers, total))
+        if targets == ["all-linear"]:  # PEFT takes layers_to_transform with names only
+            targets = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in HEADS
+                }
+            )
     lora = LoraConfig(
         task_type=task_type,
         r=adapter.lora_r,
         lora_alpha=adapter.lora_alpha,
         lora_dropout=adapter.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
+        layers_to_transform=layers,
         modules_to_save=modules_to_save,
     )
     try:

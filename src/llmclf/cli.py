@@ -151,9 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Path(values.pop("run"))
     overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
     int8 = values.get("int8", False)
-    classifier = load_classifier(
-        run, int8=int8, **{k: values[k] for k in overrides if k in values}
-    )
+    classifier = load_classifier(run, int8=int8, **{k: values[k] for k in overrides if k in values})
     stored = dataclasses.asdict(data_config_of(run))
     data_config = build(
         DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}}

@@ -143,11 +143,18 @@ class AdapterConfig:
         ["all-linear"],
         "module names to adapt; all-linear = every linear layer of the decoder blocks",
     )
+    lora_layers: int | None = option(
+        None,
+        "adapt only the last K decoder blocks: the backward pass stops below them, so training "
+        "is faster and keeps fewer activations (none: every block)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
-        _check_positive(self, "lora_r", "lora_alpha")
+        _check_positive(self, "lora_r", "lora_alpha", "lora_layers")
+        if self.lora == "none" and self.lora_layers is not None:
+            raise LlmclfError("--lora-layers chooses where LoRA goes: it needs --lora on")
         if not 0 <= self.lora_dropout < 1:
             raise LlmclfError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout}")
 

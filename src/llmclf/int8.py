@@ -8,30 +8,14 @@ full precision. A quantized model can only predict: it cannot be trained or save
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import torch
 
+from llmclf.backbone import HEADS
 from llmclf.errors import LlmclfError
 
 # modules that stay in full precision: classification heads, the LM head (tied to the
 # embeddings), and the unused LoRA matrices of a merged adapter
-KEEP_FULL_PRECISION = ("score", "classifier", "lm_head", "lora_")
-
-
-@contextlib.contextmanager
-def _quiet_import():
-    """torchao logs a warning for every CUDA extension a CPU machine cannot load."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+KEEP_FULL_PRECISION = (*HEADS, "lora_")
 
 
 def _kept(name: str) -> bool:
@@ -53,8 +37,7 @@ def quantize_int8(model: torch.nn.Module) -> int:
     if getattr(model, "hf_quantizer", None) is not None:  # PEFT passes it through
         raise LlmclfError("--int8 needs a full-precision run; this one's base is loaded in 4-bit")
     try:
-        with _quiet_import():
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
         raise LlmclfError(
             "--int8 needs torchao: pip install 'llmclf[int8]' (or pip install torchao)"
@@ -68,10 +51,9 @@ def quantize_int8(model: torch.nn.Module) -> int:
     if not names:
         raise LlmclfError("--int8 found no linear layers to quantize in this model")
     chosen = set(names)
-    with _quiet_import():
-        quantize_(
-            model,
-            Int8DynamicActivationInt8WeightConfig(),
-            filter_fn=lambda module, name: name in chosen,
-        )
+    quantize_(
+        model,
+        Int8DynamicActivationInt8WeightConfig(),
+        filter_fn=lambda module, name: name in chosen,
+    )
     return len(names)

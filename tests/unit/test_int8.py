@@ -18,9 +18,7 @@ def quantized(module: torch.nn.Module) -> bool:
 
 def block_linears(blocks: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder blocks' linear layers (of a merged adapter: the base layers, not LoRA's)."""
-    return [
-        m for n, m in blocks.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n
-    ]
+    return [m for n, m in blocks.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +75,11 @@ def test_int8_is_refused_where_it_does_not_apply(tiny_llama, tmp_path):
     with pytest.raises(LlmclfError, match="not fitted"):
         HeadClassifier(tiny_llama, progress=False).quantize_int8()
 
+    from transformers import AutoModelForSequenceClassification
+
     from llmclf import backbone
     from llmclf.config import ModelConfig
     from llmclf.int8 import quantize_int8
-    from transformers import AutoModelForSequenceClassification
 
     four_bit = backbone.load_model(
         AutoModelForSequenceClassification,

@@ -1,4 +1,5 @@
-"""Frozen-feature mode (--lora none) and truncated bases (--num-layers)."""
+"""Frozen-feature mode (--lora none), truncated bases (--num-layers) and LoRA on the last
+blocks only (--lora-layers)."""
 
 import numpy as np
 import pytest
@@ -116,3 +117,39 @@ def test_num_layers_out_of_range(tiny_llama):
     texts, labels = make_texts(12)
     with pytest.raises(LlmclfError, match="--num-layers must be between 1 and 2"):
         HeadClassifier(tiny_llama, progress=False, num_layers=3, **FAST).fit(texts, labels)
+
+
+def test_lora_layers_adapts_the_last_blocks_and_backward_stops_below(tiny_llama, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    texts, labels = make_texts(30)
+    clf = HeadClassifier(tiny_llama, progress=False, lora_layers=1, epochs=1, **FAST)
+    clf.fit(texts, labels)
+    lora = {n for n, _ in clf.model_.named_parameters() if "lora_" in n}
+    assert lora and all(".layers.1." in n for n in lora)
+
+    # in training mode block 0 runs without autograd: nothing below block 1 keeps activations
+    needs_grad = {}
+    blocks = clf.model_.get_base_model().model.layers
+    hooks = [
+        block.register_forward_hook(
+            lambda module, args, out, i=i: needs_grad.__setitem__(i, out[0].requires_grad)
+        )
+        for i, block in enumerate(blocks)
+    ]
+    clf.model_.train()
+    ids = clf.tokenizer_(texts[:2], return_tensors="pt", padding=True)
+    clf.model_(**ids)
+    for hook in hooks:
+        hook.remove()
+    assert needs_grad == {0: False, 1: True}
+
+    folder = clf.save(tmp_path / "run")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)
+    plain = PeftModel.from_pretrained(base, folder)  # adapter_config names the layers
+    assert {n for n, _ in plain.named_parameters() if "lora_" in n} == lora
+    with pytest.raises(LlmclfError, match="--lora-layers must be between 1 and 2"):
+        HeadClassifier(tiny_llama, progress=False, lora_layers=3, **FAST).fit(texts, labels)
+    with pytest.raises(LlmclfError, match="needs --lora on"):
+        HeadClassifier(tiny_llama, progress=False, lora="none", lora_layers=1).fit(texts, labels)
