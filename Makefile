@@ -34,7 +34,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/llmclf train --config examples/demo.yaml --output $(DEMO_RUN)
 
 # side-by-side speed benchmarks (never part of make test): benchmarks/results/*.json and
-# the tables in BENCHMARKS.md; about 45 minutes on a 2-core CPU. Run nothing else meanwhile.
+# the tables in BENCHMARKS.md; about 90 minutes on a 2-core CPU. Run nothing else meanwhile.
 bench: $(VENV)/.installed
 	PY=$(PY) bash benchmarks/run.sh
 

@@ -1,8 +1,8 @@
 """Training: `llmclf train --method head` vs the transformers / PEFT docs recipe
 (reference_train.py, padding="max_length"), same model, examples, epochs, batch size,
-learning rate, LoRA rank and precision, one after the other. With --lora-layers K llmclf
-adapts only the last K blocks (the reference all of them): less backward work, so its
-achieved GFLOP/s counts the backward pass through those K blocks only.
+learning rate, LoRA rank and precision, one after the other. --lora-layers K adds a second
+llmclf run that adapts only the last K blocks (the reference all of them): less backward
+work, so its achieved GFLOP/s counts the backward pass through those K blocks only.
 
 Both time the same phase: loading the model, the training steps and the per-epoch
 validation pass (what a user waits for), then predict the same test split.
@@ -44,7 +44,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--quantize", choices=("none", "4bit"), default="none")
     parser.add_argument(
-        "--lora-layers", type=int, default=None, help="llmclf only: LoRA on the last K blocks"
+        "--lora-layers",
+        type=int,
+        default=None,
+        help="also time llmclf with LoRA on the last K blocks only (the reference adapts all)",
     )
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args()
@@ -56,8 +59,8 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = args.name or f"train_{args.data}_{args.max_length}" + (
-        f"_lora-layers{args.lora_layers}" if args.lora_layers else ""
-    )
+        f"_{args.epochs:g}ep" if args.epochs != 1 else ""
+    ) + (f"_lora-layers{args.lora_layers}" if args.lora_layers else "")
     folder = model_source(args.model)  # a GGUF is converted (and cached) before timing
     data = bench_data(args.data, args.train, args.validation, args.test)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -75,18 +78,26 @@ def main() -> None:
         "--learning-rate", str(args.learning_rate),
         "--quantize", args.quantize,
     ]  # fmt: skip
-    run = WORK / f"{name}-llmclf"
-    shutil.rmtree(run, ignore_errors=True)
-    wall = run_timed(
-        [*LLMCLF, "train", "--method", "head", "--model", args.model, "--data", str(data),
-         "--output", str(run), *shared,
-         *(["--lora-layers", str(args.lora_layers)] if args.lora_layers else [])],
-        WORK / f"{name}-llmclf.log",
-    )  # fmt: skip
-    ours = json.loads((run / "metrics.json").read_text())
-    history = json.loads((run / "train_log.json").read_text())
-    ours["validation_seconds"] = sum(e.get("eval_runtime", 0.0) for e in history)
-    ours["wall_seconds"] = wall
+
+    def train_llmclf(label: str, extra: list[str]) -> dict:
+        run = WORK / f"{name}-{label}"
+        shutil.rmtree(run, ignore_errors=True)
+        wall = run_timed(
+            [*LLMCLF, "train", "--method", "head", "--model", args.model, "--data", str(data),
+             "--output", str(run), *shared, *extra],
+            WORK / f"{name}-{label}.log",
+        )  # fmt: skip
+        metrics = json.loads((run / "metrics.json").read_text())
+        history = json.loads((run / "train_log.json").read_text())
+        metrics["validation_seconds"] = sum(e.get("eval_runtime", 0.0) for e in history)
+        metrics["wall_seconds"] = wall
+        return metrics
+
+    runs = {"llmclf": train_llmclf("llmclf", [])}
+    if args.lora_layers:
+        label = "llmclf_lora_layers"
+        runs[label] = train_llmclf(label, ["--lora-layers", str(args.lora_layers)])
+    ours = runs["llmclf"]
 
     log = WORK / f"{name}-reference.log"
     wall = run_timed(
@@ -100,8 +111,8 @@ def main() -> None:
     config = AutoConfig.from_pretrained(folder)
     mean_context = sum(tokens) / len(tokens) / 2
     sides = {}
-    for side, m in (("llmclf", ours), ("reference", reference)):
-        backward = args.lora_layers if side == "llmclf" else None
+    for side, m in (*runs.items(), ("reference", reference)):
+        backward = args.lora_layers if side == "llmclf_lora_layers" else None
         flops = model_flops_per_token(config, mean_context, True, backward_layers=backward)
         step_seconds = m["train_seconds"] - m["validation_seconds"]
         sides[side] = {
@@ -137,8 +148,22 @@ def main() -> None:
             ),
             "macro_f1_difference": round(ours["macro_f1"] - reference["macro_f1"], 4),
             "fraction_of_matmul_peak": round(sides["llmclf"]["achieved_gflops"] / peak, 3),
+            **lora_layers_figures(runs, sides, reference, peak),
         },
     )
+
+
+def lora_layers_figures(runs: dict, sides: dict, reference: dict, peak: float) -> dict:
+    if "llmclf_lora_layers" not in runs:
+        return {}
+    ours, side = runs["llmclf_lora_layers"], sides["llmclf_lora_layers"]
+    return {
+        "train_speedup_vs_reference_lora_layers": round(
+            reference["train_seconds"] / ours["train_seconds"], 2
+        ),
+        "macro_f1_difference_lora_layers": round(ours["macro_f1"] - reference["macro_f1"], 4),
+        "fraction_of_matmul_peak_lora_layers": round(side["achieved_gflops"] / peak, 3),
+    }
 
 
 if __name__ == "__main__":

@@ -26,20 +26,32 @@ def machine_lines(m: dict) -> list[str]:
 
 def train_lines(r: dict) -> list[str]:
     s = r["settings"]
+    k = s.get("lora_layers")
+    sides = {"llmclf": r["llmclf"]}
+    if "llmclf_lora_layers" in r:
+        sides[f"llmclf --lora-layers {k}"] = r["llmclf_lora_layers"]
+    elif k:  # an earlier format: the one llmclf run had --lora-layers
+        sides = {f"llmclf --lora-layers {k}": r["llmclf"]}
+    b = r["reference"]
     out = [
         f"### Training: `llmclf train --method head` vs the docs recipe ({s['data']}, "
-        f"max length {s['max_length']})",
+        f"max length {s['max_length']}, {s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''})",
         "",
         f"{s['train']} training / {s['validation']} validation / {s['test']} test examples, "
-        f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''}, batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
-        f"LoRA r 16 on all linear layers, quantize {s['quantize']}, {s['device']}. "
+        f"batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
+        f"LoRA r 16 on all linear layers"
+        + (f" (`--lora-layers {k}`: of the last {k} blocks only)" if k else "")
+        + f", quantize {s['quantize']}, {s['device']}. "
         f"{r['real_tokens']:,.0f} real tokens of {r['padded_tokens']:,.0f} padded to max "
         f"length. Time = model load + training steps + per-epoch validation.",
         "",
-        "| | llmclf | reference | llmclf / reference |",
-        "|---|---|---|---|",
+        "| | "
+        + " | ".join(sides)
+        + " | reference | "
+        + " | ".join(f"{name} / reference" for name in sides)
+        + " |",
+        "|---|" + "---|" * (2 * len(sides) + 1),
     ]
-    a, b = r["llmclf"], r["reference"]
     for key, label in (
         ("real_tokens_per_s", "real tokens/s"),
         ("examples_per_s", "examples/s"),
@@ -51,21 +63,29 @@ def train_lines(r: dict) -> list[str]:
         ("macro_f1", "test macro-F1"),
         ("accuracy", "test accuracy"),
     ):
-        if a.get(key) is None:
+        if b.get(key) is None:
             continue
-        ratio = f"{a[key] / b[key]:.2f}x" if b.get(key) else ""
-        out.append(f"| {label} | {a[key]:,} | {b[key]:,} | {ratio} |")
+        values = [f"{a[key]:,}" for a in sides.values()]
+        ratios = [f"{a[key] / b[key]:.2f}x" if b[key] else "" for a in sides.values()]
+        out.append(f"| {label} | " + " | ".join([*values, f"{b[key]:,}", *ratios]) + " |")
+    first = next(iter(sides.values()))
     out += [
         "",
         f"`train_speedup_vs_reference` **{r['train_speedup_vs_reference']}**, "
         f"`step_speedup_vs_reference` {r['step_speedup_vs_reference']}, macro-F1 difference "
-        f"{r['macro_f1_difference']:+.4f}; achieved {a['achieved_gflops']} GFLOP/s on real tokens "
-        f"in the training steps vs a measured matmul peak of {r['matmul_peak_gflops']} GFLOP/s: "
-        f"`fraction_of_matmul_peak` **{r['fraction_of_matmul_peak']}** (reference: "
+        f"{r['macro_f1_difference']:+.4f}; achieved {first['achieved_gflops']} GFLOP/s on real "
+        f"tokens in the training steps vs a measured matmul peak of {r['matmul_peak_gflops']} "
+        f"GFLOP/s: `fraction_of_matmul_peak` **{r['fraction_of_matmul_peak']}** (reference: "
         f"{b['achieved_gflops'] / r['matmul_peak_gflops']:.3f}, counting only its real tokens).",
-        "",
     ]
-    return out
+    if "llmclf_lora_layers" in r:
+        out.append(
+            f"With `--lora-layers {k}`: {r['train_speedup_vs_reference_lora_layers']}x the "
+            f"reference, macro-F1 difference {r['macro_f1_difference_lora_layers']:+.4f}, "
+            f"fraction of the matmul peak {r['fraction_of_matmul_peak_lora_layers']} (its "
+            f"backward pass counted through {k} blocks)."
+        )
+    return [*out, ""]
 
 
 def inference_lines(r: dict) -> list[str]:

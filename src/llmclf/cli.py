@@ -462,7 +462,7 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=argparse.SUPPRESS,
         help="CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
-        "instruct runs over a full-precision base): about 1.4-1.8x faster, probabilities "
+        "instruct runs over a full-precision base): 1.4-2x faster here, probabilities "
         "change slightly (see BENCHMARKS.md)",
     )
 
