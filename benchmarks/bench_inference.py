@@ -74,25 +74,23 @@ def main() -> None:
     texts = list(test["text"])
     peak = matmul_peak_gflops(device)
 
-    classifier = load_classifier(args.run, eval_batch_size=args.batch_size, device=device)
-    max_length = classifier._configs()[0].max_length
-    classifier.progress = False
-    classifier.predict_proba(texts[: args.batch_size])  # warm-up
-    start = time.perf_counter()
-    ours = np.array(classifier.predict(texts))
-    ours_seconds = time.perf_counter() - start
-    dtype = next(classifier.model_.parameters()).dtype
-    del classifier
-
-    int8 = device == "cpu"  # --int8 is a CPU feature
-    if int8:
-        classifier = load_classifier(args.run, int8=True, eval_batch_size=args.batch_size)
+    def timed_predict(int8: bool) -> tuple[np.ndarray, float, int, object]:
+        """llmclf's predictions, seconds, max length and dtype, after a warm-up batch."""
+        classifier = load_classifier(
+            args.run, int8=int8, eval_batch_size=args.batch_size, device=device
+        )
         classifier.progress = False
         classifier.predict_proba(texts[: args.batch_size])  # warm-up
         start = time.perf_counter()
-        ours_int8 = np.array(classifier.predict(texts))
-        int8_seconds = time.perf_counter() - start
-        del classifier
+        predicted = np.array(classifier.predict(texts))
+        seconds = time.perf_counter() - start
+        dtype = next(classifier.model_.parameters()).dtype
+        return predicted, seconds, classifier._configs()[0].max_length, dtype
+
+    ours, ours_seconds, max_length, dtype = timed_predict(int8=False)
+    int8 = device == "cpu"  # --int8 is a CPU feature
+    if int8:
+        ours_int8, int8_seconds, _, _ = timed_predict(int8=True)
 
     classify = pipeline(
         "text-classification", model=str(merged), device=device, dtype=dtype, top_k=1
@@ -110,8 +108,11 @@ def main() -> None:
     achieved = flops * sum(tokens) / ours_seconds / 1e9
     gold = np.array(test["label"])
 
-    def quality(predicted) -> dict:
+    def side(seconds: float, predicted: np.ndarray) -> dict:
         return {
+            "seconds": round(seconds, 2),
+            "examples_per_s": round(len(texts) / seconds, 2),
+            "real_tokens_per_s": round(sum(tokens) / seconds, 1),
             "accuracy": round(float((predicted == gold).mean()), 4),
             "macro_f1": round(float(f1_score(gold, predicted, average="macro")), 4),
         }
@@ -119,12 +120,7 @@ def main() -> None:
     extra = {}
     if int8:
         extra = {
-            "llmclf_int8": {
-                "seconds": round(int8_seconds, 2),
-                "examples_per_s": round(len(texts) / int8_seconds, 2),
-                "real_tokens_per_s": round(sum(tokens) / int8_seconds, 1),
-                **quality(ours_int8),
-            },
+            "llmclf_int8": side(int8_seconds, ours_int8),
             "int8_agreement_with_float": round(float((ours_int8 == ours).mean()), 4),
             "int8_speedup_vs_float": round(ours_seconds / int8_seconds, 2),
             "inference_int8_speedup_vs_pipeline": round(pipeline_seconds / int8_seconds, 2),
@@ -143,19 +139,8 @@ def main() -> None:
             },
             "real_tokens": sum(tokens),
             "matmul_peak_gflops": round(peak, 1),
-            "llmclf": {
-                "seconds": round(ours_seconds, 2),
-                "examples_per_s": round(len(texts) / ours_seconds, 2),
-                "real_tokens_per_s": round(sum(tokens) / ours_seconds, 1),
-                "achieved_gflops": round(achieved, 1),
-                **quality(ours),
-            },
-            "pipeline": {
-                "seconds": round(pipeline_seconds, 2),
-                "examples_per_s": round(len(texts) / pipeline_seconds, 2),
-                "real_tokens_per_s": round(sum(tokens) / pipeline_seconds, 1),
-                **quality(theirs),
-            },
+            "llmclf": {**side(ours_seconds, ours), "achieved_gflops": round(achieved, 1)},
+            "pipeline": side(pipeline_seconds, theirs),
             "prediction_agreement": round(float((ours == theirs).mean()), 4),
             "inference_speedup_vs_pipeline": round(pipeline_seconds / ours_seconds, 2),
             "fraction_of_matmul_peak": round(achieved / peak, 3),
