@@ -56,6 +56,11 @@ def encode_prompts(model, batch: dict[str, torch.Tensor]) -> EncodedPrompts:
     )
 
 
+# Logit entries (fed tokens x vocabulary) one answer pass may hold: 256 MB in float32,
+# twice that with the log-softmax.
+_PACKED_LOGITS = 2**26
+
+
 @torch.no_grad()
 def answer_logprobs(
     model, prompts: EncodedPrompts, answers: list[list[int]], rows: list[int]
@@ -70,10 +75,15 @@ def answer_logprobs(
     Returns:
         [N, longest answer] float32: ``log p(answer[t] | prompt, answer[:t])``, 0 at padding.
 
-    The first token's log-prob is read from the prompt pass. The others come in rounds:
-    round k feeds the k-th answer of every prompt (``answer[:-1]``, right-padded) after the
-    cached prompt, then crops the cache back to the prompt, so the prompt is never re-run
-    nor copied per answer, and transformers builds every attention mask itself.
+    The first token's log-prob is read from the prompt pass. The other tokens of all the
+    answers of a prompt are fed together in one forward pass after the cached prompt, as a
+    tree: answers sharing a first few tokens (``comp.sys.mac`` and ``comp.sys.ibm``, or
+    label sets growing from the same labels) share those tokens, and each fed token attends
+    to the prompt and to its own ancestors only. Positions continue the prompt's. The
+    cache is cropped back to the prompt afterwards, so the prompt is never re-run nor
+    copied per answer. Passes are split to bound the logits' memory; where a custom mask
+    cannot be used (a sliding window shorter than prompt plus answers, or an attention
+    kernel without masks) each pass carries one answer per prompt.
     """
     device = prompts.mask.device
     out = torch.zeros((len(answers), max(len(a) for a in answers)), device=device)
@@ -81,41 +91,115 @@ def answer_logprobs(
     out[:, 0] = prompts.next_logprobs[torch.tensor(rows, device=device), first]
     by_row: list[list[int]] = [[] for _ in range(prompts.mask.shape[0])]
     for n, row in enumerate(rows):
-        by_row[row].append(n)
-    for k in range(max(len(members) for members in by_row)):
-        members = {row: ns[k] for row, ns in enumerate(by_row) if len(ns) > k}
-        logprobs = _continue(model, prompts, {row: answers[n][:-1] for row, n in members.items()})
-        for row, n in members.items():
-            answer = torch.tensor(answers[n][1:], dtype=torch.long, device=device)
-            steps = torch.arange(len(answer), device=device)
-            out[n, 1 : len(answer) + 1] = logprobs[row, steps, answer]
+        if len(answers[n]) > 1:
+            by_row[row].append(n)
+    for members in _passes(model, prompts, by_row, answers):
+        logprobs = _continue(
+            model, prompts, {row: [answers[n] for n in ns] for row, ns in members.items()}
+        )
+        for row, ns in members.items():
+            for n, answer_logprobs_ in zip(ns, logprobs[row]):
+                out[n, 1 : len(answers[n])] = answer_logprobs_
     return out
 
 
-def _continue(model, prompts: EncodedPrompts, tokens: dict[int, list[int]]) -> torch.Tensor:
-    """[batch, longest, vocab] next-token log-probs after feeding ``tokens[row]`` to each
-    prompt row (rows left out see padding only); the cache is cropped back afterwards."""
+def _prefixes(answer: list[int]) -> list[tuple[int, ...]]:
+    """The fed prefixes of an answer: ``answer[:1]`` ... ``answer[:-1]``, one per fed token."""
+    return [tuple(answer[:t]) for t in range(1, len(answer))]
+
+
+def _passes(model, prompts: EncodedPrompts, by_row: list[list[int]], answers: list[list[int]]):
+    """Split every prompt's answers (indices) into passes: ``{row: [answer, ...]}`` each,
+    feeding at most ``budget`` distinct prefixes per row (one answer per row if nothing
+    packs)."""
+    rows, width = prompts.mask.shape
+    longest = max((len(answers[n]) - 1 for ns in by_row for n in ns), default=0)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    budget = max(longest, _PACKED_LOGITS // (vocab * rows))
+    packable = _takes_custom_masks(model, width + budget)
+    start = [0] * rows
+    while any(start[row] < len(ns) for row, ns in enumerate(by_row)):
+        members: dict[int, list[int]] = {}
+        for row, ns in enumerate(by_row):
+            fed: set[tuple[int, ...]] = set()
+            while start[row] < len(ns):
+                new = set(_prefixes(answers[ns[start[row]]])) - fed
+                if row in members and (not packable or len(fed) + len(new) > budget):
+                    break
+                members.setdefault(row, []).append(ns[start[row]])
+                fed |= new
+                start[row] += 1
+        yield members
+
+
+def _takes_custom_masks(model, keys: int) -> bool:
+    """Whether ``model`` attends through a 4D mask of ``keys`` keys that we build: its
+    attention kernel takes one, and no sliding window is shorter than the keys."""
+    window = getattr(model.config, "sliding_window", None)
+    kernel = getattr(model.config, "_attn_implementation", None)
+    return kernel in ("sdpa", "eager") and (window is None or keys <= window)
+
+
+def _continue(
+    model, prompts: EncodedPrompts, answers: dict[int, list[list[int]]]
+) -> dict[int, list[torch.Tensor]]:
+    """Feed the answers of ``answers[row]`` after that prompt row as a prefix tree (one
+    fed token per distinct prefix); return ``log p(answer[1:])`` per answer. Rows left out
+    see padding only; the cache is cropped back afterwards."""
     device = prompts.mask.device
-    length = max(len(t) for t in tokens.values())
-    if length == 0:
-        return torch.zeros((prompts.mask.shape[0], 0, 0), device=device)
-    ids = torch.zeros((prompts.mask.shape[0], length), dtype=torch.long, device=device)
-    real = torch.zeros_like(ids)
-    for row, row_tokens in tokens.items():
-        ids[row, : len(row_tokens)] = torch.tensor(row_tokens, device=device)
-        real[row, : len(row_tokens)] = 1
+    rows, width = prompts.mask.shape
+    trees = {row: _prefix_tree(row_answers) for row, row_answers in answers.items()}
+    length = max(len(nodes) for nodes in trees.values())
+    ids = torch.zeros((rows, length), dtype=torch.long, device=device)
+    fed = torch.zeros_like(ids)
+    positions = prompts.lengths[:, None].repeat(1, length)
+    # allowed[row, query, key]: a fed token sees the real prompt tokens of its row ...
+    allowed = torch.zeros((rows, length, width + length), dtype=torch.bool, device=device)
+    allowed[:, :, :width] = prompts.mask[:, None, :].bool()
+    for row, nodes in trees.items():
+        for i, prefix in enumerate(nodes):
+            ids[row, i] = prefix[-1]
+            fed[row, i] = 1
+            positions[row, i] += len(prefix) - 1
+            # ... and its ancestors: the fed tokens of its own prefixes, itself included
+            ancestors = [nodes[prefix[:t]] for t in range(1, len(prefix) + 1)]
+            allowed[row, i, [width + a for a in ancestors]] = True
+    if all(len(row_answers) == 1 for row_answers in answers.values()):
+        mask = torch.cat([prompts.mask, fed], dim=1)  # one chain per row: plain causal mask
+    else:
+        dtype = model.get_input_embeddings().weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
     cached = prompts.cache.get_seq_length()
     logits = model(
         input_ids=ids,
-        attention_mask=torch.cat([prompts.mask, real], dim=1),
-        position_ids=prompts.lengths[:, None] + torch.arange(length, device=device),
+        attention_mask=mask,
+        position_ids=positions,
         cache=prompts.cache,
         use_cache=True,
     ).logits
     if prompts.cache.get_seq_length() != cached + length:
         raise LlmclfError(f"{type(model).__name__} ignored the prompt cache: cannot score labels")
     prompts.cache.crop(-length)
-    return logits.float().log_softmax(dim=-1)
+    logprobs = logits.float().log_softmax(dim=-1)
+    out: dict[int, list[torch.Tensor]] = {}
+    for row, row_answers in answers.items():
+        nodes = trees[row]
+        for answer in row_answers:
+            at = torch.tensor([nodes[p] for p in _prefixes(answer)], device=device)
+            out.setdefault(row, []).append(
+                logprobs[row, at, torch.tensor(answer[1:], device=device)]
+            )
+    return out
+
+
+def _prefix_tree(answers: list[list[int]]) -> dict[tuple[int, ...], int]:
+    """Every distinct fed prefix of the answers, numbered parents first."""
+    nodes: dict[tuple[int, ...], int] = {}
+    for answer in answers:
+        for prefix in _prefixes(answer):
+            nodes.setdefault(prefix, len(nodes))
+    return nodes
 
 
 def score_labels(

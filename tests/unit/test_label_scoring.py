@@ -89,3 +89,77 @@ def test_a_narrow_beam_still_gives_probabilities(untrained):
     ).zero_shot(CLASSES, multi_label=True)
     proba = clf.predict_proba(make_texts(4, seed=5)[0])
     assert proba.shape == (4, 3) and ((proba >= 0) & (proba <= 1)).all()
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def causal_lm(request):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation=request.param,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("layout", ["packed", "split passes", "one answer per pass"])
+def test_answer_logprobs_equal_separate_forward_passes(causal_lm, layout, monkeypatch):
+    """Answers packed side by side after the cached prompt (however the passes are cut)
+    score what each answer scores alone after its unpadded prompt."""
+    from llmclf import label_scoring
+
+    if layout == "split passes":  # room for about 5 fed tokens per row: several passes
+        monkeypatch.setattr(label_scoring, "_PACKED_LOGITS", 5 * 50 * 3)
+    if layout == "one answer per pass":  # as for a short sliding window: transformers' masks
+        monkeypatch.setattr(label_scoring, "_takes_custom_masks", lambda model, keys: False)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 50, (n,), generator=generator).tolist() for n in (5, 9, 2)]
+    # uneven numbers of answers per prompt; answers sharing first tokens (a shared branch
+    # of the prefix tree), one-token answers, an answer repeated, the same answer in two rows
+    by_row = [
+        [[5, 6, 7, 8], [5, 6, 9], [5, 6], [10]],
+        [[5, 6, 7]],
+        [[11, 12, 13, 14], [11, 12, 13, 15], [16, 17], [11, 12, 13, 14]],
+    ]
+    answers = [a for row_answers in by_row for a in row_answers]
+    rows = [row for row, row_answers in enumerate(by_row) for _ in row_answers]
+    width = max(len(p) for p in prompts)
+    batch = {
+        "input_ids": torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+        "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+    }
+    encoded = label_scoring.encode_prompts(causal_lm, batch)
+    fast = label_scoring.answer_logprobs(causal_lm, encoded, answers, rows)
+    assert encoded.cache.get_seq_length() == width  # cropped back to the prompt
+    for n, (answer, row) in enumerate(zip(answers, rows)):
+        expected = [
+            brute_force_logprob(causal_lm, prompts[row] + answer[:t], [token])
+            for t, token in enumerate(answer)
+        ]
+        assert fast[n, : len(answer)].tolist() == pytest.approx(expected, abs=1e-4)
+        assert (fast[n, len(answer) :] == 0).all()
+
+
+def test_packing_cuts_passes_to_the_logit_budget(causal_lm, monkeypatch):
+    from llmclf import label_scoring
+
+    assert label_scoring._takes_custom_masks(causal_lm, 1000)
+    monkeypatch.setattr(causal_lm.config, "sliding_window", 8, raising=False)
+    assert not label_scoring._takes_custom_masks(causal_lm, 9)
+    monkeypatch.setattr(causal_lm.config, "sliding_window", None)
+
+    monkeypatch.setattr(label_scoring, "_PACKED_LOGITS", 6 * 50 * 2)  # 6 fed tokens per row
+    mask = torch.ones((2, 3), dtype=torch.long)
+    encoded = label_scoring.EncodedPrompts(None, None, mask.sum(dim=1), mask)
+    answers = [[1, 2, 3], [1, 2, 4, 5, 6], [1, 2, 4, 7], [8, 9, 10, 11], [1, 2, 3, 4, 5, 6]]
+    # row 0 feeds the prefixes 1, 12 | 124, 1245 | none new (124 is fed) | 8, 89, 8910:
+    # 7 > 6, so its last answer waits for a second pass; row 1 feeds 5
+    by_row = [[0, 1, 2, 3], [4]]
+    passes = list(label_scoring._passes(causal_lm, encoded, by_row, answers))
+    assert passes == [{0: [0, 1, 2], 1: [4]}, {0: [3]}]
