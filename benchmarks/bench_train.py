@@ -1,13 +1,15 @@
 """Training: `llmclf train --method head` vs the transformers / PEFT docs recipe
 (reference_train.py, padding="max_length"), same model, examples, epochs, batch size,
-learning rate, LoRA rank and precision, one after the other. --lora-layers K adds a second
-llmclf run that adapts only the last K blocks (the reference all of them): less backward
-work, so its achieved GFLOP/s counts the backward pass through those K blocks only.
+learning rate, LoRA rank and precision, one after the other. Each --variant "OPTIONS" adds
+another llmclf run with those options (e.g. "--lora-layers 8", or "--lora-dropout 0.05", the
+recipe's dropout); with --lora-layers K the backward pass, and so the achieved GFLOP/s, is
+counted through those K blocks only.
 
 Both time the same phase: loading the model, the training steps and the per-epoch
 validation pass (what a user waits for), then predict the same test split.
 
 Usage: python benchmarks/bench_train.py [--data 20newsgroups] [--max-length 256] ...
+           [--variant "--lora-layers 8"] ...
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--quantize", choices=("none", "4bit"), default="none")
     parser.add_argument(
-        "--lora-layers",
-        type=int,
-        default=None,
-        help="also time llmclf with LoRA on the last K blocks only (the reference adapts all)",
+        "--variant",
+        action="append",
+        default=[],
+        help='also time llmclf with these extra options, e.g. "--lora-layers 8" (repeatable)',
     )
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = args.name or f"train_{args.data}_{args.max_length}" + (
         f"_{args.epochs:g}ep" if args.epochs != 1 else ""
-    ) + (f"_lora-layers{args.lora_layers}" if args.lora_layers else "")
+    )
     folder = model_source(args.model)  # a GGUF is converted (and cached) before timing
     data = bench_data(args.data, args.train, args.validation, args.test)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -94,9 +96,8 @@ def main() -> None:
         return metrics
 
     runs = {"llmclf": train_llmclf("llmclf", [])}
-    if args.lora_layers:
-        label = "llmclf_lora_layers"
-        runs[label] = train_llmclf(label, ["--lora-layers", str(args.lora_layers)])
+    for number, variant in enumerate(args.variant, start=1):
+        runs[variant] = train_llmclf(f"variant{number}", variant.split())
     ours = runs["llmclf"]
 
     log = WORK / f"{name}-reference.log"
@@ -112,7 +113,7 @@ def main() -> None:
     mean_context = sum(tokens) / len(tokens) / 2
     sides = {}
     for side, m in (*runs.items(), ("reference", reference)):
-        backward = args.lora_layers if side == "llmclf_lora_layers" else None
+        backward = lora_layers(side.split()) if side in args.variant else None
         flops = model_flops_per_token(config, mean_context, True, backward_layers=backward)
         step_seconds = m["train_seconds"] - m["validation_seconds"]
         sides[side] = {
@@ -128,6 +129,18 @@ def main() -> None:
             "peak_gpu_mb": m.get("peak_gpu_mb"),
             "trainable_params": m["trainable_params"],
         }
+    variants = {
+        variant: {
+            **sides.pop(variant),
+            "train_speedup_vs_reference": round(
+                reference["train_seconds"] / runs[variant]["train_seconds"], 2
+            ),
+            "macro_f1_difference": round(runs[variant]["macro_f1"] - reference["macro_f1"], 4),
+        }
+        for variant in args.variant
+    }
+    for side in variants.values():
+        side["fraction_of_matmul_peak"] = round(side["achieved_gflops"] / peak, 3)
     write_result(
         name,
         {
@@ -148,22 +161,16 @@ def main() -> None:
             ),
             "macro_f1_difference": round(ours["macro_f1"] - reference["macro_f1"], 4),
             "fraction_of_matmul_peak": round(sides["llmclf"]["achieved_gflops"] / peak, 3),
-            **lora_layers_figures(runs, sides, reference, peak),
+            "variants": variants,
         },
     )
 
 
-def lora_layers_figures(runs: dict, sides: dict, reference: dict, peak: float) -> dict:
-    if "llmclf_lora_layers" not in runs:
-        return {}
-    ours, side = runs["llmclf_lora_layers"], sides["llmclf_lora_layers"]
-    return {
-        "train_speedup_vs_reference_lora_layers": round(
-            reference["train_seconds"] / ours["train_seconds"], 2
-        ),
-        "macro_f1_difference_lora_layers": round(ours["macro_f1"] - reference["macro_f1"], 4),
-        "fraction_of_matmul_peak_lora_layers": round(side["achieved_gflops"] / peak, 3),
-    }
+def lora_layers(options: list[str]) -> int | None:
+    """K of a --lora-layers K among llmclf options (None: LoRA on every block)."""
+    if "--lora-layers" in options:
+        return int(options[options.index("--lora-layers") + 1])
+    return None
 
 
 if __name__ == "__main__":

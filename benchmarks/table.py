@@ -26,12 +26,8 @@ def machine_lines(m: dict) -> list[str]:
 
 def train_lines(r: dict) -> list[str]:
     s = r["settings"]
-    k = s.get("lora_layers")
-    sides = {"llmclf": r["llmclf"]}
-    if "llmclf_lora_layers" in r:
-        sides[f"llmclf --lora-layers {k}"] = r["llmclf_lora_layers"]
-    elif k:  # an earlier format: the one llmclf run had --lora-layers
-        sides = {f"llmclf --lora-layers {k}": r["llmclf"]}
+    variants = r.get("variants", {})
+    sides = {"llmclf": r["llmclf"], **{f"llmclf {v}": side for v, side in variants.items()}}
     b = r["reference"]
     out = [
         f"### Training: `llmclf train --method head` vs the docs recipe ({s['data']}, "
@@ -39,9 +35,8 @@ def train_lines(r: dict) -> list[str]:
         "",
         f"{s['train']} training / {s['validation']} validation / {s['test']} test examples, "
         f"batch {s['batch_size']}, learning rate {s['learning_rate']:g}, "
-        f"LoRA r 16 on all linear layers"
-        + (f" (`--lora-layers {k}`: of the last {k} blocks only)" if k else "")
-        + f", quantize {s['quantize']}, {s['device']}. "
+        "LoRA r 16 on all linear layers (llmclf's defaults, LoRA dropout 0; the recipe: the "
+        f"docs' 0.05), quantize {s['quantize']}, {s['device']}. "
         f"{r['real_tokens']:,.0f} real tokens of {r['padded_tokens']:,.0f} padded to max "
         f"length. Time = model load + training steps + per-epoch validation.",
         "",
@@ -68,22 +63,26 @@ def train_lines(r: dict) -> list[str]:
         values = [f"{a[key]:,}" for a in sides.values()]
         ratios = [f"{a[key] / b[key]:.2f}x" if b[key] else "" for a in sides.values()]
         out.append(f"| {label} | " + " | ".join([*values, f"{b[key]:,}", *ratios]) + " |")
-    first = next(iter(sides.values()))
     out += [
         "",
         f"`train_speedup_vs_reference` **{r['train_speedup_vs_reference']}**, "
         f"`step_speedup_vs_reference` {r['step_speedup_vs_reference']}, macro-F1 difference "
-        f"{r['macro_f1_difference']:+.4f}; achieved {first['achieved_gflops']} GFLOP/s on real "
-        f"tokens in the training steps vs a measured matmul peak of {r['matmul_peak_gflops']} "
-        f"GFLOP/s: `fraction_of_matmul_peak` **{r['fraction_of_matmul_peak']}** (reference: "
+        f"{r['macro_f1_difference']:+.4f}; achieved {r['llmclf']['achieved_gflops']} GFLOP/s on "
+        f"real tokens in the training steps vs a measured matmul peak of "
+        f"{r['matmul_peak_gflops']} GFLOP/s: `fraction_of_matmul_peak` "
+        f"**{r['fraction_of_matmul_peak']}** (reference: "
         f"{b['achieved_gflops'] / r['matmul_peak_gflops']:.3f}, counting only its real tokens).",
     ]
-    if "llmclf_lora_layers" in r:
+    for variant, side in variants.items():
         out.append(
-            f"With `--lora-layers {k}`: {r['train_speedup_vs_reference_lora_layers']}x the "
-            f"reference, macro-F1 difference {r['macro_f1_difference_lora_layers']:+.4f}, "
-            f"fraction of the matmul peak {r['fraction_of_matmul_peak_lora_layers']} (its "
-            f"backward pass counted through {k} blocks)."
+            f"With `{variant}`: {side['train_speedup_vs_reference']}x the reference, macro-F1 "
+            f"difference {side['macro_f1_difference']:+.4f}, fraction of the matmul peak "
+            f"{side['fraction_of_matmul_peak']}"
+            + (
+                " (its backward pass counted through those blocks only)."
+                if "--lora-layers" in variant
+                else "."
+            )
         )
     return [*out, ""]
 
@@ -137,7 +136,14 @@ def inference_lines(r: dict) -> list[str]:
 def instruct_lines(r: dict) -> list[str]:
     s, a, b = r["settings"], r["score"], r["generate"]
     lo, mean, hi = r["label_tokens_min_mean_max"]
-    kind = "the untrained model (zero-shot)" if s["zero_shot"] else f"run {s['run']}"
+    kind = "the untrained model (zero-shot)" if s["zero_shot"] else "a trained instruct run"
+    trained = r.get("training")
+    if trained:
+        kind += (
+            f" ({trained['examples']} training examples, {trained['epochs']:g} epochs, "
+            f"{trained['train_seconds']:,} s of training, {trained['trainable_params']:,} "
+            "trainable parameters)"
+        )
     unparsed = b.get("unparsed_rate")
     return [
         "### Instruct: `--predict-mode score` vs `generate`",

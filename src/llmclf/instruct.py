@@ -25,7 +25,13 @@ from llmclf.calibration import to_proba
 from llmclf.classifier import ClassifierBase
 from llmclf.config import AdapterConfig, InstructConfig, ModelConfig, TrainConfig
 from llmclf.errors import LlmclfError
-from llmclf.label_scoring import greedy_answers, label_set_posteriors, score_labels
+from llmclf.label_scoring import (
+    SharedPrefix,
+    greedy_answers,
+    label_set_posteriors,
+    score_labels,
+    shared_prefix,
+)
 from llmclf.labels import LabelSchema
 from llmclf.metrics import selection_metric, tune_thresholds
 from llmclf.pooling import position_ids
@@ -334,14 +340,17 @@ class InstructClassifier(ClassifierBase):
 
     # -- inference ---------------------------------------------------------------------
 
-    def _label_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _label_logits(
+        self, model, batch: dict[str, torch.Tensor], prefix: SharedPrefix | None = None
+    ) -> torch.Tensor:
         """[batch, classes]: label scores (single-label) or the logit of each label's
-        membership probability (multi-label), so ``to_proba`` gives the probabilities."""
+        membership probability (multi-label), so ``to_proba`` gives the probabilities.
+        ``prefix``: the batch holds the prompts after this shared, already-run prefix."""
         instruct_cfg = self._configs()[3]
         pieces = self.format_.pieces
         if not self.multi_label_:
-            return score_labels(model, batch, pieces, instruct_cfg.score_normalization)
-        proba = label_set_posteriors(model, batch, pieces, instruct_cfg.multi_label_beam)
+            return score_labels(model, batch, pieces, instruct_cfg.score_normalization, prefix)
+        proba = label_set_posteriors(model, batch, pieces, instruct_cfg.multi_label_beam, prefix)
         return torch.logit(proba.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR))
 
     def predict_logits(self, texts: list[str]) -> np.ndarray:
@@ -355,10 +364,22 @@ class InstructClassifier(ClassifierBase):
         return self._logits(texts)
 
     def _logits(self, texts: list[str]) -> np.ndarray:
+        """Label scores; the tokens all the prompts start with (system turn, instructions,
+        label list) run once for the call, not once per text."""
         self.model_.eval()
+        prompts = self._encode(texts)
+        with torch.inference_mode():
+            prefix = shared_prefix(
+                self.model_,
+                prompts,
+                self.device_,
+                keys=max((len(p) for p in prompts), default=0) + self.answer_length_,
+            )
+        if prefix is not None:
+            prompts = [p[prefix.length :] for p in prompts]
         return run_batches(
-            self._encode(texts),
-            lambda batch: self._label_logits(self.model_, batch),
+            prompts,
+            lambda batch: self._label_logits(self.model_, batch, prefix),
             self.tokenizer_.pad_token_id,
             self._configs()[2].eval_batch_size,
             self.device_,

@@ -3,12 +3,15 @@
 ``encode_prompts`` runs a batch of left-padded prompts once and keeps their KV cache and
 next-token log-probabilities; ``answer_logprobs`` then scores any number of answers per
 prompt with forward passes over the answer tokens only, attending to the cached prompt.
+The tokens every prompt of a call starts with (the chat template's system turn, the
+instructions, the label list) run once for the whole call: ``shared_prefix``.
 On top of that: ``score_labels`` (one answer per label), ``label_set_posteriors``
 (multi-label: a beam search over label sets) and ``greedy_answers`` (generation).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -33,14 +36,73 @@ class EncodedPrompts:
     mask: torch.Tensor
 
 
+@dataclass
+class SharedPrefix:
+    """The first ``length`` tokens of every prompt, run once: their KV cache at batch 1."""
+
+    length: int
+    cache: object
+
+    def expanded(self, rows: int):
+        """A fresh copy of the cache for a batch of ``rows`` prompts."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """How many first tokens all ``sequences`` share, leaving at least one token of each.
+
+    Example:
+        >>> common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+        2
+    """
+    shortest = min(len(s) for s in sequences)
+    for n in range(shortest - 1):
+        if any(s[n] != sequences[0][n] for s in sequences):
+            return n
+    return max(shortest - 1, 0)
+
+
 @torch.no_grad()
-def encode_prompts(model, batch: dict[str, torch.Tensor]) -> EncodedPrompts:
-    """Run left-padded prompts (``input_ids``, ``attention_mask`` [batch, width]) once."""
+def shared_prefix(
+    model, sequences: list[list[int]], device: torch.device, keys: int
+) -> SharedPrefix | None:
+    """Run the tokens all prompts start with once (``None`` if there are none, or fewer
+    than two prompts, or ``model`` cannot attend through a mask of ``keys`` keys with a
+    gap of padding after the prefix: see ``_takes_custom_masks``)."""
+    length = common_prefix_length(sequences) if len(sequences) > 1 else 0
+    if length == 0 or not _takes_custom_masks(model, keys):
+        return None
+    ids = torch.tensor([sequences[0][:length]], device=device)
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    if out.cache is None or out.cache.get_seq_length() != length:
+        return None
+    return SharedPrefix(length=length, cache=out.cache)
+
+
+@torch.no_grad()
+def encode_prompts(
+    model, batch: dict[str, torch.Tensor], prefix: SharedPrefix | None = None
+) -> EncodedPrompts:
+    """Run left-padded prompts (``input_ids``, ``attention_mask`` [batch, width]) once;
+    with ``prefix``, the batch holds what follows the shared prefix (at least one token
+    per row) and attends to its cache: the prompts are then prefix, padding, rest."""
     mask = batch["attention_mask"]
+    positions = position_ids(mask)
+    cache = None
+    if prefix is not None:
+        cache = prefix.expanded(mask.shape[0])
+        prefix_mask = torch.ones(
+            (mask.shape[0], prefix.length), dtype=mask.dtype, device=mask.device
+        )
+        mask = torch.cat([prefix_mask, mask], dim=1)
+        positions = positions + prefix.length
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=mask,
-        position_ids=position_ids(mask),
+        position_ids=positions,
+        cache=cache,
         use_cache=True,
         logits_to_keep=1,
     )
@@ -203,11 +265,16 @@ def _prefix_tree(answers: list[list[int]]) -> dict[tuple[int, ...], int]:
 
 
 def score_labels(
-    model, batch: dict[str, torch.Tensor], pieces: AnswerPieces, normalization: str = "sum"
+    model,
+    batch: dict[str, torch.Tensor],
+    pieces: AnswerPieces,
+    normalization: str = "sum",
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """[batch, classes] score of each label's answer: the summed (``sum``) or per-token
-    mean (``mean``) log-probability of its tokens, closing tokens included."""
-    prompts = encode_prompts(model, batch)
+    mean (``mean``) log-probability of its tokens, closing tokens included. ``prefix``:
+    the batch's prompts follow this shared prefix (``encode_prompts``)."""
+    prompts = encode_prompts(model, batch, prefix)
     candidates = [pieces.complete((j,)) for j in range(len(pieces.first))]
     n_rows, n_classes = batch["input_ids"].shape[0], len(candidates)
     logprobs = answer_logprobs(
@@ -224,7 +291,11 @@ def score_labels(
 
 
 def label_set_posteriors(
-    model, batch: dict[str, torch.Tensor], pieces: AnswerPieces, beam: int = 8
+    model,
+    batch: dict[str, torch.Tensor],
+    pieces: AnswerPieces,
+    beam: int = 8,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Multi-label: [batch, classes] probability that each label is in the answer.
 
@@ -234,9 +305,9 @@ def label_set_posteriors(
     the share of their probability mass held by the sets that contain it. The search is
     exact when ``beam`` is at least the number of sets of any one size (e.g. 3 labels with
     beam 3), and stops once ``beam`` closed sets beat every open one (an open set only
-    loses probability as it grows).
+    loses probability as it grows). ``prefix`` as in ``score_labels``.
     """
-    prompts = encode_prompts(model, batch)
+    prompts = encode_prompts(model, batch, prefix)
     n_rows, n_classes = batch["input_ids"].shape[0], len(pieces.first)
     open_sets: list[list[tuple[tuple[int, ...], float]]] = [[((), 0.0)] for _ in range(n_rows)]
     closed: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(n_rows)]

@@ -163,3 +163,55 @@ def test_packing_cuts_passes_to_the_logit_budget(causal_lm, monkeypatch):
     by_row = [[0, 1, 2, 3], [4]]
     passes = list(label_scoring._passes(causal_lm, encoded, by_row, answers))
     assert passes == [{0: [0, 1, 2], 1: [4]}, {0: [3]}]
+
+
+def test_common_prefix_length_leaves_a_token_of_every_prompt():
+    from llmclf.label_scoring import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical: the last one runs
+    assert common_prefix_length([[7, 1], [8, 1]]) == 0
+    assert common_prefix_length([[1], [1, 2]]) == 0
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["single", "multi"])
+def test_the_shared_prompt_prefix_runs_once_and_changes_no_score(untrained, multi_label):
+    """Prompts sharing the template's first tokens: the prefix is run once per call and
+    every score is what the whole prompt run per text gives."""
+    from llmclf import label_scoring
+    from llmclf.batching import pad_batch
+
+    model, mapping = untrained
+    clf = InstructClassifier(model, progress=False, verbalizer=mapping, max_length=64)
+    clf = clf.zero_shot(CLASSES, multi_label=multi_label)
+    texts, _ = make_texts(6, seed=7)
+    prompts = clf._encode(texts)
+    prefix = label_scoring.shared_prefix(clf.model_, prompts, torch.device("cpu"), keys=64)
+    # everything before the text is shared (the first text token may merge with it)
+    before = len(clf.format_.ids(clf.format_.before))
+    assert before - 2 <= prefix.length <= before
+    assert prefix.length == label_scoring.common_prefix_length(prompts)
+    assert prefix.cache.get_seq_length() == prefix.length
+
+    pad = clf.tokenizer_.pad_token_id
+    whole = pad_batch(prompts, pad, side="left")
+    rest = pad_batch([p[prefix.length :] for p in prompts], pad, side="left")
+    with torch.no_grad():
+        alone = clf._label_logits(clf.model_, whole)
+        shared = clf._label_logits(clf.model_, rest, prefix)
+        again = clf._label_logits(clf.model_, rest, prefix)  # the prefix cache is not consumed
+    assert torch.allclose(alone, shared, atol=1e-4)
+    assert torch.equal(shared, again)
+    assert prefix.cache.get_seq_length() == prefix.length
+
+
+def test_no_shared_prefix_where_the_mask_cannot_carry_it(causal_lm, monkeypatch):
+    from llmclf.label_scoring import shared_prefix
+
+    cpu = torch.device("cpu")
+    prompts = [[1, 2, 3, 4], [1, 2, 5]]
+    assert shared_prefix(causal_lm, prompts, cpu, keys=10).length == 2
+    assert shared_prefix(causal_lm, prompts[:1], cpu, keys=10) is None  # one prompt
+    assert shared_prefix(causal_lm, [[1, 2], [3, 4]], cpu, keys=10) is None  # nothing shared
+    monkeypatch.setattr(causal_lm.config, "sliding_window", 8, raising=False)
+    assert shared_prefix(causal_lm, prompts, cpu, keys=10) is None
