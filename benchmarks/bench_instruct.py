@@ -72,6 +72,18 @@ def prompt_reuse(run: Path, texts: list[str]) -> dict:
     }
 
 
+def prompt_composition(run: Path, texts: list[str]) -> dict:
+    """Mean prompt tokens per text, and how many of them every prompt shares."""
+    from llmclf.label_scoring import common_prefix_length
+    from llmclf.runs import load_classifier
+
+    prompts = load_classifier(run, progress=False)._encode(texts)
+    return {
+        "prompt_tokens_mean": round(sum(len(p) for p in prompts) / len(prompts), 1),
+        "shared_prefix_tokens": common_prefix_length(prompts),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -100,25 +112,38 @@ def main() -> None:
     zero_shot = args.run is None and not args.train
     if args.train:
         data = bench_data(args.data, args.train, args.validation, args.test)
-        run = WORK / f"{name}-run"
-        shutil.rmtree(run, ignore_errors=True)
-        command = [*LLMCLF, "train", "--method", "instruct", "--model", args.model,
-                   "--data", str(data), "--max-length", str(args.max_length),
-                   "--epochs", str(args.epochs), "--eval-batch-size", str(args.batch_size),
-                   "--output", str(run)]  # fmt: skip
-        run_timed(command, WORK / f"{name}-train.log")
-        metrics = json.loads((run / "metrics.json").read_text())
-        training = {
-            "examples": args.train,
-            "epochs": args.epochs,
-            "train_seconds": metrics.get("train_seconds"),
-            "trainable_params": metrics.get("trainable_params"),
-        }
-        args.run = str(run)
+        training = {"examples": args.train, "epochs": args.epochs}
+        # llmclf's default (the prompts' shared prefix run once per batch), then without
+        for label, extra in (
+            ("shared_prefix", []),
+            ("whole_prompts", ["--no-share-prompt-prefix"]),
+        ):
+            run = WORK / f"{name}-run-{label}"
+            shutil.rmtree(run, ignore_errors=True)
+            command = [*LLMCLF, "train", "--method", "instruct", "--model", args.model,
+                       "--data", str(data), "--max-length", str(args.max_length),
+                       "--epochs", str(args.epochs), "--eval-batch-size", str(args.batch_size),
+                       "--output", str(run), *extra]  # fmt: skip
+            run_timed(command, WORK / f"{name}-train-{label}.log")
+            metrics = json.loads((run / "metrics.json").read_text())
+            training[label] = {
+                "train_seconds": metrics["train_seconds"],
+                "test_macro_f1_score_mode": round(metrics["macro_f1"], 4),
+                "trainable_params": metrics["trainable_params"],
+            }
+            print("train", label, training[label])
+        training["prefix_sharing_train_speedup"] = round(
+            training["whole_prompts"]["train_seconds"] / training["shared_prefix"]["train_seconds"],
+            2,
+        )
+        args.run = str(WORK / f"{name}-run-shared_prefix")
     else:
         data = bench_data(args.data, 0, 0, args.test)
     results = {}
-    for mode in ("score", "generate"):
+    modes = (("score", ["--predict-mode", "score"]),
+             ("score_whole_prompts", ["--predict-mode", "score", "--no-share-prompt-prefix"]),
+             ("generate", ["--predict-mode", "generate"]))  # fmt: skip
+    for mode, options in modes:
         output = WORK / f"{name}-{mode}"
         shutil.rmtree(output, ignore_errors=True)
         if args.run:
@@ -126,7 +151,7 @@ def main() -> None:
         else:
             command = [*LLMCLF, "evaluate", "--zero-shot", "--model", args.model,
                        "--max-length", str(args.max_length)]  # fmt: skip
-        command += ["--data", str(data), "--predict-mode", mode, "--output", str(output),
+        command += ["--data", str(data), *options, "--output", str(output),
                     "--eval-batch-size", str(args.batch_size)]  # fmt: skip
         run_timed(command, WORK / f"{name}-{mode}.log")
         metrics = json.loads((output / "metrics.json").read_text())
@@ -138,9 +163,14 @@ def main() -> None:
             **({"unparsed_rate": metrics["unparsed_rate"]} if "unparsed_rate" in metrics else {}),
         }
         print(mode, results[mode])
+    results["prefix_sharing_score_speedup"] = round(
+        results["score_whole_prompts"]["seconds"] / results["score"]["seconds"], 2
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_source(args.model))
     labels = sorted(set(__import__("pandas").read_csv(data)["label"]))
     label_tokens = [len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels]
+    source = Path(args.run) if args.run else WORK / f"{name}-score"  # a zero-shot run folder
+    composition = prompt_composition(source, list(read_split(data, "test")["text"]))
     test_texts = list(read_split(data, "test")["text"])[: args.reuse_texts]
     reuse = prompt_reuse(WORK / f"{name}-score", test_texts) if args.reuse_texts else None
     print("prompt reuse", reuse)
@@ -155,6 +185,7 @@ def main() -> None:
                 round(sum(label_tokens) / len(label_tokens), 1),
                 max(label_tokens),
             ],
+            **composition,
             **results,
             "prompt_reuse": reuse,
             "score_speedup_vs_generate": round(

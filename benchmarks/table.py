@@ -134,41 +134,72 @@ def inference_lines(r: dict) -> list[str]:
 
 
 def instruct_lines(r: dict) -> list[str]:
-    s, a, b = r["settings"], r["score"], r["generate"]
+    s = r["settings"]
     lo, mean, hi = r["label_tokens_min_mean_max"]
     kind = "the untrained model (zero-shot)" if s["zero_shot"] else "a trained instruct run"
     trained = r.get("training")
     if trained:
-        kind += (
-            f" ({trained['examples']} training examples, {trained['epochs']:g} epochs, "
-            f"{trained['train_seconds']:,} s of training, {trained['trainable_params']:,} "
-            "trainable parameters)"
-        )
-    unparsed = b.get("unparsed_rate")
-    return [
-        "### Instruct: `--predict-mode score` vs `generate`",
+        kind += f" ({trained['examples']} training examples, {trained['epochs']:g} epochs)"
+    columns = [
+        ("score", "score"),
+        ("score_whole_prompts", "score, `--no-share-prompt-prefix`"),
+        ("generate", "generate"),
+    ]
+    columns = [(key, title) for key, title in columns if key in r]
+
+    def row(label: str, key: str, form: str = "{}") -> str:
+        values = [form.format(r[c][key]) if key in r[c] else "-" for c, _ in columns]
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    out = [
+        f"### Instruct: `--predict-mode score` vs `generate` ({'zero-shot' if s['zero_shot'] else 'trained'})",
         "",
         f"{s['data']}, {s['test']} test texts, {s['labels']} labels of {lo}-{hi} tokens "
-        f"(mean {mean}), {kind}, max length {s['max_length']}, batch {s['batch_size']}.",
+        f"(mean {mean}), {kind}, max length {s['max_length']}, batch {s['batch_size']}."
+        + (
+            f" Prompts: {r['prompt_tokens_mean']} tokens on average, of which the first "
+            f"{r['shared_prefix_tokens']} (system turn, instructions, label list) are the "
+            "same in every prompt."
+            if "prompt_tokens_mean" in r
+            else ""
+        ),
         "",
-        "| | score | generate |",
-        "|---|---|---|",
-        f"| examples/s | {a['examples_per_s']} | {b['examples_per_s']} |",
-        f"| seconds | {a['seconds']} | {b['seconds']} |",
-        f"| macro-F1 | {a['macro_f1']} | {b['macro_f1']} |",
-        *([f"| unparsed answers | - | {unparsed:.1%} |"] if unparsed is not None else []),
+        "| | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        row("examples/s", "examples_per_s"),
+        row("seconds", "seconds"),
+        row("macro-F1", "macro_f1"),
+        row("accuracy", "accuracy"),
+        row("unparsed answers", "unparsed_rate", "{:.1%}"),
         "",
-        f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**.",
+        f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**"
+        + (
+            f"; the shared prompt prefix makes scoring {r['prefix_sharing_score_speedup']}x "
+            "faster than running every whole prompt"
+            if "prefix_sharing_score_speedup" in r
+            else ""
+        )
+        + ".",
         "",
-        *reuse_lines(r.get("prompt_reuse")),
     ]
+    if trained and "shared_prefix" in trained:
+        a, b = trained["shared_prefix"], trained["whole_prompts"]
+        out += [
+            f"Training the run: {a['train_seconds']:,} s with the shared prefix run once per "
+            f"batch vs {b['train_seconds']:,} s with `--no-share-prompt-prefix` "
+            f"(`prefix_sharing_train_speedup` **{trained['prefix_sharing_train_speedup']}**), "
+            f"test macro-F1 (score mode) {a['test_macro_f1_score_mode']} vs "
+            f"{b['test_macro_f1_score_mode']}; {a['trainable_params']:,} trainable parameters.",
+            "",
+        ]
+    return [*out, *reuse_lines(r.get("prompt_reuse"))]
 
 
 def reuse_lines(reuse: dict | None) -> list[str]:
     if not reuse:
         return []
     return [
-        f"Prompt reuse, on the first {reuse['texts']} of these texts: the cached-prompt scorer "
+        f"Prompt reuse, on the first {reuse['texts']} of these texts: llmclf's scorer "
         f"{reuse['cached_examples_per_s']} examples/s vs {reuse['naive_examples_per_s']} for "
         "naive scoring (every label appended to the prompt and run through the whole model, "
         f"all labels of a text in one batch): `prompt_reuse_speedup` "

@@ -27,6 +27,7 @@ INSTRUCT_RUNTIME_OPTIONS = (
     "score_normalization",
     "max_new_tokens",
     "multi_label_beam",
+    "share_prompt_prefix",
 )
 # What only an untrained model takes (a trained run keeps the ones it was trained with).
 ZERO_SHOT_OPTIONS = (

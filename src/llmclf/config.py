@@ -318,6 +318,12 @@ class InstructConfig:
     max_new_tokens: int | None = option(
         None, "generate mode: answer length limit in tokens (none: the longest answer + 16)"
     )
+    share_prompt_prefix: bool = option(
+        True,
+        "run the tokens every prompt starts with (system turn, instructions, label list) once "
+        "per training batch and once per scoring call instead of once per text; the same "
+        "numbers, less compute",
+    )
     multi_label_beam: int = option(
         8,
         "multi-label score mode: per-label probabilities come from this many most probable "

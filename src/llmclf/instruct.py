@@ -27,10 +27,13 @@ from llmclf.config import AdapterConfig, InstructConfig, ModelConfig, TrainConfi
 from llmclf.errors import LlmclfError
 from llmclf.label_scoring import (
     SharedPrefix,
+    common_prefix_length,
+    encode_prefix,
     greedy_answers,
     label_set_posteriors,
     score_labels,
     shared_prefix,
+    takes_custom_masks,
 )
 from llmclf.labels import LabelSchema
 from llmclf.metrics import selection_metric, tune_thresholds
@@ -62,17 +65,63 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     prompt + answer rows, the only ones the loss reads (the vocabulary projection of
     the prompt positions is skipped).
 
+    With ``prefix_ids`` in the batch (``InstructCollator``: the tokens every row starts
+    with), the rows hold what follows it: the prefix runs once, at batch size 1, and every
+    row attends to its KV cache (gradients flow back through it), the same logits as the
+    whole rows give. Where the model cannot take that (gradient checkpointing, a sliding
+    window shorter than the rows, an attention kernel without masks) the rows are joined
+    back first.
+
     Returns:
         [batch, answer_width + 1, vocab].
     """
+    keep = int(batch["answer_width"]) + 1
+    prefix = batch.get("prefix_ids")
+    rows, width = batch["input_ids"].shape
+    shared = prefix is not None and prefix.numel() > 0
+    if shared and (
+        getattr(model, "is_gradient_checkpointing", False)
+        or not takes_custom_masks(model, prefix.numel() + width)
+    ):
+        batch, shared = join_prefix(batch), False
     mask = batch["attention_mask"]
+    if not shared:
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits
+    cache = model(input_ids=prefix[None], use_cache=True, logits_to_keep=1).cache
+    cache.batch_repeat_interleave(rows)
+    ones = torch.ones((rows, prefix.numel()), dtype=mask.dtype, device=mask.device)
     return model(
         input_ids=batch["input_ids"],
-        attention_mask=mask,
-        position_ids=position_ids(mask),
-        logits_to_keep=int(batch["answer_width"]) + 1,
-        use_cache=False,
+        attention_mask=torch.cat([ones, mask], dim=1),
+        position_ids=position_ids(mask) + prefix.numel(),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=keep,
     ).logits
+
+
+def join_prefix(batch: dict[str, torch.Tensor], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """The batch with its ``prefix_ids`` put back in front of every row, left-padded:
+    ``input_ids``, ``attention_mask`` and (when present) ``labels``."""
+    prefix = batch["prefix_ids"].tolist()
+    mask = batch["attention_mask"].bool()
+    joined = {k: v for k, v in batch.items() if k != "prefix_ids"}
+    ids = [prefix + row[m].tolist() for row, m in zip(batch["input_ids"].cpu(), mask.cpu())]
+    joined.update(pad_batch(ids, pad_id, side="left"))
+    if "labels" in batch and batch["labels"].dim() == 2:  # per-token labels: shift them too
+        width = joined["input_ids"].shape[1]
+        labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (values, m) in enumerate(zip(batch["labels"].cpu(), mask.cpu())):
+            labels[row, width - int(m.sum()) :] = values[m]
+        joined["labels"] = labels
+    device = batch["input_ids"].device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in joined.items()}
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,20 +140,33 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @dataclass
 class InstructCollator:
     """Left-pads rows. Training rows (``labels`` per token) become answer batches;
-    evaluation rows (``target``: the class) become prompt batches for label scoring."""
+    evaluation rows (``target``: the class) become prompt batches for label scoring.
+
+    The tokens all the rows' prompts start with (system turn, instructions, label list)
+    are taken off every row and given once as ``prefix_ids`` (``share_prefix``), so the
+    model runs them once per batch, not once per row (``answer_logits``)."""
 
     pad_id: int
     multi_label: bool
+    share_prefix: bool = True
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_batch([r["input_ids"] for r in rows], self.pad_id, side="left")
+        sequences = [r["input_ids"] for r in rows]
+        prompt_lengths = [len(r["input_ids"]) - r.get("answer_length", 0) for r in rows]
+        cut = 0
+        if self.share_prefix and len(rows) > 1:  # keep at least the prompts' last token
+            cut = min(common_prefix_length(sequences), min(prompt_lengths) - 1)
+        batch = pad_batch([s[cut:] for s in sequences], self.pad_id, side="left")
+        batch["prefix_ids"] = torch.tensor(sequences[0][:cut], dtype=torch.long)
         if "target" in rows[0]:
             dtype = torch.float32 if self.multi_label else torch.long
             batch["labels"] = torch.tensor(np.array([r["target"] for r in rows]), dtype=dtype)
             return batch
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         for row, r in enumerate(rows):
-            labels[row, labels.shape[1] - len(r["labels"]) :] = torch.tensor(r["labels"])
+            labels[row, labels.shape[1] - len(r["labels"]) + cut :] = torch.tensor(
+                r["labels"][cut:]
+            )
         batch["labels"] = labels
         batch["answer_width"] = torch.tensor(max(r["answer_length"] for r in rows))
         return batch
@@ -236,7 +298,11 @@ class InstructClassifier(ClassifierBase):
                 self.model_,
                 train_set,
                 eval_set,
-                InstructCollator(self.tokenizer_.pad_token_id, schema.multi_label),
+                InstructCollator(
+                    self.tokenizer_.pad_token_id,
+                    schema.multi_label,
+                    share_prefix=instruct_cfg.share_prompt_prefix,
+                ),
                 forward=self._trainer_forward,
                 loss=self._trainer_loss,
                 compute_metrics=metrics_function(schema),
@@ -289,7 +355,14 @@ class InstructClassifier(ClassifierBase):
         scores (validation, so the best epoch is picked by macro-F1 like the head's)."""
         if "answer_width" in batch:
             return answer_logits(model, batch)
-        return self._label_logits(model, batch)
+        prefix = batch.get("prefix_ids")
+        shared = None
+        if prefix is not None and prefix.numel() > 0:
+            keys = prefix.numel() + batch["input_ids"].shape[1] + self.answer_length_
+            shared = encode_prefix(model, prefix, keys)
+            if shared is None:
+                batch = join_prefix(batch, self.tokenizer_.pad_token_id)
+        return self._label_logits(model, batch, shared)
 
     def _trainer_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The answer tokens' cross-entropy in training; on validation, the classification
@@ -368,13 +441,12 @@ class InstructClassifier(ClassifierBase):
         label list) run once for the call, not once per text."""
         self.model_.eval()
         prompts = self._encode(texts)
-        with torch.inference_mode():
-            prefix = shared_prefix(
-                self.model_,
-                prompts,
-                self.device_,
-                keys=max((len(p) for p in prompts), default=0) + self.answer_length_,
-            )
+        prefix = None
+        if self._configs()[3].share_prompt_prefix:
+            with torch.inference_mode():
+                longest = max((len(p) for p in prompts), default=0)
+                keys = longest + self.answer_length_
+                prefix = shared_prefix(self.model_, prompts, self.device_, keys)
         if prefix is not None:
             prompts = [p[prefix.length :] for p in prompts]
         return run_batches(

@@ -68,17 +68,25 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 def shared_prefix(
     model, sequences: list[list[int]], device: torch.device, keys: int
 ) -> SharedPrefix | None:
-    """Run the tokens all prompts start with once (``None`` if there are none, or fewer
-    than two prompts, or ``model`` cannot attend through a mask of ``keys`` keys with a
-    gap of padding after the prefix: see ``_takes_custom_masks``)."""
+    """Run the tokens all prompts start with once (``None`` if there are none or fewer
+    than two prompts, or see ``encode_prefix``)."""
     length = common_prefix_length(sequences) if len(sequences) > 1 else 0
-    if length == 0 or not _takes_custom_masks(model, keys):
+    if length == 0:
         return None
-    ids = torch.tensor([sequences[0][:length]], device=device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    if out.cache is None or out.cache.get_seq_length() != length:
+    return encode_prefix(model, torch.tensor(sequences[0][:length], device=device), keys)
+
+
+@torch.no_grad()
+def encode_prefix(model, ids: torch.Tensor, keys: int) -> SharedPrefix | None:
+    """Run a prefix (``ids`` [length]) at batch size 1; ``None`` where ``model`` cannot
+    attend through a mask of ``keys`` keys with a gap of padding after the prefix (see
+    ``takes_custom_masks``) or returns no cache."""
+    if not takes_custom_masks(model, keys):
         return None
-    return SharedPrefix(length=length, cache=out.cache)
+    out = model(input_ids=ids[None], use_cache=True, logits_to_keep=1)
+    if out.cache is None or out.cache.get_seq_length() != ids.numel():
+        return None
+    return SharedPrefix(length=ids.numel(), cache=out.cache)
 
 
 @torch.no_grad()
@@ -178,7 +186,7 @@ def _passes(model, prompts: EncodedPrompts, by_row: list[list[int]], answers: li
     longest = max((len(answers[n]) - 1 for ns in by_row for n in ns), default=0)
     vocab = model.get_output_embeddings().weight.shape[0]
     budget = max(longest, _PACKED_LOGITS // (vocab * rows))
-    packable = _takes_custom_masks(model, width + budget)
+    packable = takes_custom_masks(model, width + budget)
     start = [0] * rows
     while any(start[row] < len(ns) for row, ns in enumerate(by_row)):
         members: dict[int, list[int]] = {}
@@ -194,7 +202,7 @@ def _passes(model, prompts: EncodedPrompts, by_row: list[list[int]], answers: li
         yield members
 
 
-def _takes_custom_masks(model, keys: int) -> bool:
+def takes_custom_masks(model, keys: int) -> bool:
     """Whether ``model`` attends through a 4D mask of ``keys`` keys that we build: its
     attention kernel takes one, and no sliding window is shorter than the keys."""
     window = getattr(model.config, "sliding_window", None)

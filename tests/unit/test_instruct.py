@@ -75,6 +75,50 @@ def test_one_training_step_changes_lora_only(plain_model):
     assert any("lora_B" in n for n in changed) and changed <= trainable
 
 
+@pytest.mark.parametrize("fallback", [False, True], ids=["shared", "joined back"])
+def test_the_shared_prompt_prefix_gives_the_same_loss_and_gradients(plain_model, fallback):
+    """A batch whose prompts' shared first tokens run once (at batch size 1, the rows
+    attending to its cache) trains exactly like the whole rows: the same loss and LoRA
+    gradients; gradient checkpointing joins the rows back."""
+    from llmclf import backbone
+    from llmclf.config import AdapterConfig
+    from llmclf.instruct import InstructCollator, answer_logits, answer_loss, label_sets
+
+    texts, labels = make_texts(6, seed=8)
+    schema = LabelSchema.from_labels(labels, multi_label=False)
+    clf = InstructClassifier(plain_model, progress=False, max_length=64)
+    sets = label_sets(schema, labels)
+    clf._new_format(schema, sets)
+    torch.manual_seed(0)
+    model = backbone.add_lora(clf._load_base(), AdapterConfig(), "CAUSAL_LM")
+    for name, p in model.named_parameters():  # B = 0 at the start: give every LoRA a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    if fallback:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    data = clf._answer_dataset(texts, sets)
+    rows = [data[i] for i in range(len(texts))]
+    pad = clf.tokenizer_.pad_token_id
+
+    def loss_and_grads(share: bool):
+        model.zero_grad()
+        batch = InstructCollator(pad, False, share_prefix=share)(rows)
+        assert (batch["prefix_ids"].numel() > 0) == share
+        loss = answer_loss(answer_logits(model, batch), batch["labels"])
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.item(), grads
+
+    loss, grads = loss_and_grads(True)
+    expected_loss, expected = loss_and_grads(False)
+    assert loss == pytest.approx(expected_loss, abs=1e-5)
+    assert grads.keys() == expected.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], expected[name], atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "layers.0." in n)
+
+
 def test_fit_learns_and_proba_follows_classes(fitted):
     texts, labels = make_texts(30, seed=1)
     proba = fitted.predict_proba(texts)

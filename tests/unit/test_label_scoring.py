@@ -117,7 +117,7 @@ def test_answer_logprobs_equal_separate_forward_passes(causal_lm, layout, monkey
     if layout == "split passes":  # room for about 5 fed tokens per row: several passes
         monkeypatch.setattr(label_scoring, "_PACKED_LOGITS", 5 * 50 * 3)
     if layout == "one answer per pass":  # as for a short sliding window: transformers' masks
-        monkeypatch.setattr(label_scoring, "_takes_custom_masks", lambda model, keys: False)
+        monkeypatch.setattr(label_scoring, "takes_custom_masks", lambda model, keys: False)
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 50, (n,), generator=generator).tolist() for n in (5, 9, 2)]
     # uneven numbers of answers per prompt; answers sharing first tokens (a shared branch
@@ -149,9 +149,9 @@ def test_answer_logprobs_equal_separate_forward_passes(causal_lm, layout, monkey
 def test_packing_cuts_passes_to_the_logit_budget(causal_lm, monkeypatch):
     from llmclf import label_scoring
 
-    assert label_scoring._takes_custom_masks(causal_lm, 1000)
+    assert label_scoring.takes_custom_masks(causal_lm, 1000)
     monkeypatch.setattr(causal_lm.config, "sliding_window", 8, raising=False)
-    assert not label_scoring._takes_custom_masks(causal_lm, 9)
+    assert not label_scoring.takes_custom_masks(causal_lm, 9)
     monkeypatch.setattr(causal_lm.config, "sliding_window", None)
 
     monkeypatch.setattr(label_scoring, "_PACKED_LOGITS", 6 * 50 * 2)  # 6 fed tokens per row

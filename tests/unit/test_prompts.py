@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from llmclf import LlmclfError
-from llmclf.instruct import IGNORE_INDEX, InstructCollator, answer_logits, answer_loss
+from llmclf.instruct import (
+    IGNORE_INDEX,
+    InstructCollator,
+    answer_logits,
+    answer_loss,
+    join_prefix,
+)
 from llmclf.pooling import position_ids
 from llmclf.prompts import (
     SINGLE_LABEL_TEMPLATE,
@@ -136,12 +142,24 @@ def test_answer_loss_equals_transformers_own_loss(tmp_path):
         rows.append(
             {"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a, "answer_length": len(a)}
         )
-    batch = InstructCollator(fmt.tokenizer.pad_token_id, False)(rows)
-    mine = answer_loss(answer_logits(model, batch), batch["labels"])
+    pad = fmt.tokenizer.pad_token_id
+    whole = InstructCollator(pad, False, share_prefix=False)(rows)
+    assert whole["prefix_ids"].numel() == 0
     theirs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids(batch["attention_mask"]),
-        labels=batch["labels"],
+        input_ids=whole["input_ids"],
+        attention_mask=whole["attention_mask"],
+        position_ids=position_ids(whole["attention_mask"]),
+        labels=whole["labels"],
     ).loss
+    assert torch.allclose(
+        answer_loss(answer_logits(model, whole), whole["labels"]), theirs, atol=1e-5
+    )
+    # the rows' shared first tokens run once; the loss is the same
+    batch = InstructCollator(pad, False)(rows)
+    assert batch["prefix_ids"].numel() > 0
+    assert batch["input_ids"].shape[1] + batch["prefix_ids"].numel() == whole["input_ids"].shape[1]
+    mine = answer_loss(answer_logits(model, batch), batch["labels"])
     assert torch.allclose(mine, theirs, atol=1e-5)
+    joined = join_prefix(batch, pad)
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(joined[key], whole[key])
