@@ -77,32 +77,33 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     keep = int(batch["answer_width"]) + 1
     prefix = batch.get("prefix_ids")
-    rows, width = batch["input_ids"].shape
-    shared = prefix is not None and prefix.numel() > 0
-    if shared and (
-        getattr(model, "is_gradient_checkpointing", False)
-        or not takes_custom_masks(model, prefix.numel() + width)
-    ):
-        batch, shared = join_prefix(batch), False
+    if prefix is not None and prefix.numel() > 0:
+        rows, width = batch["input_ids"].shape
+        cache = None
+        if not getattr(model, "is_activation_checkpointing", False) and takes_custom_masks(
+            model, prefix.numel() + width
+        ):
+            cache = model(input_ids=prefix[None], use_cache=True, logits_to_keep=1).cache
+        if cache is not None:
+            cache.batch_repeat_interleave(rows)
+            mask = batch["attention_mask"]
+            ones = torch.ones((rows, prefix.numel()), dtype=mask.dtype, device=mask.device)
+            return model(
+                input_ids=batch["input_ids"],
+                attention_mask=torch.cat([ones, mask], dim=1),
+                position_ids=position_ids(mask) + prefix.numel(),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            ).logits
+        batch = join_prefix(batch)
     mask = batch["attention_mask"]
-    if not shared:
-        return model(
-            input_ids=batch["input_ids"],
-            attention_mask=mask,
-            position_ids=position_ids(mask),
-            logits_to_keep=keep,
-            use_cache=False,
-        ).logits
-    cache = model(input_ids=prefix[None], use_cache=True, logits_to_keep=1).cache
-    cache.batch_repeat_interleave(rows)
-    ones = torch.ones((rows, prefix.numel()), dtype=mask.dtype, device=mask.device)
     return model(
         input_ids=batch["input_ids"],
-        attention_mask=torch.cat([ones, mask], dim=1),
-        position_ids=position_ids(mask) + prefix.numel(),
-        cache=cache,
-        use_cache=True,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
         logits_to_keep=keep,
+        use_cache=False,
     ).logits
 
 
