@@ -1,8 +1,9 @@
 """Int8 prediction on CPU: every linear layer of the decoder blocks gets int8 weights (one
 scale per output channel) and int8 activations quantized on the fly (one scale per token),
-through torchao's dynamic quantization. The matmuls then run on the CPU's int8 units, which
-on this project's 2-core machine predicts 1.4-2x faster than float32, at a small change in the
-probabilities (measured in BENCHMARKS.md). The head, the LM head and the embeddings stay in
+through torchao's dynamic quantization. The matmuls then run on the CPU's int8 units: on
+this project's 2-core machines prediction ran 1.08x (Intel Xeon) to 1.4-2x (AMD EPYC) faster
+than float32, at a small change in the probabilities (measured in BENCHMARKS.md; the eager
+activation quantization is what limits it). The head, the LM head and the embeddings stay in
 full precision. A quantized model can only predict: it cannot be trained or saved.
 """
 
