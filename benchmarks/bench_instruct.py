@@ -74,7 +74,7 @@ def prompt_reuse(run: Path, texts: list[str]) -> dict:
 
 def prompt_composition(run: Path, texts: list[str]) -> dict:
     """Mean prompt tokens per text, and how many of them every prompt shares."""
-    from llmclf.label_scoring import common_prefix_length
+    from llmclf.methods.instruct.scoring import common_prefix_length
     from llmclf.runs import load_classifier
 
     prompts = load_classifier(run, progress=False)._encode(texts)

@@ -119,6 +119,20 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def cpu_without_amx():
+    """``--dtype auto`` runs bfloat16 on a CPU with AMX tiles (the dev machine of
+    2026-12-02 has them: a 2048² bf16 matmul ran 6.5x fp32 there). The tests' exact
+    comparisons (save / load, merged vs plain PEFT, shared prefix vs joined rows) are
+    float32 facts, so every test sees a CPU without AMX, whatever the host;
+    test_backbone sets the flag both ways itself."""
+    import llmclf.backbone as backbone
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backbone, "cpu_has_native_bf16", lambda: False)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def offline_hub():
     """The default run never reaches the Hugging Face hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from llmclf.classifier import data_config_of
-from llmclf.export import OnnxClassifier
-from llmclf.runs import evaluation_split, load_classifier
+from llmclf.methods.base import data_config_of
+from llmclf.methods.onnx import OnnxClassifier
+from llmclf.runs.evaluate import evaluation_split, load_classifier
 
 run = Path(sys.argv[1])
 torch_clf = load_classifier(run, progress=False)

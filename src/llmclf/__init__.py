@@ -1,8 +1,8 @@
 """llmclf: decoder-only LLMs as text classifiers on limited hardware."""
 
-__version__ = "0.1.0"
+import logging as _logging
 
-import logging as _logging  # noqa: E402
+from llmclf._version import __version__
 
 # bitsandbytes warns at import, on CPUs that report AVX512-BF16, that an optional kernel
 # package from the Hugging Face hub is missing; its own CPU path works without it.
@@ -12,13 +12,14 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 _logging.getLogger("torchao").setLevel(_logging.ERROR)
 _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 
-from llmclf.encoder import EncoderClassifier  # noqa: E402
 from llmclf.errors import LlmclfError  # noqa: E402
-from llmclf.export import OnnxClassifier  # noqa: E402
-from llmclf.head import HeadClassifier  # noqa: E402
-from llmclf.instruct import InstructClassifier  # noqa: E402
 from llmclf.labels import LabelSchema  # noqa: E402
-from llmclf.tfidf import TfidfClassifier  # noqa: E402
+from llmclf.methods.encoder import EncoderClassifier  # noqa: E402
+from llmclf.methods.head import HeadClassifier  # noqa: E402
+from llmclf.methods.instruct.model import InstructClassifier  # noqa: E402
+from llmclf.methods.onnx import OnnxClassifier  # noqa: E402
+from llmclf.methods.tfidf import TfidfClassifier  # noqa: E402
+from llmclf.runs.evaluate import load_classifier  # noqa: E402
 
 __all__ = [
     "EncoderClassifier",
@@ -29,4 +30,5 @@ __all__ = [
     "OnnxClassifier",
     "TfidfClassifier",
     "__version__",
+    "load_classifier",
 ]

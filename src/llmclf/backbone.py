@@ -394,3 +394,17 @@ def count_parameters(model) -> tuple[int, int]:
         else:
             trainable += n if param.requires_grad else 0
     return trainable, total
+
+
+def label_kwargs(schema, **extra) -> dict:
+    """``from_pretrained`` arguments that give a ``*ForSequenceClassification`` model
+    ``schema``'s classes (names in its config, so plain transformers reports them)."""
+    return {
+        "num_labels": schema.num_classes,
+        "id2label": dict(enumerate(schema.classes)),
+        "label2id": {c: i for i, c in enumerate(schema.classes)},
+        "problem_type": "multi_label_classification"
+        if schema.multi_label
+        else "single_label_classification",
+        **extra,
+    }

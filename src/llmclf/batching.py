@@ -65,3 +65,9 @@ def run_batches(
         bar.update(len(rows))
     bar.close()
     return out if out is not None else np.zeros((0,), dtype=np.float32)
+
+
+def truncated_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length`` (the tokenizer's own special tokens,
+    such as an appended EOS, included)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]

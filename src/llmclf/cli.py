@@ -1,8 +1,10 @@
-"""The ``llmclf`` command: one subcommand, one function.
+"""The ``llmclf`` command: one subcommand, one parser function, one library call.
 
-Every option of the config dataclasses becomes a flag (``lora_r`` -> ``--lora-r``).
-Values come from the dataclass defaults, then ``--config run.yaml``, then the flags given.
-A user mistake prints one ``llmclf: error: ...`` line and exits with status 2.
+Every option of the config sections becomes a flag (``lora_r`` -> ``--lora-r``). Values
+come from the dataclass defaults, then ``--config run.yaml``, then the flags given; the
+library function that does the work (``train_run``, ``evaluate_run``, ``predict_file``,
+...) validates them all before it loads data or a model. A user mistake prints one
+``llmclf: error: ...`` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -15,40 +17,43 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from llmclf.config import DataConfig, InstructConfig, ModelConfig, TrainConfig, build, read_yaml
+from llmclf.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    build,
+    field_names,
+    flag,
+    predict_time_names,
+    read_yaml,
+    runtime_names,
+)
 from llmclf.errors import LlmclfError
 
 log = logging.getLogger("llmclf")
 
-RUNTIME_OPTIONS = ("device", "eval_batch_size", "dtype")
-# How a trained instruct run predicts; may change at evaluate / predict time.
-INSTRUCT_RUNTIME_OPTIONS = (
-    "predict_mode",
-    "score_normalization",
-    "max_new_tokens",
-    "multi_label_beam",
-    "share_prompt_prefix",
-)
-# What only an untrained model takes (a trained run keeps the ones it was trained with).
-ZERO_SHOT_OPTIONS = (
-    "model",
-    "quantize",
-    "max_length",
-    "prompt_template",
-    "chat_template",
-    "verbalizer",
-    "threshold",
+# Data options that say how to read labelled rows of a file (evaluate, calibrate, compare).
+EVALUATION_DATA_OPTIONS = (
+    "data",
+    "text_column",
+    "label_column",
+    "label_sep",
+    "empty_text",
+    "split_seed",
 )
 
 
-def train_configs() -> list[type]:
-    """DataConfig, then every config class of every method, each once (flags are unique)."""
-    from llmclf.runs import method_classes
+def _registry():
+    from llmclf.methods import registry
 
-    classes: list[type] = [DataConfig]
-    for method in method_classes().values():
-        classes.extend(c for c in method.config_classes if c not in classes)
-    return classes
+    return registry
+
+
+def overridable_names() -> set[str]:
+    """Options a finished run takes anew when it is loaded: every method's runtime and
+    predict-time options (``device``, ``eval_batch_size``, ``predict_mode``, ...)."""
+    configs = _registry().every_config_class()
+    return runtime_names(*configs) | predict_time_names(*configs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def _flag_type(annotation: str):
 
 
 def add_options(
-    parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None
+    parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | set[str] | None = None
 ) -> None:
     """One ``--flag`` per dataclass field, in a group named after the class."""
     group = parser.add_argument_group(
@@ -71,7 +76,6 @@ def add_options(
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
-        flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = " ".join(default) if isinstance(default, list) else default
         help_text = f"{f.metadata.get('help', '')} (default: {shown})"
@@ -85,7 +89,29 @@ def add_options(
             kwargs["type"] = _flag_type(annotation)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(flag, **kwargs)
+        group.add_argument(flag(f.name), **kwargs)
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Where the examples to evaluate on come from, and how to run the model on them."""
+    add_options(parser, DataConfig, only=EVALUATION_DATA_OPTIONS)
+    add_options(parser, ModelConfig, only=("device", "dtype"))
+    add_options(parser, TrainConfig, only=("eval_batch_size",))
+
+
+def add_int8_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
+        "instruct runs over a full-precision base): 1.4-2x faster here, probabilities "
+        "change slightly (see BENCHMARKS.md)",
+    )
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a YAML file of options; flags override it")
 
 
 def option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,8 +122,22 @@ def option_values(args: argparse.Namespace) -> dict[str, Any]:
     return {**values, **given}
 
 
-def names_of(*classes: type) -> set[str]:
-    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+def data_overrides(values: dict) -> dict:
+    """The data options given on the command line (or in --config)."""
+    names = field_names(DataConfig)
+    return {k: v for k, v in values.items() if k in names}
+
+
+def runtime_overrides(values: dict) -> dict:
+    """The options given that a loaded run takes anew."""
+    names = overridable_names()
+    return {k: v for k, v in values.items() if k in names}
+
+
+def refuse_unknown(values: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise LlmclfError(f"{', '.join(flag(u) for u in unknown)} does not apply to {where}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,23 +145,39 @@ def names_of(*classes: type) -> set[str]:
 # ---------------------------------------------------------------------------------------
 
 
+def add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train a classifier and evaluate it on the test split", allow_abbrev=False
+    )
+    methods = _registry().method_classes()
+    train.add_argument(
+        "--method",
+        default=argparse.SUPPRESS,
+        help=f"{' | '.join(methods)} (default: head); encoder and the distill "
+        "student use their own defaults for unset options: --model minilm-l6, --learning-rate "
+        "1e-4, --head-learning-rate 1e-3, --epochs 5, --batch-size 16",
+    )
+    train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
+    add_config_option(train)
+    added: set[str] = set()
+    for cls in [DataConfig, *_registry().section_classes()]:  # a shared option is one flag
+        fresh = tuple(f.name for f in dataclasses.fields(cls) if f.name not in added)
+        add_options(train, cls, only=fresh)
+        added.update(fresh)
+    train.set_defaults(func=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmclf.runs import method_classes, train_run
+    from llmclf.runs.train import train_run
 
     values = option_values(args)
     method = values.pop("method", "head")
     output = values.pop("output", None)
     if not output:
         raise LlmclfError("train needs --output RUN (a new folder for the run)")
-    classes = method_classes()
-    if method not in classes:
-        raise LlmclfError(f"--method must be one of {', '.join(classes)}, not {method!r}")
-    method_options = names_of(*classes[method].config_classes)
-    unknown = sorted(set(values) - method_options - names_of(DataConfig))
-    if unknown:
-        raise LlmclfError(
-            f"{', '.join('--' + u.replace('_', '-') for u in unknown)} does not apply to --method {method}"
-        )
+    config_class = _registry().method_class(method).config_class
+    method_options = config_class.option_names()
+    refuse_unknown(values, method_options | field_names(DataConfig), f"--method {method}")
     data_config = build(DataConfig, values)
     options = {k: v for k, v in values.items() if k in method_options}
     metrics = train_run(method, options, data_config, output)
@@ -129,66 +185,82 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from llmclf.classifier import data_config_of
-    from llmclf.runs import (
-        METRICS_FILE,
-        evaluate_examples,
-        evaluation_split,
-        load_classifier,
-        write_json,
-        write_predictions,
+def add_evaluate_parser(commands) -> None:
+    from llmclf.methods.instruct.model import InstructConfig
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run on a data split; writes metrics.json", allow_abbrev=False
     )
+    evaluate.add_argument(
+        "run", nargs="?", default=None, help="a run folder written by `llmclf train`"
+    )
+    evaluate.add_argument(
+        "--zero-shot",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="evaluate the untrained --model answering the instruct prompts instead of a RUN "
+        "(writes a run folder to --output, default runs/zero-shot-MODEL-DATA-MODE)",
+    )
+    evaluate.add_argument(
+        "--method", default=argparse.SUPPRESS, help="with --zero-shot: instruct (the default)"
+    )
+    evaluate.add_argument(
+        "--split", default=argparse.SUPPRESS, help="train, validation, test (default) or all"
+    )
+    evaluate.add_argument(
+        "--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)"
+    )
+    add_config_option(evaluate)
+    add_options(evaluate, DataConfig, only=EVALUATION_DATA_OPTIONS)
+    add_options(evaluate, ModelConfig, only=("model", "quantize", "max_length", "device", "dtype"))
+    add_options(evaluate, TrainConfig, only=("eval_batch_size",))
+    add_options(evaluate, InstructConfig)
+    add_int8_option(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmclf.runs.evaluate import evaluate_run
 
     values = option_values(args)
     if values.pop("zero_shot", False):
         return cmd_zero_shot(values)
     if values.get("run") is None:
         raise LlmclfError("evaluate needs a RUN folder (or --zero-shot --model M --data D)")
-    fixed = [k for k in ("method", *ZERO_SHOT_OPTIONS) if k in values]
+    fixed = [k for k in values if k == "method" or k in zero_shot_only_names()]
     if fixed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        flags = ", ".join(flag(k) for k in fixed)
         raise LlmclfError(f"{flags} only apply with --zero-shot: a trained run keeps its own")
     run = Path(values.pop("run"))
-    overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
-    int8 = values.get("int8", False)
-    classifier = load_classifier(run, int8=int8, **{k: values[k] for k in overrides if k in values})
-    stored = dataclasses.asdict(data_config_of(run))
-    data_config = build(
-        DataConfig, {**stored, **{k: v for k, v in values.items() if k in names_of(DataConfig)}}
-    )
-    split = values.get("split", "test")
-    examples = evaluation_split(data_config, split, classifier.schema_.multi_label)
-    log.info("evaluating on %s [%s]: %d examples", data_config.data, split, len(examples))
-    metrics, predictions = evaluate_examples(classifier, examples, f"{data_config.data} [{split}]")
-    metrics.update({"method": classifier.method, "data": data_config.data, "split": split})
-    if int8:
-        metrics["int8"] = True
     folder = Path(values.get("output") or run / "eval")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_predictions(predictions, folder / "predictions.jsonl")
-    write_json(folder / METRICS_FILE, metrics)
+    metrics, _ = evaluate_run(
+        run,
+        data_overrides(values),
+        split=values.get("split", "test"),
+        output=folder,
+        int8=values.get("int8", False),
+        **runtime_overrides(values),
+    )
     print_summary(metrics, folder)
     return 0
 
 
 def cmd_zero_shot(values: dict[str, Any]) -> int:
     """``evaluate --zero-shot``: the untrained model answering the prompts on one split."""
-    from llmclf.runs import method_classes, zero_shot_run
+    from llmclf.runs.train import zero_shot_run
 
     if values.pop("run", None) is not None:
         raise LlmclfError("--zero-shot evaluates an untrained --model: give no RUN folder")
     if values.pop("int8", False):
         raise LlmclfError("--int8 applies to trained runs; --zero-shot runs in the model's dtype")
     method = values.pop("method", "instruct")
-    classes = method_classes()
-    if method not in classes:
-        raise LlmclfError(f"--method must be one of {', '.join(classes)}, not {method!r}")
+    config_class = _registry().method_class(method).config_class
     split = values.pop("split", "test")
+    output = values.pop("output", None)
     data_config = build(DataConfig, values)
-    options = {k: v for k, v in values.items() if k in names_of(*classes[method].config_classes)}
+    options = {k: v for k, v in values.items() if k in config_class.option_names()}
     mode = options.get("predict_mode", "score")
-    output = values.get("output") or Path("runs") / "-".join(
+    output = output or Path("runs") / "-".join(
         ["zero-shot", _slug(options.get("model", "smollm2-135m")), _slug(data_config.data), mode]
     )
     metrics = zero_shot_run(method, options, data_config, split, output)
@@ -202,62 +274,76 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._" else "-" for c in stem).strip("-") or "x"
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
+def zero_shot_only_names() -> set[str]:
+    """The evaluate flags only an untrained model takes (a trained run keeps the ones it
+    was trained with): what the model is and how it is prompted."""
+    from llmclf.methods.instruct.model import InstructConfig
 
-    from llmclf.classifier import data_config_of
-    from llmclf.data import read_table, read_texts, write_table
-    from llmclf.runs import load_classifier, prediction_frame
+    prompting = field_names(InstructConfig) - predict_time_names(InstructConfig)
+    return {"model", "quantize", "max_length"} | prompting
+
+
+def add_predict_parser(commands) -> None:
+    from llmclf.methods.instruct.model import InstructConfig
+
+    predict = commands.add_parser(
+        "predict", help="label the texts of a file with a trained run", allow_abbrev=False
+    )
+    predict.add_argument("run", help="a run folder written by `llmclf train`")
+    predict.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
+    predict.add_argument(
+        "--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet"
+    )
+    add_config_option(predict)
+    add_options(predict, DataConfig, only=("text_column", "empty_text"))
+    add_options(predict, ModelConfig, only=("device", "dtype"))
+    add_options(predict, TrainConfig, only=("eval_batch_size",))
+    add_options(predict, InstructConfig, only=predict_time_names(InstructConfig))
+    add_int8_option(predict)
+    predict.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from llmclf.runs.evaluate import predict_file
 
     values = option_values(args)
-    run = Path(values["run"])
-    output = Path(values["output"])
-    if output.suffix.lower() not in (".csv", ".jsonl", ".tsv", ".parquet"):
-        raise LlmclfError(f"--output {output.name}: use a .csv, .jsonl, .tsv or .parquet name")
-    frame = read_table(values["input"])
-    columns = values.get("text_column") or data_config_of(run).text_column
-    texts = read_texts(frame, columns, str(values["input"]))
-    empty = [i for i, t in enumerate(texts) if t is None]
-    if empty and values.get("empty_text", "drop") == "error":
-        raise LlmclfError(f"{values['input']} has {len(empty)} rows with an empty text")
-    overrides = (*RUNTIME_OPTIONS, *INSTRUCT_RUNTIME_OPTIONS)
-    classifier = load_classifier(
-        run, int8=values.get("int8", False), **{k: values[k] for k in overrides if k in values}
+    rows = predict_file(
+        values["run"],
+        values["input"],
+        values["output"],
+        text_column=values.get("text_column"),
+        empty_text=values.get("empty_text", "drop"),
+        int8=values.get("int8", False),
+        **runtime_overrides(values),
     )
-    keep = [i for i, t in enumerate(texts) if t is not None]
-    schema = classifier.schema_
-    proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
-    if keep:
-        proba[keep] = classifier.predict_proba([texts[i] for i in keep])
-    decided = schema.decide(np.nan_to_num(proba))
-    result = prediction_frame(frame, schema, proba, decided)
-    _, columns = classifier.prediction_extras()
-    for name, column in columns.items():  # e.g. the raw generated answer
-        full = [None] * len(texts)
-        for row, value in zip(keep, column):
-            full[row] = value
-        result[name] = full
-    if empty:
-        log.warning("%d rows have an empty text: their prediction is empty", len(empty))
-        result.loc[empty, "prediction"] = ""
-    write_table(result, output)
-    print(f"wrote {len(result)} predictions to {output}")
+    print(f"wrote {rows} predictions to {values['output']}")
     return 0
 
 
-def data_overrides(values: dict) -> dict:
-    """The data options given on the command line (or in --config)."""
-    return {k: v for k, v in values.items() if k in names_of(DataConfig)}
+def add_calibrate_parser(commands) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit temperature scaling on the validation split and store it in the run",
+        allow_abbrev=False,
+    )
+    calibrate.add_argument("run", help="a run folder written by `llmclf train`")
+    calibrate.add_argument(
+        "--split",
+        default=argparse.SUPPRESS,
+        help="the split to fit on: validation (default); never the test split you report",
+    )
+    add_config_option(calibrate)
+    add_evaluation_options(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from llmclf.runs import calibrate_run
+    from llmclf.runs.calibrate import calibrate_run
 
     values = option_values(args)
     run = Path(values.pop("run"))
-    runtime = {k: values[k] for k in RUNTIME_OPTIONS if k in values}
     stored = calibrate_run(
-        run, data_overrides(values), values.get("split", "validation"), **runtime
+        run, data_overrides(values), values.get("split", "validation"), **runtime_overrides(values)
     )
     before, after = stored["before"], stored["after"]
     print(
@@ -280,8 +366,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="compare runs on one test set: McNemar, bootstrap delta-F1, calibration, cost; "
+        "writes report.html / .md / .json",
+        description="Without --data, the test predictions each run stored when it was trained "
+        "are compared (the runs must share a test set); with --data D, every run is first "
+        "evaluated on D's test split. See docs/evaluation.md.",
+        allow_abbrev=False,
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    compare.add_argument("--output", required=True, help="the report folder")
+    compare.add_argument(
+        "--resamples",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="paired-bootstrap resamples, at least 2000 (default: 10000)",
+    )
+    compare.add_argument(
+        "--seed", type=int, default=argparse.SUPPRESS, help="bootstrap seed (default: 0)"
+    )
+    compare.add_argument(
+        "--confidence",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="confidence level of the intervals; 1 - it is the significance level (default: 0.95)",
+    )
+    add_config_option(compare)
+    add_evaluation_options(compare)
+    compare.set_defaults(func=cmd_compare)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from llmclf.compare import compare_runs
+    from llmclf.runs.compare import compare_runs
 
     values = option_values(args)
     data_values = data_overrides(values)
@@ -291,7 +409,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         values["runs"],
         values["output"],
         data_values=data_values or None,
-        runtime={k: values[k] for k in RUNTIME_OPTIONS if k in values},
+        runtime=runtime_overrides(values),
         resamples=values.get("resamples", 10_000),
         seed=values.get("seed", 0),
         confidence=values.get("confidence", 0.95),
@@ -301,7 +419,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def print_report_summary(report: dict, folder: Path) -> None:
-    from llmclf.tables import summary_lines
+    from llmclf.evaluation.tables import summary_lines
 
     primary = report["primary_metric"]
     for run in report["runs"]:
@@ -321,17 +439,68 @@ def print_report_summary(report: dict, folder: Path) -> None:
     print(f"written to {folder / 'report.html'} (and report.md, report.json)")
 
 
+def add_experiment_parser(commands) -> None:
+    experiment = commands.add_parser(
+        "experiment",
+        help="train a grid of runs (methods x models x seeds x options), resumably, then compare",
+        allow_abbrev=False,
+    )
+    experiment.add_argument("grid", help="the grid file (see examples/grid-bbc-news.yaml)")
+    experiment.add_argument(
+        "--output", default=None, help="the grid's folder (default: the file's `output`)"
+    )
+    experiment.add_argument(
+        "--dry-run", action="store_true", help="list the cells and their state; train nothing"
+    )
+    experiment.set_defaults(func=cmd_experiment)
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from llmclf.grid import run_grid
+    from llmclf.runs.grid import run_grid
 
     run_grid(args.grid, output=args.output, dry_run=args.dry_run)
     return 0
 
 
+def add_distill_parser(commands) -> None:
+    from llmclf.methods.distill import DistillConfig
+    from llmclf.methods.encoder import EncoderConfig
+
+    distill = commands.add_parser(
+        "distill",
+        help="train a fast encoder student on a trained run's outputs and compare the two",
+        description="Train an encoder student on TEACHER_RUN's temperature-softened outputs "
+        "plus the gold labels, then compare the two on the test split (F1 and examples/s). "
+        "Unset options take the encoder defaults (--learning-rate 1e-4, --head-learning-rate "
+        "1e-3, --epochs 5, --batch-size 16); --max-length defaults to the teacher's; without "
+        "--data the teacher's data options are used.",
+        allow_abbrev=False,
+    )
+    distill.add_argument("teacher", metavar="TEACHER_RUN", help="a finished run folder")
+    distill.add_argument(
+        "--student",
+        default=argparse.SUPPRESS,
+        help="the student encoder: a built-in name, hub id or folder (default: minilm-l6)",
+    )
+    distill.add_argument(
+        "--output", default=argparse.SUPPRESS, help="the new run folder (required)"
+    )
+    add_config_option(distill)
+    add_options(distill, DistillConfig)
+    add_options(distill, DataConfig)
+    add_options(
+        distill, ModelConfig, only=("max_length", "dtype", "device", "gradient_checkpointing")
+    )
+    add_options(distill, TrainConfig, only=field_names(TrainConfig) - {"validation_fraction"})
+    add_options(distill, EncoderConfig)
+    distill.set_defaults(func=cmd_distill)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
-    from llmclf.classifier import data_config_of, option_names, read_config
-    from llmclf.distill import DistillConfig, distill_run
-    from llmclf.encoder import EncoderClassifier
+    from llmclf.methods.distill import DistillConfig
+    from llmclf.methods.encoder import EncoderClassifier
+    from llmclf.run_folder import RunFolder
+    from llmclf.runs.distill import distill_run
 
     values = option_values(args)
     teacher = Path(values.pop("teacher"))
@@ -340,17 +509,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise LlmclfError("distill needs --output RUN (a new folder for the student)")
     if "student" in values:
         values["model"] = values.pop("student")
-    student_options = option_names(EncoderClassifier.config_classes)
-    unknown = sorted(set(values) - student_options - names_of(DataConfig, DistillConfig))
-    if unknown:
-        raise LlmclfError(
-            f"{', '.join('--' + u.replace('_', '-') for u in unknown)} does not apply to distill"
-        )
-    data_values = {k: v for k, v in values.items() if k in names_of(DataConfig)}
+    student_options = EncoderClassifier.config_class.option_names()
+    refuse_unknown(values, student_options | field_names(DataConfig, DistillConfig), "distill")
+    data_values = data_overrides(values)
     if "data" not in data_values:  # the teacher's own data, read the way it was read
-        if "data" not in read_config(teacher):
+        stored = RunFolder(teacher).data_values()
+        if "data" not in stored:
             raise LlmclfError(f"{teacher} does not say what data it was trained on: give --data")
-        data_values = {**dataclasses.asdict(data_config_of(teacher)), **data_values}
+        data_values = {**stored, **data_values}
     metrics = distill_run(
         teacher,
         {k: v for k, v in values.items() if k in student_options},
@@ -369,8 +535,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="export an encoder run (fine-tuned or distilled) to ONNX", allow_abbrev=False
+    )
+    export.add_argument("run", help="a finished encoder run folder")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    export.add_argument("--output", help="the folder to write (default: RUN/onnx)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    export.set_defaults(func=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from llmclf.export import export_onnx
+    from llmclf.runs.export import export_onnx
 
     info = export_onnx(args.run, args.output, opset=args.opset)
     parity = info["parity"]
@@ -441,223 +618,43 @@ def print_summary(metrics: dict, folder: Path | str) -> None:
     print(f"written to {folder}")
 
 
-# ---------------------------------------------------------------------------------------
-# Parser and entry point
-# ---------------------------------------------------------------------------------------
-
-
-def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    """Where the examples to evaluate on come from, and how to run the model on them."""
-    add_options(
-        parser,
-        DataConfig,
-        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
-    )
-    add_options(parser, ModelConfig, only=("device", "dtype"))
-    add_options(parser, TrainConfig, only=("eval_batch_size",))
-
-
-def add_int8_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--int8",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
-        "instruct runs over a full-precision base): 1.4-2x faster here, probabilities "
-        "change slightly (see BENCHMARKS.md)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmclf",
-        description="Turn decoder-only LLMs into text classifiers, and find out which way is best.",
-    )
-    parser.add_argument("--version", action="version", version=f"llmclf {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    train = commands.add_parser(
-        "train", help="train a classifier and evaluate it on the test split"
-    )
-    from llmclf.runs import method_classes
-
-    train.add_argument(
-        "--method",
-        default=argparse.SUPPRESS,
-        help=f"{' | '.join(method_classes())} (default: head); encoder and the distill "
-        "student use their own defaults for unset options: --model minilm-l6, --learning-rate "
-        "1e-4, --head-learning-rate 1e-3, --epochs 5, --batch-size 16",
-    )
-    train.add_argument("--output", default=argparse.SUPPRESS, help="the new run folder (required)")
-    train.add_argument("--config", help="a YAML file of options; flags override it")
-    added: set[str] = set()
-    for cls in train_configs():  # a field two methods share (threshold) is one flag
-        fresh = tuple(f.name for f in dataclasses.fields(cls) if f.name not in added)
-        add_options(train, cls, only=fresh)
-        added.update(fresh)
-    train.set_defaults(func=cmd_train)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="evaluate a run on a data split; writes metrics.json"
-    )
-    evaluate.add_argument(
-        "run", nargs="?", default=None, help="a run folder written by `llmclf train`"
-    )
-    evaluate.add_argument(
-        "--zero-shot",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="evaluate the untrained --model answering the instruct prompts instead of a RUN "
-        "(writes a run folder to --output, default runs/zero-shot-MODEL-DATA-MODE)",
-    )
-    evaluate.add_argument(
-        "--method", default=argparse.SUPPRESS, help="with --zero-shot: instruct (the default)"
-    )
-    evaluate.add_argument(
-        "--split", default=argparse.SUPPRESS, help="train, validation, test (default) or all"
-    )
-    evaluate.add_argument(
-        "--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)"
-    )
-    evaluate.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(
-        evaluate,
-        DataConfig,
-        only=("data", "text_column", "label_column", "label_sep", "empty_text", "split_seed"),
-    )
-    add_options(evaluate, ModelConfig, only=("model", "quantize", "max_length", "device", "dtype"))
-    add_options(evaluate, TrainConfig, only=("eval_batch_size",))
-    add_options(evaluate, InstructConfig)
-    add_int8_option(evaluate)
-    evaluate.set_defaults(func=cmd_evaluate)
-
-    predict = commands.add_parser("predict", help="label the texts of a file with a trained run")
-    predict.add_argument("run", help="a run folder written by `llmclf train`")
-    predict.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
-    predict.add_argument(
-        "--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet"
-    )
-    predict.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(predict, DataConfig, only=("text_column", "empty_text"))
-    add_options(predict, ModelConfig, only=("device", "dtype"))
-    add_options(predict, TrainConfig, only=("eval_batch_size",))
-    add_options(predict, InstructConfig, only=INSTRUCT_RUNTIME_OPTIONS)
-    add_int8_option(predict)
-    predict.set_defaults(func=cmd_predict)
-
-    calibrate = commands.add_parser(
-        "calibrate", help="fit temperature scaling on the validation split and store it in the run"
-    )
-    calibrate.add_argument("run", help="a run folder written by `llmclf train`")
-    calibrate.add_argument(
-        "--split",
-        default=argparse.SUPPRESS,
-        help="the split to fit on: validation (default); never the test split you report",
-    )
-    calibrate.add_argument("--config", help="a YAML file of options; flags override it")
-    add_evaluation_options(calibrate)
-    calibrate.set_defaults(func=cmd_calibrate)
-
-    compare = commands.add_parser(
-        "compare",
-        help="compare runs on one test set: McNemar, bootstrap delta-F1, calibration, cost; "
-        "writes report.html / .md / .json",
-        description="Without --data, the test predictions each run stored when it was trained "
-        "are compared (the runs must share a test set); with --data D, every run is first "
-        "evaluated on D's test split. See docs/evaluation.md.",
-    )
-    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
-    compare.add_argument("--output", required=True, help="the report folder")
-    compare.add_argument(
-        "--resamples",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="paired-bootstrap resamples, at least 2000 (default: 10000)",
-    )
-    compare.add_argument(
-        "--seed", type=int, default=argparse.SUPPRESS, help="bootstrap seed (default: 0)"
-    )
-    compare.add_argument(
-        "--confidence",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="confidence level of the intervals; 1 - it is the significance level (default: 0.95)",
-    )
-    compare.add_argument("--config", help="a YAML file of options; flags override it")
-    add_evaluation_options(compare)
-    compare.set_defaults(func=cmd_compare)
-
-    experiment = commands.add_parser(
-        "experiment",
-        help="train a grid of runs (methods x models x seeds x options), resumably, then compare",
-    )
-    experiment.add_argument("grid", help="the grid file (see examples/grid-bbc-news.yaml)")
-    experiment.add_argument(
-        "--output", default=None, help="the grid's folder (default: the file's `output`)"
-    )
-    experiment.add_argument(
-        "--dry-run", action="store_true", help="list the cells and their state; train nothing"
-    )
-    experiment.set_defaults(func=cmd_experiment)
-    from llmclf.distill import DistillConfig
-    from llmclf.encoder import EncoderConfig
-
-    distill = commands.add_parser(
-        "distill",
-        help="train a fast encoder student on a trained run's outputs and compare the two",
-        description="Train an encoder student on TEACHER_RUN's temperature-softened outputs "
-        "plus the gold labels, then compare the two on the test split (F1 and examples/s). "
-        "Unset options take the encoder defaults (--learning-rate 1e-4, --head-learning-rate "
-        "1e-3, --epochs 5, --batch-size 16); --max-length defaults to the teacher's; without "
-        "--data the teacher's data options are used.",
-    )
-    distill.add_argument("teacher", metavar="TEACHER_RUN", help="a finished run folder")
-    distill.add_argument(
-        "--student",
-        default=argparse.SUPPRESS,
-        help="the student encoder: a built-in name, hub id or folder (default: minilm-l6)",
-    )
-    distill.add_argument(
-        "--output", default=argparse.SUPPRESS, help="the new run folder (required)"
-    )
-    distill.add_argument("--config", help="a YAML file of options; flags override it")
-    add_options(distill, DistillConfig)
-    add_options(distill, DataConfig)
-    add_options(
-        distill,
-        ModelConfig,
-        only=("max_length", "dtype", "device", "gradient_checkpointing"),
-    )
-    add_options(
-        distill,
-        TrainConfig,
-        only=tuple(
-            f.name for f in dataclasses.fields(TrainConfig) if f.name != "validation_fraction"
-        ),
-    )
-    add_options(distill, EncoderConfig)
-    distill.set_defaults(func=cmd_distill)
-
-    export = commands.add_parser(
-        "export", help="export an encoder run (fine-tuned or distilled) to ONNX"
-    )
-    export.add_argument("run", help="a finished encoder run folder")
-    export.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
-    export.add_argument("--output", help="the folder to write (default: RUN/onnx)")
-    export.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
-    export.set_defaults(func=cmd_export)
-
+def add_list_parsers(commands) -> None:
     models = commands.add_parser("models", help="list the built-in offline models")
     models.set_defaults(func=cmd_models)
     datasets = commands.add_parser("datasets", help="list the built-in offline data sets")
     datasets.set_defaults(func=cmd_datasets)
+
+
+# ---------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------
+
+SUBCOMMANDS = (
+    add_train_parser,
+    add_evaluate_parser,
+    add_predict_parser,
+    add_calibrate_parser,
+    add_compare_parser,
+    add_experiment_parser,
+    add_distill_parser,
+    add_export_parser,
+    add_list_parsers,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmclf._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="llmclf",
+        description="Turn decoder-only LLMs into text classifiers, and find out which way is best.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"llmclf {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
     return parser
-
-
-def _version() -> str:
-    from llmclf import __version__
-
-    return __version__
 
 
 def setup_logging() -> None:

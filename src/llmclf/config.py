@@ -1,64 +1,180 @@
-"""Small dataclasses, one per concern, shared by the CLI, YAML files and the Python API.
+"""Options: small dataclasses, one per concern, and a method's config made of them.
 
-Every field documents itself in ``metadata["help"]``; the CLI turns each field into a
-``--flag`` (underscores become dashes) and ``--config run.yaml`` may set any of them.
-Values are checked in ``__post_init__`` so a bad value fails before any work starts.
+Every field documents itself in ``metadata``: ``help`` (the flag's help text), and what a
+value may be (``choices``, ``bound``, ``check``). The CLI turns each field into a
+``--flag`` (underscores become dashes), ``--config run.yaml`` may set any of them, and the
+Python API takes them as keyword arguments; all three go through ``validate`` (types,
+choices, bounds) when a method's config is resolved, before any data or model is loaded.
+
+A field marked ``runtime`` says how a run executes, never what it learns (device, batch
+size for prediction, resuming): it is no part of a run's identity and a loaded run takes a
+new value. A field marked ``predict_time`` is part of the identity but may also change when
+a trained run is loaded (how an instruct run predicts). Every consumer reads these marks
+(``runtime_names``, ``predict_time_names``) rather than keeping its own list.
+
+    ModelConfig.max_length            one section (a dataclass, one concern)
+    HeadClassifierConfig.model        a method's config: one field per section
+    clf.config_.model.max_length      resolved once, in ``fit`` / ``load``
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from llmclf.errors import LlmclfError
 
+POSITIVE = (">", 0)
+NON_NEGATIVE = (">=", 0)
+FRACTION = ("[0,1)", None)
 
-def option(default: Any = None, help: str = "", choices: tuple | None = None, **kwargs):
-    """A dataclass field carrying its CLI help text (and allowed values)."""
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    bound: tuple | None = None,
+    check: Callable[[str, Any], None] | None = None,
+    runtime: bool = False,
+    predict_time: bool = False,
+):
+    """A dataclass field carrying its CLI help text and what values it takes.
+
+    ``bound`` is ``POSITIVE`` (> 0), ``NON_NEGATIVE`` (≥ 0) or ``FRACTION`` ([0, 1));
+    ``check(flag, value)`` raises ``LlmclfError`` for a bad value.
+    """
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "bound": bound,
+        "check": check,
+        "runtime": runtime,
+        "predict_time": predict_time,
+    }
     if isinstance(default, list):
-        return field(
-            default_factory=lambda: list(default), metadata={"help": help, "choices": choices}
-        )
-    return field(default=default, metadata={"help": help, "choices": choices, **kwargs})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _check_choice(obj: Any, name: str) -> None:
-    meta = {f.name: f.metadata for f in dataclasses.fields(obj)}[name]
-    value = getattr(obj, name)
-    if meta.get("choices") and value not in meta["choices"]:
-        allowed = ", ".join(str(c) for c in meta["choices"])
-        raise LlmclfError(f"--{name.replace('_', '-')} must be one of {allowed}, not {value!r}")
+def flag(name: str) -> str:
+    """The CLI spelling of an option: ``lora_r`` -> ``--lora-r``."""
+    return "--" + name.replace("_", "-")
 
 
-def _check_choices(obj: Any) -> None:
-    for f in dataclasses.fields(obj):
-        _check_choice(obj, f.name)
-
-
-def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = "≥ 0" if allow_zero else "> 0"
-            raise LlmclfError(f"--{name.replace('_', '-')} must be {bound}, not {value}")
-
-
-def check_threshold(threshold: str) -> None:
+def check_threshold(name: str, threshold: str) -> None:
     """--threshold is 'tuned' or a probability strictly between 0 and 1."""
     if threshold == "tuned":
         return
     try:
         value = float(threshold)
     except ValueError:
-        raise LlmclfError(f"--threshold must be 'tuned' or a number, not {threshold!r}") from None
+        raise LlmclfError(f"{flag(name)} must be 'tuned' or a number, not {threshold!r}") from None
     if not 0 < value < 1:
-        raise LlmclfError(f"--threshold must be between 0 and 1, not {value}")
+        raise LlmclfError(f"{flag(name)} must be between 0 and 1, not {value}")
+
+
+# Options several methods share, defined once (each method's section includes them).
+
+
+def threshold_option():
+    return option(
+        "tuned",
+        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
+        check=check_threshold,
+    )
+
+
+def class_weights_option():
+    return option(
+        "none",
+        "balanced = weight the loss by inverse class frequency",
+        choices=("none", "balanced"),
+    )
+
+
+def seed_option():
+    return option(42, "seed of every random choice in training")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's type, or a one-line error (a YAML ``epochs: two``)."""
+    kinds = [k.strip() for k in str(f.type).split("|")]
+    name = flag(f.name)
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise LlmclfError(f"{name} needs a value")
+    base = kinds[0]
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise LlmclfError(f"{name} must be true or false, not {value!r}")
+        return value
+    if base in ("int", "float"):
+        if isinstance(value, str) and base == "float":  # YAML reads 1e-3 as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, float) and base == "int" and value.is_integer():
+            value = int(value)
+        wanted = int if base == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kind = "a whole number" if base == "int" else "a number"
+            raise LlmclfError(f"{name} must be {kind}, not {value!r}")
+        return float(value) if base == "float" else value
+    if base.startswith("list"):
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise LlmclfError(f"{name} must be one or more names, not {value!r}")
+        return list(values)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a YAML `threshold: 0.5`
+    if not isinstance(value, str):
+        raise LlmclfError(f"{name} must be a string, not {value!r}")
+    return value
+
+
+def _check_bound(name: str, value: Any, bound: tuple) -> None:
+    kind, limit = bound
+    if kind == ">" and not value > limit:
+        raise LlmclfError(f"{flag(name)} must be > {limit}, not {value}")
+    if kind == ">=" and not value >= limit:
+        raise LlmclfError(f"{flag(name)} must be ≥ {limit}, not {value}")
+    if kind == "[0,1)" and not 0 <= value < 1:
+        raise LlmclfError(f"{flag(name)} must be in [0, 1), not {value}")
+
+
+def validate(obj: Any) -> None:
+    """Coerce and check every field of a section from its metadata (called by
+    ``__post_init__``): type, allowed choices, bounds, the field's own check."""
+    for f in dataclasses.fields(obj):
+        value = _coerce(f, getattr(obj, f.name))
+        setattr(obj, f.name, value)
+        meta = f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            allowed = ", ".join(str(c) for c in meta["choices"])
+            raise LlmclfError(f"{flag(f.name)} must be one of {allowed}, not {value!r}")
+        if meta.get("bound"):
+            _check_bound(f.name, value, meta["bound"])
+        if meta.get("check"):
+            meta["check"](f.name, value)
+
+
+# ---------------------------------------------------------------------------------------
+# The sections every method draws on
+# ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -79,21 +195,21 @@ class DataConfig:
         None,
         "multi-label: labels in one string separated by this (e.g. '|'); JSON lists are read as they are",
     )
-    train_limit: int | None = option(None, "train on a stratified sample of this many examples")
+    train_limit: int | None = option(
+        None, "train on a stratified sample of this many examples", bound=POSITIVE
+    )
     empty_text: str = option(
         "drop",
         "rows with an empty or missing text: drop them with a warning, or stop with an error",
         choices=("drop", "error"),
+        runtime=True,
     )
     split_seed: int = option(
         0, "seed of the stratified 80/10/10 split of a file that has no 'split' column"
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.text_column, str):
-            self.text_column = [self.text_column]
-        _check_choices(self)
-        _check_positive(self, "train_limit")
+        validate(self)
 
 
 @dataclass
@@ -113,16 +229,23 @@ class ModelConfig:
         "auto",
         "compute dtype; auto = bfloat16 on GPUs and CPUs that support it natively, else float32",
         choices=("auto", "float32", "bfloat16", "float16"),
+        runtime=True,
     )
     device: str = option(
-        "auto", "where to run: auto picks CUDA when present", choices=("auto", "cpu", "cuda")
+        "auto",
+        "where to run: auto picks CUDA when present",
+        choices=("auto", "cpu", "cuda"),
+        runtime=True,
     )
-    max_length: int = option(256, "truncate texts to this many tokens (the appended EOS included)")
-    gradient_checkpointing: bool = option(False, "trade compute for memory during training")
+    max_length: int = option(
+        256, "truncate texts to this many tokens (the appended EOS included)", bound=POSITIVE
+    )
+    gradient_checkpointing: bool = option(
+        False, "trade compute for memory during training", runtime=True
+    )
 
     def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(self, "max_length")
+        validate(self)
         if self.max_length < 2:
             raise LlmclfError("--max-length must be at least 2")
 
@@ -136,10 +259,12 @@ class AdapterConfig:
         "none = frozen-feature mode: pooled features computed once and cached, only the head trains",
         choices=("on", "none"),
     )
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_r: int = option(16, "LoRA rank", bound=POSITIVE)
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)", bound=POSITIVE)
     lora_dropout: float = option(
-        0.0, "dropout on the LoRA input (0: none, the fastest; PEFT copies the input per layer)"
+        0.0,
+        "dropout on the LoRA input (0: none, the fastest; PEFT copies the input per layer)",
+        bound=FRACTION,
     )
     target_modules: list[str] = option(
         ["all-linear"],
@@ -149,100 +274,171 @@ class AdapterConfig:
         None,
         "adapt only the last K decoder blocks: the backward pass stops below them, so training "
         "is faster and keeps fewer activations (none: every block)",
+        bound=POSITIVE,
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        _check_positive(self, "lora_r", "lora_alpha", "lora_layers")
+        validate(self)
         if self.lora == "none" and self.lora_layers is not None:
             raise LlmclfError("--lora-layers chooses where LoRA goes: it needs --lora on")
-        if not 0 <= self.lora_dropout < 1:
-            raise LlmclfError(f"--lora-dropout must be in [0, 1), not {self.lora_dropout}")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation loop (run by the transformers Trainer)."""
 
-    epochs: float = option(3.0, "passes over the training data")
-    batch_size: int = option(8, "examples per step and device")
-    grad_accum: int = option(1, "gradient accumulation steps (effective batch = batch_size × this)")
+    epochs: float = option(3.0, "passes over the training data", bound=POSITIVE)
+    batch_size: int = option(8, "examples per step and device", bound=POSITIVE)
+    grad_accum: int = option(
+        1, "gradient accumulation steps (effective batch = batch_size × this)", bound=POSITIVE
+    )
     learning_rate: float = option(
         1e-3,
         "peak learning rate of the LoRA adapters (tuned on small models; try 2e-4 for 1B+ models)",
+        bound=POSITIVE,
     )
     head_learning_rate: float | None = option(
-        1e-2, "peak learning rate of the freshly initialised head (none: the LoRA rate)"
+        1e-2,
+        "peak learning rate of the freshly initialised head (none: the LoRA rate)",
+        bound=POSITIVE,
     )
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_ratio: float = option(0.1, "fraction of the steps spent warming the learning rate up")
+    weight_decay: float = option(0.0, "AdamW weight decay", bound=NON_NEGATIVE)
+    warmup_ratio: float = option(
+        0.1, "fraction of the steps spent warming the learning rate up", bound=FRACTION
+    )
     lr_scheduler: str = option(
         "linear", "learning-rate schedule after warm-up", choices=("linear", "cosine", "constant")
     )
-    eval_batch_size: int = option(16, "examples per forward pass when evaluating and predicting")
+    eval_batch_size: int = option(
+        16,
+        "examples per forward pass when evaluating and predicting",
+        bound=POSITIVE,
+        runtime=True,
+    )
     save_steps: int | None = option(
-        None, "evaluate and checkpoint every N steps instead of every epoch (long epochs)"
+        None,
+        "evaluate and checkpoint every N steps instead of every epoch (long epochs)",
+        bound=POSITIVE,
     )
     early_stopping_patience: int = option(
-        2, "stop after this many evaluations without improvement (0: never stop early)"
+        2,
+        "stop after this many evaluations without improvement (0: never stop early)",
+        bound=NON_NEGATIVE,
     )
-    seed: int = option(42, "seed of every random choice in training")
-    resume: bool = option(False, "continue from the last checkpoint in the output folder")
-    keep_checkpoints: bool = option(False, "keep the Trainer checkpoints after a successful run")
+    seed: int = seed_option()
+    resume: bool = option(
+        False, "continue from the last checkpoint in the output folder", runtime=True
+    )
+    keep_checkpoints: bool = option(
+        False, "keep the Trainer checkpoints after a successful run", runtime=True
+    )
     validation_fraction: float = option(
         0.1,
         "Python API without eval_set: hold out this fraction of the training data for model "
         "selection and thresholds (0: none)",
+        bound=FRACTION,
     )
 
     def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(
-            self,
-            "epochs",
-            "batch_size",
-            "grad_accum",
-            "learning_rate",
-            "eval_batch_size",
-            "head_learning_rate",
-            "save_steps",
-        )
-        _check_positive(self, "weight_decay", "early_stopping_patience", allow_zero=True)
-        if not 0 <= self.validation_fraction < 1:
-            raise LlmclfError(
-                f"validation_fraction must be in [0, 1), not {self.validation_fraction}"
-            )
-        if not 0 <= self.warmup_ratio < 1:
-            raise LlmclfError(f"--warmup-ratio must be in [0, 1), not {self.warmup_ratio}")
+        validate(self)
+
+
+# ---------------------------------------------------------------------------------------
+# A method's config: its sections, resolved once
+# ---------------------------------------------------------------------------------------
+
+
+def section(cls: type):
+    """A method config's field holding one section, built from its defaults."""
+    return field(default_factory=cls)
 
 
 @dataclass
-class HeadConfig:
-    """Approach 1: a linear head on a pooled hidden state."""
+class MethodConfig:
+    """Base of a method's resolved options: one field per section (``model``, ``train``,
+    ...), each a section dataclass. The section names are those of config.yaml.
 
-    pooling: str = option(
-        "last",
-        "last = hidden state of the final real token (an EOS is appended); mean = mean over real tokens",
-        choices=("last", "mean"),
-    )
-    class_weights: str = option(
-        "none",
-        "balanced = weight the loss by inverse class frequency",
-        choices=("none", "balanced"),
-    )
-    num_layers: int | None = option(
-        None, "keep only the first K decoder blocks and pool from block K (less compute)"
-    )
-    threshold: str = option(
-        "tuned",
-        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
-    )
+    Example:
+        >>> from llmclf.methods.head import HeadClassifierConfig
+        >>> HeadClassifierConfig.from_options({"pooling": "mean"}).head.pooling
+        'mean'
+    """
 
-    def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(self, "num_layers")
-        check_threshold(self.threshold)
+    # values for options the user did not set, where a method differs from the sections'
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        return {f.name: f.default_factory for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def option_fields(cls) -> dict[str, dataclasses.Field]:
+        """Every option of the method, by name, across its sections."""
+        out: dict[str, dataclasses.Field] = {}
+        for section_class in cls.sections().values():
+            for f in dataclasses.fields(section_class):
+                out.setdefault(f.name, f)
+        return out
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return set(cls.option_fields())
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]):
+        """The config from flat ``{option: value}`` (flags, YAML or keyword arguments),
+        validated; options not set take ``defaults``, then the sections' defaults."""
+        unknown = sorted(set(options) - cls.option_names())
+        if unknown:
+            raise LlmclfError(
+                f"no option {', '.join(unknown)} (options: {', '.join(sorted(cls.option_names()))})"
+            )
+        values = {**cls.defaults, **options}
+        return cls(**{name: build(sc, values) for name, sc in cls.sections().items()})
+
+    def as_options(self) -> dict[str, Any]:
+        """The flat ``{option: value}`` form (what ``from_options`` takes)."""
+        out: dict[str, Any] = {}
+        for name in self.sections():
+            for key, value in dataclasses.asdict(getattr(self, name)).items():
+                out.setdefault(key, value)
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Sections for the run's resolved ``config.yaml``."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in self.sections()}
+
+
+def _marked(classes: Iterable[type], mark: str) -> set[str]:
+    return {
+        f.name
+        for cls in classes
+        for f in (
+            cls.option_fields().values()
+            if issubclass(cls, MethodConfig)
+            else dataclasses.fields(cls)
+        )
+        if f.metadata.get(mark)
+    }
+
+
+def runtime_names(*classes: type) -> set[str]:
+    """Options of these sections / method configs marked ``runtime``."""
+    return _marked(classes, "runtime")
+
+
+def predict_time_names(*classes: type) -> set[str]:
+    """Options of these sections / method configs marked ``predict_time``."""
+    return _marked(classes, "predict_time")
+
+
+def field_names(*classes: type) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------
+# YAML
+# ---------------------------------------------------------------------------------------
 
 
 def flatten(values: dict[str, Any]) -> dict[str, Any]:
@@ -272,69 +468,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return flatten(values)
 
 
-def build(cls: type, values: dict[str, Any]):
+def build(cls: type, values: Mapping[str, Any]):
     """Make ``cls`` from the subset of ``values`` that are its fields."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = field_names(cls)
     return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def to_dict(*configs: Any) -> dict[str, dict[str, Any]]:
-    """Sections for the run's resolved ``config.yaml``."""
-    return {type(c).__name__.removesuffix("Config").lower(): dataclasses.asdict(c) for c in configs}
-
-
-@dataclass
-class InstructConfig:
-    """Approach 2: the model answers a prompt with the label words (see docs/instruct.md)."""
-
-    prompt_template: str | None = option(
-        None,
-        "a text file holding the prompt, with {text} (the text) and {labels} (the allowed "
-        "answers) fields; default: a built-in instruction",
-    )
-    chat_template: str = option(
-        "auto",
-        "wrap the prompt in the tokenizer's chat template: auto = when it has one; "
-        "off = llmclf's plain 'prompt / Answer: label' format",
-        choices=("auto", "on", "off"),
-    )
-    verbalizer: str = option(
-        "names",
-        "the words each label is answered with: names (the label strings), letters (A, B, ...), "
-        "numbers (1, 2, ...), or a JSON / YAML file mapping each label to its words",
-    )
-    predict_mode: str = option(
-        "score",
-        "score = log-likelihood of every label's answer, one prompt pass, with probabilities; "
-        "generate = greedy decoding, then parsing the answer (the paper's way)",
-        choices=("score", "generate"),
-    )
-    score_normalization: str = option(
-        "sum",
-        "score mode: sum = log-probability of the whole answer (softmax = the model's "
-        "probability restricted to the labels); mean = per-token average (no length bias)",
-        choices=("sum", "mean"),
-    )
-    max_new_tokens: int | None = option(
-        None, "generate mode: answer length limit in tokens (none: the longest answer + 16)"
-    )
-    share_prompt_prefix: bool = option(
-        True,
-        "run the tokens every prompt starts with (system turn, instructions, label list) once "
-        "per training batch and once per scoring call instead of once per text; the same "
-        "numbers, less compute",
-    )
-    multi_label_beam: int = option(
-        8,
-        "multi-label score mode: per-label probabilities come from this many most probable "
-        "label sets (a beam search over the answer)",
-    )
-    threshold: str = option(
-        "tuned",
-        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
-    )
-
-    def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(self, "max_new_tokens", "multi_label_beam")
-        check_threshold(self.threshold)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmclf.errors import LlmclfError
+from llmclf.run_folder import LABELS_FILE, read_json, write_json
 
-SCHEMA_FILE = "labels.json"
 NO_CLASS = -1  # the decision for a row without probability mass (an unreadable answer)
 
 
@@ -95,11 +94,16 @@ class LabelSchema:
         return self.label_sep.join(label) if self.multi_label else label
 
     def save(self, folder: str | Path) -> None:
-        Path(folder, SCHEMA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """labels.json in ``folder`` (its one writer)."""
+        write_json(Path(folder, LABELS_FILE), asdict(self))
 
     @classmethod
     def load(cls, folder: str | Path) -> LabelSchema:
-        path = Path(folder, SCHEMA_FILE)
+        path = Path(folder, LABELS_FILE)
         if not path.is_file():
-            raise LlmclfError(f"{folder} holds no {SCHEMA_FILE}: it is not a finished llmclf run")
-        return cls(**json.loads(path.read_text()))
+            raise LlmclfError(f"{folder} holds no {LABELS_FILE}: it is not a finished llmclf run")
+        values = read_json(path, "label schema")
+        try:
+            return cls(**values)
+        except TypeError:
+            raise LlmclfError(f"{path} is not an llmclf label schema: the run is damaged") from None

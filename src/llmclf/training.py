@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,15 +20,14 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
-from llmclf.calibration import to_proba
 from llmclf.config import TrainConfig
 from llmclf.errors import LlmclfError
+from llmclf.evaluation.calibration import to_proba
+from llmclf.evaluation.metrics import classification_metrics, selection_metric
 from llmclf.labels import LabelSchema
-from llmclf.metrics import classification_metrics
+from llmclf.run_folder import CHECKPOINTS, RunFolder
 
 log = logging.getLogger("llmclf")
-
-CHECKPOINTS = "checkpoints"
 
 
 class ClassifierTrainer(Trainer):
@@ -111,24 +111,10 @@ def training_arguments(
     )
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint the Trainer finished writing (trainer_state.json is its last
-    file); one cut short by a kill is skipped."""
-    if not folder.is_dir():
-        return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    partial = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p not in complete]
-    if partial:
-        log.warning("skipping incomplete checkpoint(s): %s", ", ".join(p.name for p in partial))
-    if not complete:
-        return None
-    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1])))
-
-
 def checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     """The last checkpoint when resuming; refuse to silently overwrite an unfinished run."""
     folder = output_dir / CHECKPOINTS
-    last = last_complete_checkpoint(folder)
+    last = RunFolder(output_dir).last_checkpoint()
     if resume:
         if last is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", folder)
@@ -193,6 +179,79 @@ def run_trainer(
         log_history=list(trainer.state.log_history),
         resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,
     )
+
+
+def train_model(
+    model,
+    train_set,
+    eval_set,
+    collator,
+    *,
+    forward: Callable,
+    loss: Callable,
+    schema: LabelSchema,
+    config: TrainConfig,
+    output_dir: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    token_inputs: bool = True,
+    gold_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> TrainResult:
+    """Train ``model`` with the Trainer, the one way every method trains.
+
+    Checkpoints go to ``output_dir/checkpoints`` (a scratch folder without ``output_dir``)
+    and are resumed from with ``config.resume``; with an ``eval_set`` the best epoch by
+    the selection metric (macro- or micro-F1) is kept. ``token_inputs`` False: batches of
+    cached features (no length grouping, no token count).
+    """
+    resume_from = checkpoint_to_resume(output_dir, config.resume) if output_dir else None
+    metric = selection_metric(schema.multi_label) if eval_set is not None else None
+    with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
+        folder = (output_dir or Path(scratch)) / CHECKPOINTS
+        args = training_arguments(
+            config, folder, device, dtype, metric, progress=progress, token_inputs=token_inputs
+        )
+        return run_trainer(
+            model,
+            train_set,
+            eval_set,
+            collator,
+            forward=forward,
+            loss=loss,
+            compute_metrics=metrics_function(schema, gold_of),
+            config=config,
+            args=args,
+            optimizer=optimizer,
+            resume_from=resume_from,
+            progress=progress,
+        )
+
+
+def token_dataset(ids: list[list[int]], targets: np.ndarray):
+    """A ``datasets.Dataset`` of token ids and their targets, with the lengths the
+    Trainer groups batches by."""
+    import datasets
+
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids, "labels": targets.tolist(), "length": [len(x) for x in ids]}
+    )
+
+
+def head_and_body_optimizer(
+    model, is_head: Callable[[str], bool], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; those ``is_head(name)`` picks (the freshly
+    initialised classifier) get ``head_learning_rate``, the rest ``learning_rate``."""
+    head, body = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if is_head(name) else body).append(param)
+    groups = [{"params": body, "lr": config.learning_rate}]
+    if head:
+        groups.append({"params": head, "lr": config.head_learning_rate or config.learning_rate})
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def peak_rss_mb() -> float:

@@ -12,7 +12,7 @@ def test_gemma3_converts_tokenizes_with_bos_and_eos_and_pools_padding_safely():
     from llmclf import backbone
     from llmclf.batching import pad_batch
     from llmclf.config import AdapterConfig, ModelConfig
-    from llmclf.head import head_logits
+    from llmclf.methods.head import head_logits
 
     source = backbone.model_source("gemma3-270m")
     tokenizer = backbone.load_tokenizer(source, "right", append_eos=True)

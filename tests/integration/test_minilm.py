@@ -47,8 +47,8 @@ def test_plain_transformers_reproduce_the_logits(minilm_run):
 
 
 def test_onnx_export_matches_pytorch_on_the_real_model(minilm_run, tmp_path):
-    from llmclf.export import OnnxClassifier, export_onnx
     from llmclf.runs import load_classifier
+    from llmclf.runs.export import OnnxClassifier, export_onnx
 
     info = export_onnx(minilm_run, tmp_path / "onnx")
     assert info["parity"]["same_predictions"]

@@ -5,7 +5,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
-from llmclf.calibration import (
+from llmclf.evaluation.calibration import (
     brier_score,
     calibration_figures,
     expected_calibration_error,

@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import f1_score
 from statsmodels.stats.contingency_tables import mcnemar
 
-from llmclf.calibration import expected_calibration_error, to_proba
 from llmclf.cli import main
+from llmclf.evaluation.calibration import expected_calibration_error, to_proba
 from llmclf.runs import load_classifier
 from tests.conftest import make_texts
 
@@ -177,7 +177,7 @@ def synthetic_evaluations(multi_label, n=200, k=4, seed=0):
     """Two runs' predictions made up directly: the report needs no model."""
     from pathlib import Path
 
-    from llmclf.compare import RunEvaluation
+    from llmclf.evaluation.comparison import RunEvaluation
     from llmclf.labels import LabelSchema
 
     rng = np.random.default_rng(seed)
@@ -210,8 +210,8 @@ def synthetic_evaluations(multi_label, n=200, k=4, seed=0):
 def test_a_multi_label_report_uses_micro_f1_and_label_figures(tmp_path):
     from sklearn.metrics import hamming_loss
 
-    from llmclf.compare import build_report
-    from llmclf.report import write_report
+    from llmclf.evaluation.comparison import build_report
+    from llmclf.runs.compare import write_report
 
     evaluations = synthetic_evaluations(multi_label=True)
     report = build_report(evaluations, resamples=2000)
@@ -242,7 +242,7 @@ def test_a_multi_label_report_uses_micro_f1_and_label_figures(tmp_path):
 
 
 def test_the_verdict_needs_both_tests():
-    from llmclf.compare import verdict
+    from llmclf.evaluation.comparison import verdict
 
     pair = {"a": "x", "b": "y", "micro_ci_low": 0.01, "micro_ci_high": 0.03}
     base = {**pair, "ci_low": 0.01, "ci_high": 0.05}

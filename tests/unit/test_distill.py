@@ -9,13 +9,13 @@ import yaml
 
 from llmclf import LlmclfError
 from llmclf.cli import main
-from llmclf.distill import (
+from llmclf.methods.distill import (
     DistillConfig,
-    cached_teacher_logits,
     distillation_loss,
     pack_targets,
     unpack_targets,
 )
+from llmclf.runs.distill import cached_teacher_logits
 from tests.conftest import make_texts
 
 

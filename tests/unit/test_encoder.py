@@ -6,7 +6,7 @@ import torch
 
 from llmclf import LabelSchema, LlmclfError
 from llmclf.cli import main
-from llmclf.encoder import ENCODER_DEFAULTS, EncoderClassifier
+from llmclf.methods.encoder import ENCODER_DEFAULTS, EncoderClassifier
 from tests.conftest import make_texts
 
 # the tiny random BERT needs high learning rates to learn the synthetic classes quickly
@@ -91,10 +91,11 @@ def test_multi_label_fit_tunes_thresholds(tiny_bert):
 
 
 def test_unset_options_take_the_encoder_defaults():
-    model_cfg, train_cfg, _ = EncoderClassifier()._configs()
+    config = EncoderClassifier().resolve_config()
+    model_cfg, train_cfg = config.model, config.train
     assert model_cfg.model == ENCODER_DEFAULTS["model"] == "minilm-l6"
     assert train_cfg.learning_rate == ENCODER_DEFAULTS["learning_rate"]
-    assert EncoderClassifier(learning_rate=3e-5)._configs()[1].learning_rate == 3e-5
+    assert EncoderClassifier(learning_rate=3e-5).resolve_config().train.learning_rate == 3e-5
 
 
 @pytest.mark.parametrize(

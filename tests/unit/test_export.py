@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from llmclf.cli import main
-from llmclf.encoder import EncoderClassifier
-from llmclf.export import OnnxClassifier, export_onnx
+from llmclf.methods.encoder import EncoderClassifier
+from llmclf.methods.onnx import OnnxClassifier
+from llmclf.runs.export import export_onnx
 from tests.conftest import make_texts
 
 

@@ -9,8 +9,8 @@ import yaml
 
 from llmclf.cli import main
 from llmclf.errors import LlmclfError
-from llmclf.grid import expand, read_grid, run_grid
 from llmclf.runs import method_classes
+from llmclf.runs.grid import expand, read_grid, run_grid
 from tests.conftest import make_texts
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "grid-bbc-news.yaml"

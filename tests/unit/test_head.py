@@ -23,8 +23,8 @@ def fitted(tiny_llama):
 
 
 def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
-    from llmclf.head import PaddingCollator, head_logits
     from llmclf.labels import LabelSchema
+    from llmclf.methods.head import PaddingCollator, head_logits
 
     texts, labels = make_texts(8)
     schema = LabelSchema.from_labels(labels, multi_label=False)
@@ -44,7 +44,7 @@ def test_one_training_step_changes_lora_and_head_but_not_the_base(tiny_llama):
             for ids, y in zip(clf._encode(texts), schema.encode(labels))
         ]
     )
-    optimizer = clf._optimizer(clf._configs()[2])
+    optimizer = clf._optimizer()
     model.train()
     loss = torch.nn.functional.cross_entropy(head_logits(model, batch), batch["labels"])
     loss.backward()

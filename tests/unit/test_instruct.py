@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from llmclf import InstructClassifier, LlmclfError
+from llmclf.evaluation.metrics import classification_metrics
 from llmclf.labels import NO_CLASS, LabelSchema
-from llmclf.metrics import classification_metrics
 from tests.conftest import make_texts
 from tests.instruct_models import make_instruct_llama
 
@@ -51,7 +51,12 @@ def multi_label_texts(n: int, seed: int):
 
 
 def test_one_training_step_changes_lora_only(plain_model):
-    from llmclf.instruct import InstructCollator, answer_logits, answer_loss, label_sets
+    from llmclf.methods.instruct.model import (
+        InstructCollator,
+        answer_logits,
+        answer_loss,
+        label_sets,
+    )
 
     texts, labels = make_texts(8)
     schema = LabelSchema.from_labels(labels, multi_label=False)
@@ -82,7 +87,12 @@ def test_the_shared_prompt_prefix_gives_the_same_loss_and_gradients(plain_model,
     gradients; gradient checkpointing joins the rows back."""
     from llmclf import backbone
     from llmclf.config import AdapterConfig
-    from llmclf.instruct import InstructCollator, answer_logits, answer_loss, label_sets
+    from llmclf.methods.instruct.model import (
+        InstructCollator,
+        answer_logits,
+        answer_loss,
+        label_sets,
+    )
 
     texts, labels = make_texts(6, seed=8)
     schema = LabelSchema.from_labels(labels, multi_label=False)

@@ -112,7 +112,7 @@ def causal_lm(request):
 def test_answer_logprobs_equal_separate_forward_passes(causal_lm, layout, monkeypatch):
     """Answers packed side by side after the cached prompt (however the passes are cut)
     score what each answer scores alone after its unpadded prompt."""
-    from llmclf import label_scoring
+    from llmclf.methods.instruct import scoring as label_scoring
 
     if layout == "split passes":  # room for about 5 fed tokens per row: several passes
         monkeypatch.setattr(label_scoring, "_PACKED_LOGITS", 5 * 50 * 3)
@@ -147,7 +147,7 @@ def test_answer_logprobs_equal_separate_forward_passes(causal_lm, layout, monkey
 
 
 def test_packing_cuts_passes_to_the_logit_budget(causal_lm, monkeypatch):
-    from llmclf import label_scoring
+    from llmclf.methods.instruct import scoring as label_scoring
 
     assert label_scoring.takes_custom_masks(causal_lm, 1000)
     monkeypatch.setattr(causal_lm.config, "sliding_window", 8, raising=False)
@@ -166,7 +166,7 @@ def test_packing_cuts_passes_to_the_logit_budget(causal_lm, monkeypatch):
 
 
 def test_common_prefix_length_leaves_a_token_of_every_prompt():
-    from llmclf.label_scoring import common_prefix_length
+    from llmclf.methods.instruct.scoring import common_prefix_length
 
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical: the last one runs
@@ -178,8 +178,8 @@ def test_common_prefix_length_leaves_a_token_of_every_prompt():
 def test_the_shared_prompt_prefix_runs_once_and_changes_no_score(untrained, multi_label):
     """Prompts sharing the template's first tokens: the prefix is run once per call and
     every score is what the whole prompt run per text gives."""
-    from llmclf import label_scoring
     from llmclf.batching import pad_batch
+    from llmclf.methods.instruct import scoring as label_scoring
 
     model, mapping = untrained
     clf = InstructClassifier(model, progress=False, verbalizer=mapping, max_length=64)
@@ -206,7 +206,7 @@ def test_the_shared_prompt_prefix_runs_once_and_changes_no_score(untrained, mult
 
 
 def test_no_shared_prefix_where_the_mask_cannot_carry_it(causal_lm, monkeypatch):
-    from llmclf.label_scoring import shared_prefix
+    from llmclf.methods.instruct.scoring import shared_prefix
 
     cpu = torch.device("cpu")
     prompts = [[1, 2, 3, 4], [1, 2, 5]]

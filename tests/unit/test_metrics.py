@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import f1_score
 
-from llmclf.metrics import classification_metrics, tune_thresholds
+from llmclf.evaluation.metrics import classification_metrics, tune_thresholds
 
 
 def test_single_label_metrics_match_hand_computed_values():

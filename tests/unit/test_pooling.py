@@ -42,7 +42,7 @@ def test_padded_and_unpadded_logits_are_equal(tiny_llama, pooling, side):
     from llmclf import backbone
     from llmclf.batching import pad_batch
     from llmclf.config import AdapterConfig
-    from llmclf.head import head_logits
+    from llmclf.methods.head import head_logits
 
     tokenizer = backbone.load_tokenizer(tiny_llama, side, append_eos=pooling == "last")
     torch.manual_seed(0)

@@ -2,21 +2,21 @@ import pytest
 import torch
 
 from llmclf import LlmclfError
-from llmclf.instruct import (
+from llmclf.methods.instruct.model import (
     IGNORE_INDEX,
     InstructCollator,
     answer_logits,
     answer_loss,
     join_prefix,
 )
-from llmclf.pooling import position_ids
-from llmclf.prompts import (
+from llmclf.methods.instruct.prompts import (
     SINGLE_LABEL_TEMPLATE,
     PromptFormat,
     chat_template_for,
     check_template,
     read_template,
 )
+from llmclf.pooling import position_ids
 from tests.instruct_models import instruct_tokenizer
 
 WORDS = ["bank", "match goal", "chip"]

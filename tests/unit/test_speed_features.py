@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmclf import HeadClassifier, LlmclfError
-from llmclf import features as features_module
+from llmclf.methods import features as features_module
 from tests.conftest import make_texts
 
 FAST = dict(max_length=32, batch_size=8, eval_batch_size=8, head_learning_rate=5e-2)

@@ -8,7 +8,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from llmclf.errors import LlmclfError
-from llmclf.stats import (
+from llmclf.evaluation.stats import (
     bootstrap_deltas,
     bootstrap_indices,
     f1_from_counts,

@@ -6,7 +6,7 @@ import pytest
 
 from llmclf import LlmclfError
 from llmclf.cli import main
-from llmclf.tfidf import PIPELINE_FILE, TfidfClassifier
+from llmclf.methods.tfidf import PIPELINE_FILE, TfidfClassifier
 from tests.conftest import make_texts
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from llmclf import LlmclfError
-from llmclf.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
+from llmclf.methods.instruct.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
 
 CLASSES = ["business", "sport", "tech"]
 

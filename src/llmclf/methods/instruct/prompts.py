@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmclf.errors import LlmclfError
-from llmclf.verbalizer import MULTI_LABEL_SEPARATOR
+from llmclf.methods.instruct.verbalizer import MULTI_LABEL_SEPARATOR
 
 SINGLE_LABEL_TEMPLATE = """Classify the text into exactly one of these categories: {labels}.
 Answer with the category only.

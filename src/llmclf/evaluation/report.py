@@ -1,8 +1,6 @@
-"""Write a comparison as report.json, report.md (+ figures/*.png) and a self-contained
-report.html (figures embedded as base64), all from the dict ``compare.build_report`` makes.
-
-Everything is written to ``DIR/.staging`` first and moved in place at the end, so a crash
-leaves the previous report (or nothing), never half of one.
+"""Render a comparison as report.json, report.md (+ figures/*.png) and a self-contained
+report.html (figures embedded as base64), all from the dict ``comparison.build_report``
+makes. ``render`` returns the files' bytes; ``runs/compare.py`` writes them.
 """
 
 from __future__ import annotations
@@ -10,12 +8,9 @@ from __future__ import annotations
 import base64
 import html
 import json
-import shutil
-from pathlib import Path
 
-from llmclf.errors import LlmclfError
-from llmclf.plots import FIGURES
-from llmclf.tables import (
+from llmclf.evaluation.plots import FIGURES
+from llmclf.evaluation.tables import (
     Table,
     cost_table,
     mark_best,
@@ -24,9 +19,6 @@ from llmclf.tables import (
     quality_table,
     summary_lines,
 )
-
-# report.json last: a folder with one holds a complete report.
-REPORT_FILES = ("figures", "report.md", "report.html", "report.json")
 
 # ---------------------------------------------------------------------------------------
 # Markdown
@@ -221,41 +213,12 @@ def html_page(report: dict, figures: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-# ---------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------
-
-
-def check_report_folder(output: Path) -> None:
-    """Refuse a file, or a non-empty folder that does not hold an earlier report."""
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise LlmclfError(f"--output {output} is a file, not a folder")
-    names = {p.name for p in output.iterdir()} - {".staging", "evaluations"}
-    if names and "report.json" not in names:
-        raise LlmclfError(
-            f"--output {output} is not empty and holds no earlier report: choose a new folder"
-        )
-
-
-def write_report(report: dict, output: str | Path) -> Path:
-    """report.json, report.md, figures/*.png and report.html in ``output``."""
-    output = Path(output)
-    check_report_folder(output)
-    staging = output / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "figures").mkdir(parents=True)
+def render(report: dict) -> dict[str, bytes]:
+    """Every file of the report, by name: report.json, report.md, report.html and
+    figures/NAME.png (the HTML embeds the figures)."""
     figures = {key: draw(report) for key, (_, draw) in FIGURES.items()}
-    for key, png in figures.items():
-        (staging / "figures" / f"{key}.png").write_bytes(png)
-    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (staging / "report.md").write_text(markdown(report))
-    (staging / "report.html").write_text(html_page(report, figures))
-    for name in REPORT_FILES:
-        target = output / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        (staging / name).replace(target)
-    staging.rmdir()
-    return output / "report.html"
+    files = {f"figures/{key}.png": png for key, png in figures.items()}
+    files["report.json"] = (json.dumps(report, indent=2) + "\n").encode()
+    files["report.md"] = markdown(report).encode()
+    files["report.html"] = html_page(report, figures).encode()
+    return files

@@ -1,14 +1,5 @@
-"""Distillation: train a fast encoder student on a trained run's (the teacher's) outputs.
-
-The student (an ``EncoderClassifier``) learns from two signals (Hinton et al., 2015):
-
-    loss = kd_weight · T² · KL(teacher_T ‖ student_T) + ce_weight · CE(student, gold)
-
-``teacher_T`` and ``student_T`` are the softmax (per-label sigmoid for multi-label data)
-of the logits divided by the temperature T. Dividing by T shrinks the KL gradients by
-1/T², so the KL term is multiplied by T² to keep its weight independent of T. The
-cross-entropy term uses the gold labels of the labelled rows; rows from ``--unlabeled``
-contribute to the KL term only.
+"""``llmclf distill``: train a fast encoder student on a trained run's (the teacher's)
+outputs and compare the two (the loss: ``methods/distill.py``).
 
 Teacher logits are computed once per text set and cached in ``RUN/teacher_logits/``, so a
 resumed run does not recompute them. The finished student is an ordinary ``encoder`` run
@@ -21,151 +12,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from llmclf.classifier import ClassifierBase, read_config
-from llmclf.config import DataConfig, _check_positive, flatten, option
+from llmclf.config import DataConfig, flatten
 from llmclf.data import Examples, content_hash, examples_by_split, read_table, read_texts, sample
-from llmclf.encoder import EncoderClassifier
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
-from llmclf.runs import (
-    accounting,
-    check_output_folder,
-    evaluate_examples,
-    load_classifier,
-    write_run,
-)
+from llmclf.methods.base import ClassifierBase
+from llmclf.methods.distill import DistillConfig, gold_matrix, pack_targets, packed_loss, unpack_targets
+from llmclf.methods.encoder import EncoderClassifier
+from llmclf.run_folder import TEACHER_CACHE, RunFolder, atomic_path
+from llmclf.runs.evaluate import evaluate_examples, load_classifier
+from llmclf.runs.train import accounting, write_run
 
 log = logging.getLogger("llmclf")
-
-TEACHER_CACHE = "teacher_logits"
-
-
-@dataclass
-class DistillConfig:
-    """Distillation: what the student learns from the teacher."""
-
-    temperature: float = option(
-        2.0, "softens the teacher's and the student's probabilities in the KL term (T)"
-    )
-    kd_weight: float = option(
-        0.5, "weight of the T²-scaled KL divergence to the teacher's softened probabilities"
-    )
-    ce_weight: float = option(
-        0.5, "weight of the cross-entropy to the gold labels (labelled rows only)"
-    )
-    unlabeled: str | None = option(
-        None,
-        "extra texts the student learns from the teacher alone: a CSV / TSV / JSONL / Parquet "
-        "file with the text column, or a .txt file with one text per line",
-    )
-
-    def __post_init__(self) -> None:
-        _check_positive(self, "temperature")
-        _check_positive(self, "kd_weight", "ce_weight", allow_zero=True)
-        if self.kd_weight == 0 and self.ce_weight == 0:
-            raise LlmclfError("--kd-weight and --ce-weight cannot both be 0")
-
-
-# ---------------------------------------------------------------------------------------
-# The loss
-# ---------------------------------------------------------------------------------------
-
-
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    gold: torch.Tensor,
-    has_gold: torch.Tensor,
-    temperature: float,
-    kd_weight: float,
-    ce_weight: float,
-    multi_label: bool,
-) -> torch.Tensor:
-    """``kd_weight · T² · KL + ce_weight · CE``, both averaged over rows.
-
-    Args:
-        student_logits, teacher_logits: [batch, k].
-        gold: [batch, k] one-hot class (single-label) or 0/1 indicators (multi-label);
-            ignored where ``has_gold`` is 0.
-        has_gold: [batch] 1 for labelled rows, 0 for unlabelled ones.
-        multi_label: KL between per-label Bernoulli distributions (summed over labels,
-            like the softmax KL sums over classes) and binary cross-entropy (averaged).
-
-    Example:
-        >>> s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-        >>> gold, has = torch.tensor([[1.0, 0.0]]), torch.tensor([1.0])
-        >>> round(float(distillation_loss(s, t, gold, has, 1.0, 1.0, 0.0, False)), 4)
-        0.4621
-    """
-    t = temperature
-    if multi_label:
-        p_teacher = torch.sigmoid(teacher_logits / t)
-        log_p = F.logsigmoid(student_logits / t)
-        log_q = F.logsigmoid(-student_logits / t)
-        # KL(p_t || p_s) per label = H(p_t, p_s) - H(p_t)
-        entropy = F.binary_cross_entropy(p_teacher, p_teacher, reduction="none")
-        cross = -(p_teacher * log_p + (1 - p_teacher) * log_q)
-        kd = (cross - entropy).sum(dim=1).mean()
-        ce_rows = F.binary_cross_entropy_with_logits(student_logits, gold, reduction="none").mean(1)
-    else:
-        kd = F.kl_div(
-            F.log_softmax(student_logits / t, dim=1),
-            F.log_softmax(teacher_logits / t, dim=1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        ce_rows = F.cross_entropy(student_logits, gold.argmax(dim=1), reduction="none")
-    labelled = has_gold.sum()
-    ce = (ce_rows * has_gold).sum() / labelled if labelled > 0 else student_logits.sum() * 0.0
-    return kd_weight * t * t * kd + ce_weight * ce
-
-
-def pack_targets(gold: np.ndarray, has_gold: np.ndarray, teacher: np.ndarray) -> np.ndarray:
-    """One float32 row per example, ``[gold (k) | has_gold (1) | teacher logits (k)]``: the
-    Trainer carries one ``labels`` tensor, so the teacher's logits ride in it."""
-    return np.concatenate([gold, has_gold[:, None], teacher], axis=1).astype(np.float32)
-
-
-def unpack_targets(rows, k: int):
-    """Inverse of ``pack_targets`` (tensors or arrays): (gold, has_gold, teacher)."""
-    return rows[:, :k], rows[:, k], rows[:, k + 1 :]
-
-
-def packed_loss(config: DistillConfig, schema: LabelSchema):
-    """``loss(student_logits, packed_targets)`` for the Trainer."""
-    k = schema.num_classes
-
-    def loss(logits: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        gold, has_gold, teacher = unpack_targets(packed, k)
-        return distillation_loss(
-            logits,
-            teacher,
-            gold,
-            has_gold,
-            config.temperature,
-            config.kd_weight,
-            config.ce_weight,
-            schema.multi_label,
-        )
-
-    return loss
-
-
-def gold_matrix(schema: LabelSchema, labels: list | None, n: int) -> np.ndarray:
-    """[n, k] one-hot / indicator rows of the gold labels (zeros when unlabelled)."""
-    if labels is None:
-        return np.zeros((n, schema.num_classes), dtype=np.float32)
-    encoded = schema.encode(labels)
-    if schema.multi_label:
-        return encoded.astype(np.float32)
-    return np.eye(schema.num_classes, dtype=np.float32)[encoded]
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,9 +51,8 @@ def cached_teacher_logits(
     log.info("teacher logits for %s: %d texts", part, len(texts))
     logits = teacher.predict_logits(texts)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{part}.partial.npz"
-    np.savez(partial, logits=logits, texts_hash=np.array(fingerprint))
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        np.savez(partial, logits=logits, texts_hash=np.array(fingerprint))
     return logits
 
 
@@ -231,15 +92,17 @@ def distill_run(
         ...             DistillConfig(temperature=2.0), "runs/student")  # doctest: +SKIP
     """
     output = Path(output)
-    resume = bool(options.get("resume"))
-    if (output / TEACHER_CACHE).is_dir() and not (output / "metrics.json").exists() and not resume:
+    student = EncoderClassifier(progress=progress, **student_options(teacher_run, options))
+    student_config = student.resolve_config()  # a bad option fails before anything loads
+    resume = student_config.train.resume
+    folder = RunFolder(output)
+    if (output / TEACHER_CACHE).is_dir() and not folder.finished and not resume:
         raise LlmclfError(
             f"{output} holds an unfinished distillation: pass --resume to continue it "
             "(its cached teacher outputs are reused), or choose another --output"
         )
-    check_output_folder(output, resume)
-    student = EncoderClassifier(progress=progress, **student_options(teacher_run, options))
-    batch_size = student._configs()[1].eval_batch_size
+    folder.check_new(resume)
+    batch_size = student_config.train.eval_batch_size
     teacher = load_classifier(teacher_run, progress=progress, eval_batch_size=batch_size)
     schema = LabelSchema(list(teacher.schema_.classes), teacher.schema_.multi_label)
 
@@ -250,7 +113,7 @@ def distill_run(
     log.info(
         "distilling %s into %s: %d labelled + %d unlabelled texts",
         teacher_run,
-        student._configs()[0].model,
+        student_config.model.model,
         len(train),
         len(unlabeled),
     )
@@ -258,11 +121,17 @@ def distill_run(
     targets, eval_targets = teacher_targets(
         teacher, train, unlabeled, validation, schema, output / TEACHER_CACHE
     )
-    eval_texts = validation.texts if validation is not None else None
+    eval_set = None
+    if validation is not None:
+        eval_set = (validation.texts, eval_targets, validation.labels)
+
+    def gold_of(rows: np.ndarray) -> np.ndarray:  # the gold labels, for model selection
+        gold = unpack_targets(rows, schema.num_classes)[0]
+        return gold if schema.multi_label else gold.argmax(axis=1)
 
     start = time.perf_counter()
-    _fit_student(
-        student, texts, targets, eval_texts, eval_targets, validation, schema, config, output
+    student.fit_targets(
+        texts, targets, eval_set, schema, packed_loss(config, schema), gold_of, output
     )
     student.fit_seconds_ = time.perf_counter() - start
     student.distillation_ = {
@@ -287,15 +156,14 @@ def distill_run(
             "unlabeled_examples": len(unlabeled),
         }
     )
-    write_run(
-        student, output, data_config, metrics, predictions, options.get("keep_checkpoints", False)
-    )
+    keep = student_config.train.keep_checkpoints
+    write_run(student, output, data_config, metrics, predictions, keep_checkpoints=keep)
     return metrics
 
 
 def student_options(teacher_run: str | Path, options: dict) -> dict:
     """The student's options; its max_length defaults to the teacher's input budget."""
-    teacher_max_length = flatten(read_config(Path(teacher_run))).get("max_length")
+    teacher_max_length = flatten(RunFolder(teacher_run).config()).get("max_length")
     if teacher_max_length and "max_length" not in options:
         return {**options, "max_length": teacher_max_length}
     return dict(options)
@@ -338,41 +206,6 @@ def _splits(data_config: DataConfig, schema: LabelSchema):
     ):
         schema.check_known(part.labels, f"{data_config.data} [{name}] (the teacher's classes)")
     return train, splits.get("validation"), splits.get("test")
-
-
-def _fit_student(
-    student, texts, targets, eval_texts, eval_targets, validation, schema, config, output
-):
-    """Build and train the student on packed targets; tune its multi-label thresholds."""
-    k = schema.num_classes
-
-    def gold_of(rows: np.ndarray) -> np.ndarray:
-        gold = unpack_targets(rows, k)[0]
-        return gold if schema.multi_label else gold.argmax(axis=1)
-
-    student.build_model(schema)
-    student.train_targets(
-        texts,
-        targets,
-        eval_texts,
-        eval_targets,
-        schema,
-        output,
-        packed_loss(config, schema),
-        gold_of,
-    )
-    if schema.multi_label:
-        student.schema_ = schema  # _thresholds predicts with the fitted model
-        schema.thresholds = student._thresholds(
-            student._configs()[2],
-            validation.texts if validation is not None else None,
-            validation.labels if validation is not None else None,
-            schema,
-        )
-    student.schema_ = schema
-    student.classes_ = np.array(schema.classes)
-    student.temperature_ = 1.0
-    student.trainable_params_, student.total_params_ = student._count_parameters()
 
 
 def compare_on_test(

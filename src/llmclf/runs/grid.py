@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -34,17 +33,16 @@ from pathlib import Path
 
 import yaml
 
-from llmclf.classifier import option_names, read_config
-from llmclf.config import DataConfig, build, flatten, to_dict
+from llmclf.config import DataConfig, build, field_names, flatten, runtime_names
 from llmclf.errors import LlmclfError
-from llmclf.training import CHECKPOINTS, last_complete_checkpoint
+from llmclf.methods.registry import method_class, method_classes
+from llmclf.run_folder import CELLS_FILE, GRID_REPORT, RunFolder, write_json
+from llmclf.runs.compare import compare_runs
+from llmclf.runs.train import train_run
 
 log = logging.getLogger("llmclf")
 
 GRID_KEYS = ("output", "data", "models", "seeds", "options", "methods")
-REPORT_FOLDER = "report"
-# Options that change how a cell runs, not what it learns: never part of its identity.
-_RUNTIME = {"resume", "keep_checkpoints", "device", "eval_batch_size", "dtype"}
 
 
 @dataclass
@@ -58,9 +56,10 @@ class Cell:
     folder: Path
 
     def state(self) -> str:
-        if (self.folder / "metrics.json").is_file():
+        folder = RunFolder(self.folder)
+        if folder.finished:
             return "finished"
-        checkpoint = last_complete_checkpoint(self.folder / CHECKPOINTS)
+        checkpoint = folder.last_checkpoint()
         return f"unfinished ({Path(checkpoint).name})" if checkpoint else "new"
 
 
@@ -95,14 +94,10 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _list_fields(config_classes) -> set[str]:
+def _list_fields(cls) -> set[str]:
     """Options whose value is itself a list (target_modules): an axis is a list of lists."""
-    return {
-        f.name
-        for cls in config_classes
-        for f in dataclasses.fields(cls)
-        if str(f.type).startswith("list")
-    }
+    fields = cls.config_class.option_fields().values()
+    return {f.name for f in fields if str(f.type).startswith("list")}
 
 
 def _axes(options: dict, list_fields: set[str]) -> tuple[dict, dict]:
@@ -129,8 +124,6 @@ def _slug(value) -> str:
 
 def expand(grid: dict, output: Path) -> list[Cell]:
     """Every cell of the grid, validated (unknown method or option, bad value)."""
-    from llmclf.runs import method_classes
-
     classes = method_classes()
     methods = grid["methods"]
     if isinstance(methods, list):
@@ -142,12 +135,12 @@ def expand(grid: dict, output: Path) -> list[Cell]:
             f"(this llmclf has: {', '.join(classes)})"
         )
     common = flatten(grid.get("options") or {})
-    data_names = {f.name for f in dataclasses.fields(DataConfig)}
+    data_names = field_names(DataConfig)
     data_values = {k: v for k, v in common.items() if k in data_names}
     if "data" in grid:
         data_values["data"] = grid["data"]
     common = {k: v for k, v in common.items() if k not in data_names}
-    every_option = set().union(*(option_names(classes[m].config_classes) for m in methods))
+    every_option = set().union(*(classes[m].config_class.option_names() for m in methods))
     stray = sorted(set(common) - every_option)
     if stray:
         raise LlmclfError(
@@ -167,7 +160,7 @@ def expand(grid: dict, output: Path) -> list[Cell]:
 
 
 def _method_cells(method, cls, own, common, grid, data_values, output) -> list[Cell]:
-    allowed = option_names(cls.config_classes)
+    allowed = cls.config_class.option_names()
     own = flatten(own)
     wrong = sorted(set(own) - allowed)
     if wrong:
@@ -180,11 +173,11 @@ def _method_cells(method, cls, own, common, grid, data_values, output) -> list[C
         if key in grid and option in allowed:
             options[option] = _as_list(grid[key])
     options.update(own)
-    fixed, axes = _axes(options, _list_fields(cls.config_classes))
+    fixed, axes = _axes(options, _list_fields(cls))
     cells = []
     for values in itertools.product(*axes.values()):
         chosen = {**fixed, **dict(zip(axes, values))}
-        cls(progress=False, **chosen)._configs()  # bad names and values fail now
+        cls(progress=False, **chosen).resolve_config()  # bad names and values fail now
         parts = [method]
         if "model" in chosen:
             parts.append(_slug(chosen["model"]))
@@ -203,22 +196,26 @@ def _method_cells(method, cls, own, common, grid, data_values, output) -> list[C
 
 def check_finished_cell(cell: Cell) -> None:
     """A finished cell must have been trained with the options the grid gives it now."""
-    from llmclf.runs import method_classes
-
-    stored = flatten(read_config(cell.folder))
-    expected_cls = method_classes()[cell.method]
-    expected = flatten(to_dict(*expected_cls(progress=False, **cell.options)._configs()))
+    stored = flatten(RunFolder(cell.folder).config())
+    cls = method_class(cell.method)
+    expected = cls(progress=False, **cell.options).resolve_config().as_options()
     expected.update(dataclasses.asdict(build(DataConfig, cell.data_values)))
+    runtime = runtime_names(DataConfig, cls.config_class)
     if stored.get("method") != cell.method:
         raise LlmclfError(f"{cell.folder} holds a {stored.get('method')} run, not {cell.method}")
     for key in sorted(set(cell.options) | set(cell.data_values)):
-        if key in _RUNTIME or key not in expected:
+        if key in runtime or key not in expected:
             continue
         if stored.get(key) != expected[key]:
             raise LlmclfError(
-                f"{cell.folder} was trained with {key}={stored.get(key)!r} but the grid now "
-                f"says {expected[key]!r}: delete that folder or restore the grid"
+                f"{cell.folder} was trained with {key}={_shown(stored.get(key))!r} but the grid "
+                f"now says {_shown(expected[key])!r}: delete that folder or restore the grid"
             )
+
+
+def _shown(value):
+    """2.0 as 2: a float option set to a whole number reads as the grid file wrote it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def run_grid(path: str | Path, output: str | Path | None = None, dry_run: bool = False) -> dict:
@@ -226,9 +223,6 @@ def run_grid(path: str | Path, output: str | Path | None = None, dry_run: bool =
 
     Returns {"cells": {name: state}, "report": report dict or None}.
     """
-    from llmclf.compare import compare_runs
-    from llmclf.runs import method_classes, train_run
-
     grid = read_grid(path)
     folder = Path(output or grid.get("output") or "")
     if not str(output or grid.get("output") or ""):
@@ -251,7 +245,7 @@ def run_grid(path: str | Path, output: str | Path | None = None, dry_run: bool =
             continue
         log.info("cell %d/%d %s: %s", index, len(cells), cell.name, state)
         options = dict(cell.options)
-        if "resume" in option_names(method_classes()[cell.method].config_classes):
+        if "resume" in method_class(cell.method).config_class.option_names():
             options["resume"] = cell.folder.exists()  # continue from its last checkpoint
         try:
             train_run(cell.method, options, build(DataConfig, cell.data_values), cell.folder)
@@ -261,8 +255,8 @@ def run_grid(path: str | Path, output: str | Path | None = None, dry_run: bool =
     finished = [c for c in cells if c.state() == "finished"]
     report = None
     if len(finished) >= 2:
-        report = compare_runs([c.folder for c in finished], folder / REPORT_FOLDER)
-        log.info("report: %s", folder / REPORT_FOLDER / "report.html")
+        report = compare_runs([c.folder for c in finished], folder / GRID_REPORT)
+        log.info("report: %s", folder / GRID_REPORT / "report.html")
     else:
         log.warning("fewer than two finished cells: no comparison report")
     if failed:
@@ -279,6 +273,4 @@ def _write_cells(folder: Path, cells: list[Cell]) -> None:
         {"name": c.name, "method": c.method, "options": c.options, "data": c.data_values}
         for c in cells
     ]
-    partial = folder / ".cells.json.partial"
-    partial.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    partial.replace(folder / "cells.json")
+    write_json(folder / CELLS_FILE, rows)

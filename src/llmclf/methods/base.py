@@ -1,63 +1,108 @@
-"""What every llmclf classifier shares: the scikit-learn-like surface and the run folder.
+"""What every llmclf classifier shares: the scikit-learn-like surface and saving / loading.
 
-A method (head, instruct, ...) subclasses ``ClassifierBase`` and supplies ``_fit``,
-``predict_logits``, ``_save_model``, ``_load_model`` and ``_count_parameters``; options
-are the fields of its ``config_classes``, exactly the CLI flags with underscores.
+A method (head, instruct, ...) subclasses ``ClassifierBase``, names its ``config_class``
+(a ``MethodConfig``: one field per section of options) and supplies ``_fit``, ``_logits``,
+``_save_model``, ``_load_model`` and ``_count_parameters``. Its options are the fields of
+its config's sections, exactly the CLI flags with underscores; ``fit`` and ``load``
+resolve them once into ``config_``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from llmclf import __version__
-from llmclf.calibration import (
+from llmclf._version import __version__
+from llmclf.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    TrainConfig,
+    flatten,
+    runtime_names,
+)
+from llmclf.data import Examples, is_label_list, parse_label, sample
+from llmclf.errors import LlmclfError
+from llmclf.evaluation.calibration import (
     calibration_metrics,
     fit_temperature,
     rescale_thresholds,
     to_proba,
 )
-from llmclf.config import DataConfig, TrainConfig, build, flatten, to_dict
-from llmclf.data import is_label_list, parse_label, sample
-from llmclf.errors import LlmclfError
+from llmclf.evaluation.metrics import tune_thresholds
 from llmclf.labels import LabelSchema
+from llmclf.run_folder import CONFIG_FILE, RunFolder, write_calibration, write_yaml
 
-CONFIG_FILE = "config.yaml"
-
-
-def option_names(config_classes: tuple) -> set[str]:
-    return {f.name for cls in config_classes for f in dataclasses.fields(cls)}
+log = logging.getLogger("llmclf")
 
 
-class ClassifierBase:
+class Predictor:
+    """``predict_proba`` and ``predict`` from ``predict_logits``, ``schema_`` and
+    ``temperature_``: the prediction surface of every classifier (an exported ONNX model
+    included). A single string in gives a single answer out."""
+
+    schema_: LabelSchema
+    temperature_: float
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        """Nothing to check for a predictor built from a finished folder."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """[n, n_classes] probabilities, columns in ``classes_`` order (sigmoid per class
+        for multi-label, softmax otherwise). A single string gives a single row."""
+        self._check_fitted()
+        texts = [X] if isinstance(X, str) else [str(t) for t in X]
+        proba = to_proba(self.predict_logits(texts), self.schema_.multi_label, self.temperature_)
+        return proba[0] if isinstance(X, str) else proba
+
+    def predict(self, X):
+        """Label strings (lists of them for multi-label); a single string gives one answer."""
+        proba = self.predict_proba([X] if isinstance(X, str) else X)
+        labels = self.schema_.decode(self.schema_.decide(proba))
+        return labels[0] if isinstance(X, str) else labels
+
+
+class ClassifierBase(Predictor):
     """The scikit-learn-like estimator surface shared by every method.
 
-    ``__init__`` only stores (and name-checks) options; ``fit`` returns ``self``; learned
-    state ends in ``_``; ``predict_proba`` columns follow ``classes_``.
+    ``__init__`` only stores (and name-checks) options; ``fit`` resolves them into
+    ``config_`` and returns ``self``; learned state ends in ``_``; ``predict_proba``
+    columns follow ``classes_``.
     """
 
     method: str = ""
-    config_classes: tuple = ()
+    config_class: type[MethodConfig] = MethodConfig
 
     def __init__(self, model: str | None = None, *, progress: bool = True, **options: Any):
         if model is not None:
             options["model"] = model
         if "random_state" in options:
             options["seed"] = options.pop("random_state")
-        unknown = sorted(set(options) - option_names(self.config_classes))
+        names = self.config_class.option_names()
+        unknown = sorted(set(options) - names)
         if unknown:
-            valid = ", ".join(sorted(option_names(self.config_classes)))
             raise LlmclfError(
-                f"{type(self).__name__} has no option {', '.join(unknown)} (options: {valid})"
+                f"{type(self).__name__} has no option {', '.join(unknown)} "
+                f"(options: {', '.join(sorted(names))})"
             )
         self.options = options
         self.progress = progress
+        self._config: MethodConfig | None = None
+
+    @property
+    def config_(self) -> MethodConfig:
+        """The options resolved into this method's typed config (``config_.model.max_length``):
+        resolved once, by ``fit`` / ``load`` or on first use, and again after ``set_params``."""
+        if self._config is None:
+            self._config = self.resolve_config()
+        return self._config
 
     # -- scikit-learn plumbing ---------------------------------------------------------
 
@@ -65,18 +110,27 @@ class ClassifierBase:
         return {"progress": self.progress, **self.options}
 
     def set_params(self, **params: Any) -> ClassifierBase:
-        self.__init__(**{**self.get_params(), **params})
+        self.__init__(**{**self.get_params(), **params})  # config_ is resolved anew
         return self
 
-    def _configs(self) -> tuple:
-        """The option values as this method's config dataclasses (validated)."""
-        return tuple(build(cls, self.options) for cls in self.config_classes)
+    def resolve_config(self) -> MethodConfig:
+        """The options as this method's typed config, validated: a bad name or value fails
+        here, before any data or model is loaded."""
+        return self.config_class.from_options(self.options)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "schema_"):
             raise LlmclfError(
                 f"this {type(self).__name__} is not fitted yet: call fit() or load() first"
             )
+
+    def _set_fitted(self, schema: LabelSchema, temperature: float = 1.0) -> None:
+        """The state every fitted classifier has, after its model is in place."""
+        self.schema_ = schema
+        self.classes_ = np.array(schema.classes)
+        self.temperature_ = temperature
+        self.int8_ = False
+        self.trainable_params_, self.total_params_ = self._count_parameters()
 
     # -- fit ---------------------------------------------------------------------------
 
@@ -87,9 +141,10 @@ class ClassifierBase:
         without it, ``validation_fraction`` of the training data is held out for that.
         ``output_dir`` keeps Trainer checkpoints there (``resume=True`` continues them).
         """
+        self._config = self.resolve_config()
         texts, labels, multi_label = self._texts_and_labels(X, y)
         schema = LabelSchema.from_labels(labels, multi_label)
-        train_cfg = build(TrainConfig, self.options) if TrainConfig in self.config_classes else None
+        train_cfg = getattr(self.config_, "train", None)
         if eval_set is not None:
             eval_texts, eval_labels, _ = self._texts_and_labels(*eval_set, multi_label=multi_label)
             schema.check_known(eval_labels, "the validation data")
@@ -104,11 +159,7 @@ class ClassifierBase:
             texts, labels, eval_texts, eval_labels, schema, Path(output_dir) if output_dir else None
         )
         self.fit_seconds_ = time.perf_counter() - start
-        self.int8_ = False
-        self.schema_ = schema
-        self.classes_ = np.array(schema.classes)
-        self.temperature_ = 1.0
-        self.trainable_params_, self.total_params_ = self._count_parameters()
+        self._set_fitted(schema)
         return self
 
     def _texts_and_labels(self, X, y, multi_label: bool | None = None):
@@ -132,32 +183,33 @@ class ClassifierBase:
     def _hold_out(texts, labels, multi_label, fraction, seed):
         import pandas as pd
 
-        from llmclf.data import Examples
-
         examples = Examples(texts, labels, pd.DataFrame({"i": range(len(texts))}))
         held = sample(examples, max(1, int(round(len(texts) * fraction))), seed, multi_label)
         chosen = set(held.frame["i"])
         keep = [i for i in range(len(texts)) if i not in chosen]
         return [texts[i] for i in keep], [labels[i] for i in keep], held.texts, held.labels
 
+    def _thresholds(self, threshold: str, eval_texts, eval_labels, schema) -> list[float]:
+        """Multi-label decision thresholds: the fixed ``threshold``, or tuned per label on
+        the validation texts (0.5 without them)."""
+        if threshold != "tuned":
+            return [float(threshold)] * schema.num_classes
+        if not eval_texts:
+            log.warning("no validation data: multi-label thresholds stay at 0.5")
+            return [0.5] * schema.num_classes
+        proba = to_proba(self._logits(eval_texts), multi_label=True)
+        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
+
     # -- predict -----------------------------------------------------------------------
 
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
+    def _logits(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_proba(self, X) -> np.ndarray:
-        """[n, n_classes] probabilities, columns in ``classes_`` order (sigmoid per class
-        for multi-label, softmax otherwise). A single string gives a single row."""
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw model outputs, [n, num_classes], rows in input order (``predict_proba`` is
+        their softmax, or per-class sigmoid for multi-label, at ``temperature_``)."""
         self._check_fitted()
-        texts = [X] if isinstance(X, str) else [str(t) for t in X]
-        proba = to_proba(self.predict_logits(texts), self.schema_.multi_label, self.temperature_)
-        return proba[0] if isinstance(X, str) else proba
-
-    def predict(self, X):
-        """Label strings (lists of them for multi-label); a single string gives one answer."""
-        proba = self.predict_proba([X] if isinstance(X, str) else X)
-        labels = self.schema_.decode(self.schema_.decide(proba))
-        return labels[0] if isinstance(X, str) else labels
+        return self._logits(texts)
 
     def prediction_extras(self) -> tuple[dict, dict]:
         """About the last ``predict_proba`` call: figures for metrics.json and extra
@@ -224,10 +276,12 @@ class ClassifierBase:
     # -- persistence -------------------------------------------------------------------
 
     def resolved_config(self) -> dict[str, Any]:
-        return {"method": self.method, "llmclf_version": __version__, **to_dict(*self._configs())}
+        """What config.yaml holds: the method, the version, and every section."""
+        return {"method": self.method, "llmclf_version": __version__, **self.config_.to_dict()}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model, tokenizer, label schema and resolved config to ``path``."""
+    def save(self, path: str | Path, extra_config: dict | None = None) -> Path:
+        """Write the model, tokenizer, label schema, calibration and resolved config to
+        ``path`` (``extra_config``: more sections for config.yaml, such as ``data``)."""
         self._check_fitted()
         if getattr(self, "int8_", False):
             raise LlmclfError(
@@ -239,42 +293,29 @@ class ClassifierBase:
         self._save_model(folder)
         self.schema_.save(folder)
         calibration = {**getattr(self, "calibration_", {}), "temperature": self.temperature_}
-        (folder / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
-        (folder / CONFIG_FILE).write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
+        write_calibration(folder, calibration)
+        write_yaml(folder / CONFIG_FILE, {**self.resolved_config(), **(extra_config or {})})
         return folder
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any):
         """A fitted classifier from a folder written by ``save`` (or ``llmclf train``).
 
-        ``overrides`` change runtime options such as ``device`` or ``eval_batch_size``.
+        ``overrides`` change options such as ``device`` or ``eval_batch_size``; runtime
+        options this method does not have (``device`` for tfidf) are ignored.
         """
-        folder = Path(path)
-        config = read_config(folder)
-        names = option_names(cls.config_classes)
-        options = {k: v for k, v in flatten(config).items() if k in names}
-        clf = cls(**{**options, **overrides})
-        clf.schema_ = LabelSchema.load(folder)
-        clf.classes_ = np.array(clf.schema_.classes)
-        calibration = folder / "calibration.json"
-        stored = json.loads(calibration.read_text()) if calibration.is_file() else {}
-        clf.temperature_ = float(stored.get("temperature", 1.0))
-        if "fitted_on" in stored:  # written by calibrate()
-            clf.calibration_ = stored
-        clf._load_model(folder)
-        clf.trainable_params_, clf.total_params_ = clf._count_parameters()
+        folder = RunFolder(path)
+        names = cls.config_class.option_names()
+        stored = {k: v for k, v in flatten(folder.config()).items() if k in names}
+        ignored = runtime_names(DataConfig, ModelConfig, TrainConfig) - names
+        kept = {k: v for k, v in overrides.items() if k not in ignored}
+        clf = cls(**{**stored, **kept})
+        clf._config = clf.resolve_config()
+        schema = LabelSchema.load(folder.path)
+        clf.schema_ = schema  # the model loader reads the classes
+        calibration = folder.calibration()
+        if "fitted_on" in calibration:  # written by calibrate()
+            clf.calibration_ = calibration
+        clf._load_model(folder.path)
+        clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
         return clf
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise LlmclfError(f"{folder} does not exist")
-    if not path.is_file():
-        raise LlmclfError(f"{folder} holds no {CONFIG_FILE}: it is not a finished llmclf run")
-    return yaml.safe_load(path.read_text())
-
-
-def data_config_of(folder: Path) -> DataConfig:
-    """The data options a run was trained with (columns, separator), for evaluate / predict."""
-    return build(DataConfig, flatten(read_config(folder).get("data", {})))

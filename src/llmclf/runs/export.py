@@ -25,14 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from llmclf.calibration import to_proba
 from llmclf.errors import LlmclfError
-from llmclf.labels import LabelSchema
+from llmclf.evaluation.calibration import to_proba
+from llmclf.methods.encoder import EncoderClassifier
+from llmclf.methods.onnx import OnnxClassifier
+from llmclf.run_folder import (
+    EXPORT_INFO,
+    ONNX_FILE,
+    ONNX_FOLDER,
+    TEST_PREDICTIONS,
+    atomic_path,
+    write_calibration,
+    write_json,
+)
+from llmclf.runs.evaluate import load_classifier
 
 log = logging.getLogger("llmclf")
-
-ONNX_FILE = "model.onnx"
-EXPORT_INFO = "llmclf_export.json"
 PARITY_ATOL = 1e-3  # largest |logit difference| accepted between ONNX Runtime and PyTorch
 FALLBACK_TEXTS = [
     "Shares fell sharply after the bank missed its profit forecast.",
@@ -62,11 +70,8 @@ def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 
         True
     """
     _require_onnx()
-    from llmclf.encoder import EncoderClassifier
-    from llmclf.runs import load_classifier
-
     run = Path(run)
-    target = Path(output) if output else run / "onnx"
+    target = Path(output) if output else run / ONNX_FOLDER
     if target.exists() and any(target.iterdir()):
         raise LlmclfError(f"{target} already exists: delete it or choose another --output")
     clf = load_classifier(run, progress=False, device="cpu", dtype="float32")
@@ -75,33 +80,26 @@ def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 
             f"{run} is a {clf.method} run: ONNX export is for encoder runs; distill it into "
             "one first (llmclf distill RUN --student minilm-l6 ...)"
         )
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    if target.exists():
+        target.rmdir()  # empty, checked above
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:  # the whole folder appears at once, checked
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
+        partial.mkdir()
         _export_graph(clf, partial / ONNX_FILE, opset)
         clf.tokenizer_.save_pretrained(partial)
         clf.model_.config.save_pretrained(partial)
         clf.schema_.save(partial)
-        (partial / "calibration.json").write_text(
-            json.dumps({"temperature": clf.temperature_}) + "\n"
-        )
-        max_length = clf._configs()[0].max_length
+        write_calibration(partial, {"temperature": clf.temperature_})
         info = {
             "format": "onnx",
             "opset": opset,
-            "max_length": max_length,
+            "max_length": clf.config_.model.max_length,
             "source_run": str(run.resolve()),
         }
-        (partial / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        write_json(partial / EXPORT_INFO, info)
         info["parity"] = check_parity(clf, OnnxClassifier(partial), _check_texts(run))
-        (partial / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if target.exists():
-        target.rmdir()  # empty, checked above
-    partial.replace(target)
+        write_json(partial / EXPORT_INFO, info)
     info["folder"] = str(target)
     return info
 
@@ -142,7 +140,7 @@ def _export_graph(clf, path: Path, opset: int) -> None:
 
 def _check_texts(run: Path, limit: int = 64) -> list[str]:
     """Texts to compare the two runtimes on: the run's test texts, else a fixed few."""
-    predictions = run / "test_predictions.jsonl"
+    predictions = run / TEST_PREDICTIONS
     texts = []
     if predictions.is_file():
         with open(predictions, encoding="utf-8") as handle:
@@ -171,67 +169,3 @@ def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
             f"same predictions: {same}): not exported"
         )
     return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
-
-
-class OnnxClassifier:
-    """An exported encoder served by ONNX Runtime: the same ``predict`` / ``predict_proba``
-    as llmclf's classifiers, without torch.
-
-    Example:
-        >>> clf = OnnxClassifier("runs/student/onnx")  # doctest: +SKIP
-        >>> clf.predict("The striker scored twice")  # doctest: +SKIP
-        'sport'
-    """
-
-    def __init__(self, folder: str | Path, batch_size: int = 16, threads: int | None = None):
-        import onnxruntime
-        from transformers import AutoTokenizer
-
-        folder = Path(folder)
-        if not (folder / ONNX_FILE).is_file():
-            raise LlmclfError(f"{folder} holds no {ONNX_FILE}: export a run with llmclf export")
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session_ = onnxruntime.InferenceSession(
-            str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_names_ = [i.name for i in self.session_.get_inputs()]
-        self.tokenizer_ = AutoTokenizer.from_pretrained(folder)
-        self.schema_ = LabelSchema.load(folder)
-        self.classes_ = np.array(self.schema_.classes)
-        self.temperature_ = json.loads((folder / "calibration.json").read_text())["temperature"]
-        self.max_length_ = json.loads((folder / EXPORT_INFO).read_text())["max_length"]
-        self.batch_size = batch_size
-
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
-        """[n, num_classes] logits, rows in input order (batches of similar length)."""
-        ids = self.tokenizer_(list(texts), truncation=True, max_length=self.max_length_)[
-            "input_ids"
-        ]
-        pad = self.tokenizer_.pad_token_id
-        out = np.zeros((len(ids), self.schema_.num_classes), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in rows)
-            input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                input_ids[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1
-            feed = {"input_ids": input_ids, "attention_mask": mask}
-            out[rows] = self.session_.run(["logits"], {k: feed[k] for k in self.input_names_})[0]
-        return out
-
-    def predict_proba(self, X):
-        """[n, n_classes] probabilities in ``classes_`` order; one string gives one row."""
-        texts = [X] if isinstance(X, str) else list(X)
-        proba = to_proba(self.predict_logits(texts), self.schema_.multi_label, self.temperature_)
-        return proba[0] if isinstance(X, str) else proba
-
-    def predict(self, X):
-        """Label strings (lists of them for multi-label); one string gives one answer."""
-        proba = self.predict_proba([X] if isinstance(X, str) else X)
-        labels = self.schema_.decode(self.schema_.decide(proba))
-        return labels[0] if isinstance(X, str) else labels

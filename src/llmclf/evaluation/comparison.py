@@ -1,48 +1,40 @@
-"""Compare finished runs on one test set: the numbers behind ``llmclf compare``.
+"""Compare runs' predictions on one test set: the numbers behind ``llmclf compare``.
 
-Each run contributes its test predictions, either the ones stored when it was trained
-(``test_predictions.jsonl``; every run must then have seen the same test set, checked by
-content hash) or fresh ones on a data set given now. ``build_report`` turns them into
-one dict: a row per run (quality, calibration before / after temperature scaling, cost)
-and, for every pair, McNemar's test and paired-bootstrap intervals of delta F1.
-``report.py`` renders that dict; ``report.json`` is that dict.
+Each run is a ``RunEvaluation`` (its test predictions as arrays); ``build_report`` turns
+them into one dict: a row per run (quality, calibration before / after temperature
+scaling, cost) and, for every pair, McNemar's test and paired-bootstrap intervals of
+delta F1. ``report.py`` renders that dict; ``report.json`` is that dict. Nothing here
+reads a folder (``runs/compare.py`` does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
-import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from llmclf import __version__
-from llmclf.calibration import calibration_metrics, forecasts, reliability_bins, rescale_proba
-from llmclf.classifier import data_config_of, read_config
-from llmclf.config import DataConfig, build, flatten
-from llmclf.data import content_hash
+from llmclf._version import __version__
 from llmclf.errors import LlmclfError
+from llmclf.evaluation.calibration import (
+    calibration_metrics,
+    forecasts,
+    reliability_bins,
+    rescale_proba,
+)
+from llmclf.evaluation.metrics import classification_metrics
+from llmclf.evaluation.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    holm,
+    mcnemar_test,
+    paired_bootstrap,
+)
 from llmclf.labels import LabelSchema
-from llmclf.metrics import classification_metrics
-from llmclf.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, mcnemar_test, paired_bootstrap
-
-log = logging.getLogger("llmclf")
-
-# Config keys that say nothing about the model (left out of the "setting" column).
-_NOT_SETTINGS = {
-    "llmclf_version",
-    "resume",
-    "keep_checkpoints",
-    "device",
-    "eval_batch_size",
-    "validation_fraction",
-    "empty_text",
-}
 
 
 @dataclass
@@ -71,127 +63,6 @@ class RunEvaluation:
         return self.truth == self.predicted
 
 
-# ---------------------------------------------------------------------------------------
-# Reading runs
-# ---------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise LlmclfError(f"{path.parent} holds no {path.name}: is it a finished llmclf run?")
-    return json.loads(path.read_text())
-
-
-def stored_temperature(folder: Path) -> float:
-    path = folder / "calibration.json"
-    return float(json.loads(path.read_text()).get("temperature", 1.0)) if path.is_file() else 1.0
-
-
-def from_frame(
-    name: str,
-    folder: Path,
-    frame: pd.DataFrame,
-    metrics: dict,
-    run_metrics: dict,
-    source: str,
-) -> RunEvaluation:
-    """A prediction table (text, label, prediction, proba_<class>...) as arrays."""
-    schema = LabelSchema.load(folder)
-    columns = [f"proba_{c}" for c in schema.classes]
-    missing = [c for c in ["text", "label", "prediction", *columns] if c not in frame.columns]
-    if missing:
-        raise LlmclfError(f"{name}: its predictions lack the columns {', '.join(missing)}")
-    labels = [_split(v, schema) for v in frame["label"]]
-    predictions = [_split(v, schema) for v in frame["prediction"]]
-    unknown = {x for row in labels for x in (row if schema.multi_label else [row])} - set(
-        schema.classes
-    )
-    if unknown:
-        raise LlmclfError(f"{name}: the test labels {sorted(unknown)} are not classes of the run")
-    texts = [str(t) for t in frame["text"]]
-    return RunEvaluation(
-        name=name,
-        folder=folder,
-        schema=schema,
-        truth=schema.encode(labels).astype(np.int64),
-        predicted=_encode_predictions(predictions, schema),
-        proba=frame[columns].to_numpy(dtype=np.float64),
-        proba_temperature=float(metrics.get("temperature", 1.0)),
-        temperature=stored_temperature(folder),
-        test_hash=metrics.get("test_set_hash") or content_hash(texts, labels),
-        run_metrics=run_metrics,
-        config=flatten(read_config(folder)),
-        eval_examples_per_s=metrics.get("eval_examples_per_s"),
-        source=source,
-    )
-
-
-def _encode_predictions(predictions: list, schema: LabelSchema) -> np.ndarray:
-    """As ``schema.encode``; an unparsed generated answer (an empty single-label
-    prediction) is -1: wrong for every example, a false negative of its true class."""
-    if schema.multi_label:
-        return schema.encode(predictions).astype(np.int64)
-    index = {c: i for i, c in enumerate(schema.classes)}
-    return np.array([index.get(p, -1) if p else -1 for p in predictions], dtype=np.int64)
-
-
-def _split(value, schema: LabelSchema):
-    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-    if not schema.multi_label:
-        return text
-    return sorted(p for p in text.split(schema.label_sep) if p)
-
-
-def stored_evaluation(folder: Path, name: str) -> RunEvaluation:
-    """The test predictions a run stored when it was trained."""
-    metrics = read_json(folder / "metrics.json")
-    path = folder / "test_predictions.jsonl"
-    if not path.is_file():
-        raise LlmclfError(
-            f"{folder} has no test_predictions.jsonl (its data had no test split): "
-            "pass --data to evaluate every run on one data set"
-        )
-    frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-    return from_frame(name, folder, frame, metrics, metrics, "stored test predictions")
-
-
-def fresh_evaluation(
-    folder: Path, name: str, config: DataConfig, runtime: dict, output: Path | None
-) -> RunEvaluation:
-    """Evaluate a run now on the test split of ``config``; its predictions and metrics are
-    kept under ``output`` if given."""
-    from llmclf.runs import (
-        evaluate_examples,
-        evaluation_split,
-        load_classifier,
-        write_json,
-        write_predictions,
-    )
-
-    run_metrics = read_json(folder / "metrics.json")
-    classifier = load_classifier(folder, **runtime)
-    examples = evaluation_split(config, "test", classifier.schema_.multi_label)
-    log.info("%s: evaluating on %s [test] (%d examples)", name, config.data, len(examples))
-    metrics, frame = evaluate_examples(classifier, examples, f"{config.data} [test]")
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        write_predictions(frame, output / "predictions.jsonl")
-        write_json(output / "metrics.json", {**metrics, "data": config.data, "split": "test"})
-    return from_frame(name, folder, frame, metrics, run_metrics, f"evaluated on {config.data}")
-
-
-def run_names(folders: list[Path]) -> list[str]:
-    """Folder names, made unique with their parents' names where two runs share one."""
-    names = [f.name for f in folders]
-    depth = 1
-    while len(set(names)) < len(names) and depth < 6:
-        depth += 1
-        names = ["/".join(f.parts[-depth:]) for f in folders]
-    if len(set(names)) < len(names):
-        raise LlmclfError("the same run is listed twice: give each run once")
-    return names
-
-
 def check_same_test_set(evaluations: list[RunEvaluation]) -> None:
     """Refuse runs whose test sets (by content) or label sets differ."""
     first = evaluations[0]
@@ -210,11 +81,6 @@ def check_same_test_set(evaluations: list[RunEvaluation]) -> None:
                 f"{first.name} is {'multi' if first.schema.multi_label else 'single'}-label and "
                 f"{other.name} is not: they cannot be compared"
             )
-
-
-# ---------------------------------------------------------------------------------------
-# The report's numbers
-# ---------------------------------------------------------------------------------------
 
 
 def run_row(evaluation: RunEvaluation, settings: dict) -> dict:
@@ -263,10 +129,11 @@ def calibration_before_after(
     return out
 
 
-def differing_settings(evaluations: list[RunEvaluation]) -> list[dict]:
+def differing_settings(evaluations: list[RunEvaluation], ignore: Iterable[str] = ()) -> list[dict]:
     """Per run, its config values that are not the same in every run (method, model,
-    pooling, seed, ...): what tells the runs apart."""
-    keys = sorted({k for e in evaluations for k in e.config} - _NOT_SETTINGS)
+    pooling, seed, ...): what tells the runs apart. ``ignore``: options that say how a
+    run executed, not what it is."""
+    keys = sorted({k for e in evaluations for k in e.config} - set(ignore))
     varying = [
         k
         for k in keys
@@ -335,8 +202,10 @@ def build_report(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
+    ignore_settings: Iterable[str] = (),
 ) -> dict:
-    """The whole comparison as one JSON-ready dict (``report.json``)."""
+    """The whole comparison as one JSON-ready dict (``report.json``); ``ignore_settings``
+    are config keys never shown as what tells runs apart."""
     if len(evaluations) < 2:
         raise LlmclfError("compare needs at least two runs")
     check_same_test_set(evaluations)
@@ -344,7 +213,7 @@ def build_report(
     multi_label = first.schema.multi_label
     primary = "micro_f1" if multi_label else "macro_f1"
     alpha = 1 - confidence
-    settings = differing_settings(evaluations)
+    settings = differing_settings(evaluations, ignore_settings)
     runs = [run_row(e, s) for e, s in zip(evaluations, settings)]
     pairs = [
         compare_pair(a, b, resamples, seed, confidence)
@@ -397,50 +266,3 @@ def confusion(evaluation: RunEvaluation) -> list[list[int]]:
     parsed = predicted >= 0  # unparsed answers are in no column
     np.add.at(matrix, (truth[parsed], predicted[parsed]), 1)
     return matrix.tolist()
-
-
-def compare_runs(
-    runs: list[str | Path],
-    output: str | Path,
-    data_values: dict | None = None,
-    runtime: dict | None = None,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    confidence: float = 0.95,
-) -> dict:
-    """Compare finished runs and write the report to ``output``; returns the report dict.
-
-    Without ``data_values`` the runs' stored test predictions are used (their test sets
-    must be the same); with them (at least ``data``), every run is evaluated on the test
-    split of that data set (read with the first run's column options unless given) first,
-    its predictions kept in ``output/evaluations/NAME``.
-
-    Example:
-        >>> compare_runs(["runs/last", "runs/mean"], "reports/pooling")  # doctest: +SKIP
-    """
-    from llmclf.report import check_report_folder, write_report
-
-    folders = [Path(r) for r in runs]
-    if len(folders) < 2:
-        raise LlmclfError("compare needs at least two runs")
-    for folder in folders:
-        if not (folder / "metrics.json").is_file():
-            raise LlmclfError(f"{folder} is not a finished llmclf run (it has no metrics.json)")
-    output = Path(output)
-    check_report_folder(output)
-    names = run_names(folders)
-    if data_values:
-        # One test set for all: the first run's data options, overridden by the ones given.
-        stored = dataclasses.asdict(data_config_of(folders[0]))
-        config = build(DataConfig, {**stored, **data_values})
-        evaluations = [
-            fresh_evaluation(
-                f, n, config, runtime or {}, output / "evaluations" / n.replace("/", "__")
-            )
-            for f, n in zip(folders, names)
-        ]
-    else:
-        evaluations = [stored_evaluation(f, n) for f, n in zip(folders, names)]
-    report = build_report(evaluations, resamples, seed, confidence)
-    write_report(report, output)
-    return report

@@ -10,22 +10,31 @@ used; ``docs/instruct.md`` explains the scheme.
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llmclf import backbone
+import llmclf.backbone as backbone
 from llmclf.batching import pad_batch, run_batches
-from llmclf.calibration import to_proba
-from llmclf.classifier import ClassifierBase
-from llmclf.config import AdapterConfig, InstructConfig, ModelConfig, TrainConfig
+from llmclf.config import (
+    POSITIVE,
+    AdapterConfig,
+    MethodConfig,
+    ModelConfig,
+    TrainConfig,
+    option,
+    section,
+    threshold_option,
+    validate,
+)
 from llmclf.errors import LlmclfError
-from llmclf.label_scoring import (
+from llmclf.labels import LabelSchema
+from llmclf.methods.base import ClassifierBase
+from llmclf.methods.instruct.prompts import PromptFormat, chat_template_for, read_template
+from llmclf.methods.instruct.scoring import (
     SharedPrefix,
     common_prefix_length,
     encode_prefix,
@@ -35,24 +44,98 @@ from llmclf.label_scoring import (
     shared_prefix,
     takes_custom_masks,
 )
-from llmclf.labels import LabelSchema
-from llmclf.metrics import selection_metric, tune_thresholds
+from llmclf.methods.instruct.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
 from llmclf.pooling import position_ids
-from llmclf.prompts import PromptFormat, chat_template_for, read_template
-from llmclf.training import (
-    checkpoint_to_resume,
-    metrics_function,
-    run_trainer,
-    training_arguments,
-)
-from llmclf.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
+from llmclf.run_folder import ADAPTER_CONFIG, INSTRUCT_STATE, read_json, write_json
+from llmclf.training import train_model
 
 log = logging.getLogger("llmclf")
 
-STATE_FILE = "instruct.json"
 IGNORE_INDEX = -100  # label of prompt and padding tokens: no loss
 # A membership probability of exactly 0 or 1 has no finite logit.
 _PROBABILITY_FLOOR = 1e-6
+
+
+# ---------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class InstructConfig:
+    """Approach 2: the model answers a prompt with the label words (see docs/instruct.md)."""
+
+    prompt_template: str | None = option(
+        None,
+        "a text file holding the prompt, with {text} (the text) and {labels} (the allowed "
+        "answers) fields; default: a built-in instruction",
+    )
+    chat_template: str = option(
+        "auto",
+        "wrap the prompt in the tokenizer's chat template: auto = when it has one; "
+        "off = llmclf's plain 'prompt / Answer: label' format",
+        choices=("auto", "on", "off"),
+    )
+    verbalizer: str = option(
+        "names",
+        "the words each label is answered with: names (the label strings), letters (A, B, ...), "
+        "numbers (1, 2, ...), or a JSON / YAML file mapping each label to its words",
+    )
+    predict_mode: str = option(
+        "score",
+        "score = log-likelihood of every label's answer, one prompt pass, with probabilities; "
+        "generate = greedy decoding, then parsing the answer (the paper's way)",
+        choices=("score", "generate"),
+        predict_time=True,
+    )
+    score_normalization: str = option(
+        "sum",
+        "score mode: sum = log-probability of the whole answer (softmax = the model's "
+        "probability restricted to the labels); mean = per-token average (no length bias)",
+        choices=("sum", "mean"),
+        predict_time=True,
+    )
+    max_new_tokens: int | None = option(
+        None,
+        "generate mode: answer length limit in tokens (none: the longest answer + 16)",
+        bound=POSITIVE,
+        predict_time=True,
+    )
+    share_prompt_prefix: bool = option(
+        True,
+        "run the tokens every prompt starts with (system turn, instructions, label list) once "
+        "per training batch and once per scoring call instead of once per text; the same "
+        "numbers, less compute",
+        predict_time=True,
+    )
+    multi_label_beam: int = option(
+        8,
+        "multi-label score mode: per-label probabilities come from this many most probable "
+        "label sets (a beam search over the answer)",
+        bound=POSITIVE,
+        predict_time=True,
+    )
+    threshold: str = threshold_option()
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class InstructClassifierConfig(MethodConfig):
+    """Every option of ``InstructClassifier``, by section (the sections of config.yaml)."""
+
+    model: ModelConfig = section(ModelConfig)
+    adapter: AdapterConfig = section(AdapterConfig)
+    train: TrainConfig = section(TrainConfig)
+    instruct: InstructConfig = section(InstructConfig)
+
+    def __post_init__(self) -> None:
+        if self.adapter.lora == "none":
+            raise LlmclfError(
+                "--lora none (frozen features, head only) is for --method head: the instruct "
+                "approach learns through its LoRA adapters"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,7 +283,7 @@ class InstructClassifier(ClassifierBase):
     """
 
     method = "instruct"
-    config_classes = (ModelConfig, AdapterConfig, TrainConfig, InstructConfig)
+    config_class = InstructClassifierConfig
 
     # -- setting up prompts and model --------------------------------------------------
 
@@ -215,7 +298,7 @@ class InstructClassifier(ClassifierBase):
         """Prompt format and answer budget for ``schema``'s classes. ``answer_length`` is
         the longest answer the prompts leave room for; None: the longest of the training
         label ``sets``, or of all labels together when there are none (zero-shot)."""
-        model_cfg = self._configs()[0]
+        model_cfg = self.config_.model
         self.multi_label_ = schema.multi_label
         self.verbalizer_ = verbalizer
         self.format_ = PromptFormat(
@@ -239,7 +322,7 @@ class InstructClassifier(ClassifierBase):
     def _new_format(self, schema: LabelSchema, sets: list[tuple[int, ...]] | None = None) -> None:
         """Tokenizer, chat template, verbalizer and template from the options; warns when
         two answers could be confused."""
-        model_cfg, instruct_cfg = self._configs()[0], self._configs()[3]
+        model_cfg, instruct_cfg = self.config_.model, self.config_.instruct
         self.tokenizer_ = backbone.load_tokenizer(backbone.model_source(model_cfg.model), "left")
         self.tokenizer_.chat_template = chat_template_for(
             self.tokenizer_, instruct_cfg.chat_template
@@ -260,7 +343,7 @@ class InstructClassifier(ClassifierBase):
     def _load_base(self):
         from transformers import AutoModelForCausalLM
 
-        model_cfg = self._configs()[0]
+        model_cfg = self.config_.model
         # 4-bit: an explicit skip list replaces bitsandbytes' default, so name the output
         # layer; unquantized, leave it (and the embedding tied to it) in the compute dtype.
         keep = ["lm_head"] if model_cfg.quantize == "4bit" else []
@@ -273,51 +356,43 @@ class InstructClassifier(ClassifierBase):
     def _fit(
         self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
     ):
-        model_cfg, adapter_cfg, train_cfg, instruct_cfg = self._configs()
-        if adapter_cfg.lora == "none":
-            raise LlmclfError(
-                "--lora none (frozen features, head only) is for --method head: the instruct "
-                "approach learns through its LoRA adapters"
-            )
-        resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
-        torch.manual_seed(train_cfg.seed)
+        config = self.config_
+        torch.manual_seed(config.train.seed)
         sets = label_sets(schema, labels)
         self._new_format(schema, sets)
-        self.model_ = backbone.add_lora(self._load_base(), adapter_cfg, "CAUSAL_LM")
+        self.model_ = backbone.add_lora(self._load_base(), config.adapter, "CAUSAL_LM")
 
         train_set = self._answer_dataset(texts, sets)
         eval_set = (
             self._prompt_dataset(eval_texts, schema.encode(eval_labels)) if eval_texts else None
         )
-        metric = selection_metric(schema.multi_label) if eval_set is not None else None
-        with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
-            folder = (output_dir or Path(scratch)) / "checkpoints"
-            args = training_arguments(
-                train_cfg, folder, self.device_, self.dtype_, metric, progress=self.progress
-            )
-            self.train_result_ = run_trainer(
-                self.model_,
-                train_set,
-                eval_set,
-                InstructCollator(
-                    self.tokenizer_.pad_token_id,
-                    schema.multi_label,
-                    share_prefix=instruct_cfg.share_prompt_prefix,
-                ),
-                forward=self._trainer_forward,
-                loss=self._trainer_loss,
-                compute_metrics=metrics_function(schema),
-                config=train_cfg,
-                args=args,
-                resume_from=resume_from,
-                progress=self.progress,
-            )
+        collator = InstructCollator(
+            self.tokenizer_.pad_token_id,
+            schema.multi_label,
+            share_prefix=config.instruct.share_prompt_prefix,
+        )
+        self.train_result_ = train_model(
+            self.model_,
+            train_set,
+            eval_set,
+            collator,
+            forward=self._trainer_forward,
+            loss=self._trainer_loss,
+            schema=schema,
+            config=config.train,
+            output_dir=output_dir,
+            device=self.device_,
+            dtype=self.dtype_,
+            progress=self.progress,
+        )
         self.model_.eval()
         if schema.multi_label:
-            schema.thresholds = self._thresholds(instruct_cfg, eval_texts, eval_labels, schema)
+            schema.thresholds = self._thresholds(
+                config.instruct.threshold, eval_texts, eval_labels, schema
+            )
 
     def _prompt_budget(self) -> int:
-        return self._configs()[0].max_length - self.answer_length_
+        return self.config_.model.max_length - self.answer_length_
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         budget = self._prompt_budget()
@@ -374,15 +449,6 @@ class InstructClassifier(ClassifierBase):
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         return torch.nn.functional.cross_entropy(logits, labels)
 
-    def _thresholds(self, instruct_cfg, eval_texts, eval_labels, schema) -> list[float]:
-        if instruct_cfg.threshold != "tuned":
-            return [float(instruct_cfg.threshold)] * schema.num_classes
-        if not eval_texts:
-            log.warning("no validation data: multi-label thresholds stay at 0.5")
-            return [0.5] * schema.num_classes
-        proba = to_proba(self._logits(eval_texts), multi_label=True)
-        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
-
     # -- zero-shot ---------------------------------------------------------------------
 
     def zero_shot(self, classes: list[str], multi_label: bool = False) -> InstructClassifier:
@@ -396,20 +462,18 @@ class InstructClassifier(ClassifierBase):
             >>> clf.zero_shot(["business", "sport"]).predict("Shares fell.")  # doctest: +SKIP
             'business'
         """
+        self._config = self.resolve_config()
         names = [[c] for c in classes] if multi_label else list(classes)
         schema = LabelSchema.from_labels(names, multi_label)
         self._new_format(schema)
         self.model_ = self._load_base().requires_grad_(False).eval()
         if multi_label:
-            threshold = self._configs()[3].threshold
+            threshold = self.config_.instruct.threshold
             schema.thresholds = [0.5 if threshold == "tuned" else float(threshold)] * len(
                 schema.classes
             )
-        self.schema_ = schema
-        self.classes_ = np.array(schema.classes)
-        self.temperature_ = 1.0
         self.fit_seconds_ = 0.0
-        self.trainable_params_, self.total_params_ = self._count_parameters()
+        self._set_fitted(schema)
         return self
 
     # -- inference ---------------------------------------------------------------------
@@ -420,7 +484,7 @@ class InstructClassifier(ClassifierBase):
         """[batch, classes]: label scores (single-label) or the logit of each label's
         membership probability (multi-label), so ``to_proba`` gives the probabilities.
         ``prefix``: the batch holds the prompts after this shared, already-run prefix."""
-        instruct_cfg = self._configs()[3]
+        instruct_cfg = self.config_.instruct
         pieces = self.format_.pieces
         if not self.multi_label_:
             return score_labels(model, batch, pieces, instruct_cfg.score_normalization, prefix)
@@ -431,7 +495,7 @@ class InstructClassifier(ClassifierBase):
         """Score mode: [n, num_classes] label scores (log-likelihoods; multi-label: logits
         of the label probabilities), rows in input order."""
         self._check_fitted()
-        if self._configs()[3].predict_mode != "score":
+        if self.config_.instruct.predict_mode != "score":
             raise LlmclfError(
                 "predict_logits needs predict_mode='score': generated answers have no scores"
             )
@@ -443,7 +507,7 @@ class InstructClassifier(ClassifierBase):
         self.model_.eval()
         prompts = self._encode(texts)
         prefix = None
-        if self._configs()[3].share_prompt_prefix:
+        if self.config_.instruct.share_prompt_prefix:
             with torch.inference_mode():
                 longest = max((len(p) for p in prompts), default=0)
                 keys = longest + self.answer_length_
@@ -454,7 +518,7 @@ class InstructClassifier(ClassifierBase):
             prompts,
             lambda batch: self._label_logits(self.model_, batch, prefix),
             self.tokenizer_.pad_token_id,
-            self._configs()[2].eval_batch_size,
+            self.config_.train.eval_batch_size,
             self.device_,
             progress=self.progress,
             padding_side="left",
@@ -468,7 +532,7 @@ class InstructClassifier(ClassifierBase):
         row of zeros is an answer naming no label, which ``predict`` returns as None and
         metrics count as wrong.
         """
-        if self._configs()[3].predict_mode == "score":
+        if self.config_.instruct.predict_mode == "score":
             self._last_prediction = ({"predict_mode": "score"}, {})
             return super().predict_proba(X)
         self._check_fitted()
@@ -479,7 +543,7 @@ class InstructClassifier(ClassifierBase):
     def generate_answers(self, texts: list[str]) -> list[str]:
         """The model's greedy answer to each text's prompt, as text."""
         self._check_fitted()
-        instruct_cfg = self._configs()[3]
+        instruct_cfg = self.config_.instruct
         new_tokens = instruct_cfg.max_new_tokens or self.answer_length_ + 16
         stops = sorted({self.format_.pieces.end[0], self.tokenizer_.eos_token_id} - {None})
         pad_id = self.tokenizer_.pad_token_id
@@ -488,7 +552,7 @@ class InstructClassifier(ClassifierBase):
             self._encode(texts),
             lambda batch: greedy_answers(self.model_, batch, new_tokens, stops, pad_id),
             pad_id,
-            self._configs()[2].eval_batch_size,
+            self.config_.train.eval_batch_size,
             self.device_,
             progress=self.progress,
             description="generate",
@@ -557,14 +621,13 @@ class InstructClassifier(ClassifierBase):
             "answers": dict(zip(self.verbalizer_.classes, self.verbalizer_.words)),
             "answer_length": self.answer_length_,
         }
-        (folder / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+        write_json(folder / INSTRUCT_STATE, state)
 
     def _load_model(self, folder: Path) -> None:
-
-        path = folder / STATE_FILE
+        path = folder / INSTRUCT_STATE
         if not path.is_file():
-            raise LlmclfError(f"{folder} holds no {STATE_FILE}: it is not an instruct run")
-        state = json.loads(path.read_text())
+            raise LlmclfError(f"{folder} holds no {INSTRUCT_STATE}: it is not an instruct run")
+        state = read_json(path, "instruct run's prompt state")
         self.tokenizer_ = backbone.load_tokenizer(str(folder), "left")
         classes = self.schema_.classes
         verbalizer = Verbalizer(
@@ -572,7 +635,7 @@ class InstructClassifier(ClassifierBase):
         )
         self._prepare(self.schema_, state["template"], verbalizer, state["answer_length"])
         base = self._load_base()
-        if (folder / "adapter_config.json").is_file():
+        if (folder / ADAPTER_CONFIG).is_file():
             self.model_ = backbone.load_adapter_for_inference(base, str(folder))
         else:  # a zero-shot run: the untrained model
             self.model_ = base.requires_grad_(False)

@@ -10,8 +10,6 @@ loads it without llmclf. The same class is the student of ``llmclf distill``.
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,32 +17,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmclf import backbone
-from llmclf.batching import pad_batch, run_batches
-from llmclf.calibration import to_proba
+import llmclf.backbone as backbone
+from llmclf.batching import pad_batch, run_batches, truncated_ids
 from llmclf.catalog import MODELS
-from llmclf.classifier import ClassifierBase
 from llmclf.config import (
+    POSITIVE,
+    MethodConfig,
     ModelConfig,
     TrainConfig,
-    _check_choices,
-    _check_positive,
-    build,
-    check_threshold,
+    class_weights_option,
     option,
+    section,
+    threshold_option,
+    validate,
 )
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.losses import balanced_weights, loss_function
-from llmclf.metrics import selection_metric, tune_thresholds
-from llmclf.training import (
-    checkpoint_to_resume,
-    metrics_function,
-    run_trainer,
-    training_arguments,
-)
-
-log = logging.getLogger("llmclf")
+from llmclf.methods.base import ClassifierBase
+from llmclf.training import head_and_body_optimizer, token_dataset, train_model
 
 # Defaults for options the user did not set: the shared TrainConfig defaults are tuned for
 # LoRA on a causal LM (lr 1e-3), far too high for updating every weight of an encoder.
@@ -65,25 +56,42 @@ HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.")
 class EncoderConfig:
     """Encoder baseline: how labels are decided."""
 
-    class_weights: str = option(
-        "none",
-        "balanced = weight the loss by inverse class frequency",
-        choices=("none", "balanced"),
-    )
-    threshold: str = option(
-        "tuned",
-        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
-    )
+    class_weights: str = class_weights_option()
+    threshold: str = threshold_option()
     encoder_layers: int | None = option(
         None,
         "keep only the first N transformer layers of the encoder: a smaller, faster model "
         "(a common distillation student); none = all",
+        bound=POSITIVE,
     )
 
     def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(self, "encoder_layers")
-        check_threshold(self.threshold)
+        validate(self)
+
+
+@dataclass
+class EncoderClassifierConfig(MethodConfig):
+    """Every option of ``EncoderClassifier``; unset ones take ``ENCODER_DEFAULTS``."""
+
+    defaults = ENCODER_DEFAULTS
+
+    model: ModelConfig = section(ModelConfig)
+    train: TrainConfig = section(TrainConfig)
+    encoder: EncoderConfig = section(EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.quantize != "none":
+            raise LlmclfError(
+                "--quantize does not apply to --method encoder: every weight is trained "
+                "(4-bit bases are for LoRA on a causal LM, --method head)"
+            )
+        entry = MODELS.get(self.model.model)
+        if entry is not None and entry.kind != "encoder":
+            encoders = ", ".join(n for n, e in MODELS.items() if e.kind == "encoder")
+            raise LlmclfError(
+                f"{self.model.model} is a causal LM: use --method head for it, or give "
+                f"--method encoder an encoder ({encoders}, a hub id or a folder)"
+            )
 
 
 def encoder_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -112,8 +120,8 @@ class TargetCollator:
 class EncoderClassifier(ClassifierBase):
     """A BERT-class encoder fine-tuned end to end for classification.
 
-    Options are the fields of ``ModelConfig``, ``TrainConfig`` and ``EncoderConfig``;
-    unset ones take ``ENCODER_DEFAULTS`` (model ``minilm-l6``, lr 1e-4, 5 epochs, ...).
+    Options are the fields of ``EncoderClassifierConfig``'s sections; unset ones take
+    ``ENCODER_DEFAULTS`` (model ``minilm-l6``, lr 1e-4, 5 epochs, ...).
 
     Example:
         >>> clf = EncoderClassifier("minilm-l6", epochs=3)  # doctest: +SKIP
@@ -122,33 +130,15 @@ class EncoderClassifier(ClassifierBase):
     """
 
     method = "encoder"
-    config_classes = (ModelConfig, TrainConfig, EncoderConfig)
-
-    def _configs(self) -> tuple:
-        values = {**ENCODER_DEFAULTS, **self.options}
-        model_cfg, train_cfg, encoder_cfg = (build(cls, values) for cls in self.config_classes)
-        if model_cfg.quantize != "none":
-            raise LlmclfError(
-                "--quantize does not apply to --method encoder: every weight is trained "
-                "(4-bit bases are for LoRA on a causal LM, --method head)"
-            )
-        entry = MODELS.get(model_cfg.model)
-        if entry is not None and entry.kind != "encoder":
-            encoders = ", ".join(n for n, e in MODELS.items() if e.kind == "encoder")
-            raise LlmclfError(
-                f"{model_cfg.model} is a causal LM: use --method head for it, or give "
-                f"--method encoder an encoder ({encoders}, a hub id or a folder)"
-            )
-        return model_cfg, train_cfg, encoder_cfg
+    config_class = EncoderClassifierConfig
 
     # -- training ----------------------------------------------------------------------
 
     def _fit(self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir):
-        _, _, encoder_cfg = self._configs()
         targets = schema.encode(labels)
         weights = (
             balanced_weights(targets, schema.multi_label)
-            if encoder_cfg.class_weights == "balanced"
+            if self.config_.encoder.class_weights == "balanced"
             else None
         )
         self.build_model(schema)
@@ -156,28 +146,59 @@ class EncoderClassifier(ClassifierBase):
         eval_targets = schema.encode(eval_labels) if eval_texts else None
         self.train_targets(texts, targets, eval_texts, eval_targets, schema, output_dir, loss)
         if schema.multi_label:
-            schema.thresholds = self._thresholds(encoder_cfg, eval_texts, eval_labels, schema)
+            schema.thresholds = self._thresholds(
+                self.config_.encoder.threshold, eval_texts, eval_labels, schema
+            )
+
+    def fit_targets(
+        self,
+        texts: list[str],
+        targets: np.ndarray,
+        eval_set: tuple[list[str], np.ndarray, list] | None,
+        schema: LabelSchema,
+        loss: Callable,
+        gold_of: Callable[[np.ndarray], np.ndarray],
+        output_dir: Path | None = None,
+    ) -> EncoderClassifier:
+        """Train on any target rows with any ``loss(logits, targets)`` (distillation: the
+        teacher's logits packed with the gold labels) and return the fitted ``self``.
+
+        ``eval_set`` is (texts, target rows, gold labels); ``gold_of`` recovers the gold
+        labels from target rows for model selection.
+        """
+        self._config = self.resolve_config()
+        self.build_model(schema)
+        eval_texts, eval_targets, eval_labels = eval_set or (None, None, None)
+        self.train_targets(
+            texts, targets, eval_texts, eval_targets, schema, output_dir, loss, gold_of
+        )
+        if schema.multi_label:
+            schema.thresholds = self._thresholds(
+                self.config_.encoder.threshold, eval_texts, eval_labels, schema
+            )
+        self._set_fitted(schema)
+        return self
 
     def build_model(self, schema: LabelSchema) -> None:
         """Load the encoder with a fresh classifier for ``schema``'s classes."""
         from transformers import AutoModelForSequenceClassification
 
-        model_cfg, train_cfg, encoder_cfg = self._configs()
-        source = backbone.model_source(model_cfg.model)
+        config = self.config_
+        source = backbone.model_source(config.model.model)
         self.tokenizer_ = backbone.load_tokenizer(source, "right")
-        torch.manual_seed(train_cfg.seed)  # the fresh classifier's initial weights
+        torch.manual_seed(config.train.seed)  # the fresh classifier's initial weights
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification,
             source,
-            model_cfg,
+            config.model,
             keep_full_precision=[],
             # a hub classifier with another label count gets a fresh layer of the right size
             ignore_mismatched_sizes=True,
-            **self._layer_kwargs(source, encoder_cfg),
-            **self._label_kwargs(schema),
+            **self._layer_kwargs(source, config.encoder),
+            **backbone.label_kwargs(schema),
         )
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+        self.device_ = backbone.resolve_device(config.model.device)
+        self.dtype_ = backbone.resolve_dtype(config.model.dtype, self.device_)
 
     def train_targets(
         self,
@@ -188,38 +209,30 @@ class EncoderClassifier(ClassifierBase):
         schema: LabelSchema,
         output_dir: Path | None,
         loss: Callable,
-        gold_of: Callable[[np.ndarray], np.ndarray] = lambda rows: rows,
+        gold_of: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        """Train the built model on target rows with any ``loss(logits, targets)``.
-
-        ``fit`` passes class ids (or label indicators); distillation passes packed teacher
-        and gold targets with ``gold_of`` recovering the gold labels for model selection.
-        """
-        _, train_cfg, _ = self._configs()
-        resume_from = checkpoint_to_resume(output_dir, train_cfg.resume) if output_dir else None
-        train_set = self._dataset(texts, targets)
-        eval_set = self._dataset(eval_texts, eval_targets) if eval_texts else None
-        metric = selection_metric(schema.multi_label) if eval_set is not None else None
+        """Train the built model on target rows with ``loss(logits, targets)``."""
+        train_set = token_dataset(self._encode(texts), targets)
+        eval_set = token_dataset(self._encode(eval_texts), eval_targets) if eval_texts else None
         dtype = torch.long if targets.dtype == np.int64 else torch.float32
-        with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
-            folder = (output_dir or Path(scratch)) / "checkpoints"
-            args = training_arguments(
-                train_cfg, folder, self.device_, self.dtype_, metric, progress=self.progress
-            )
-            self.train_result_ = run_trainer(
-                self.model_,
-                train_set,
-                eval_set,
-                TargetCollator(self.tokenizer_.pad_token_id, dtype),
-                forward=encoder_logits,
-                loss=loss,
-                compute_metrics=metrics_function(schema, gold_of),
-                config=train_cfg,
-                args=args,
-                optimizer=self._optimizer(train_cfg),
-                resume_from=resume_from,
-                progress=self.progress,
-            )
+        self.train_result_ = train_model(
+            self.model_,
+            train_set,
+            eval_set,
+            TargetCollator(self.tokenizer_.pad_token_id, dtype),
+            forward=encoder_logits,
+            loss=loss,
+            schema=schema,
+            config=self.config_.train,
+            output_dir=output_dir,
+            device=self.device_,
+            dtype=self.dtype_,
+            progress=self.progress,
+            optimizer=head_and_body_optimizer(
+                self.model_, lambda name: name.startswith(HEAD_PREFIXES), self.config_.train
+            ),
+            gold_of=gold_of,
+        )
         self.model_.eval()
 
     @staticmethod
@@ -237,54 +250,10 @@ class EncoderClassifier(ClassifierBase):
             )
         return {"num_hidden_layers": encoder_cfg.encoder_layers}
 
-    def _label_kwargs(self, schema: LabelSchema) -> dict:
-        return {
-            "num_labels": schema.num_classes,
-            "id2label": dict(enumerate(schema.classes)),
-            "label2id": {c: i for i, c in enumerate(schema.classes)},
-            "problem_type": "multi_label_classification"
-            if schema.multi_label
-            else "single_label_classification",
-        }
-
-    def _dataset(self, texts: list[str], targets: np.ndarray):
-        import datasets
-
-        ids = self._encode(texts)
-        return datasets.Dataset.from_dict(
-            {"input_ids": ids, "labels": targets.tolist(), "length": [len(x) for x in ids]}
-        )
-
-    def _optimizer(self, config: TrainConfig) -> torch.optim.Optimizer:
-        """AdamW; the fresh classification layers get ``head_learning_rate``."""
-        head, body = [], []
-        for name, param in self.model_.named_parameters():
-            if param.requires_grad:
-                (head if name.startswith(HEAD_PREFIXES) else body).append(param)
-        groups = [{"params": body, "lr": config.learning_rate}]
-        if head:
-            groups.append({"params": head, "lr": config.head_learning_rate or config.learning_rate})
-        return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-    def _thresholds(self, encoder_cfg: EncoderConfig, eval_texts, eval_labels, schema):
-        if encoder_cfg.threshold != "tuned":
-            return [float(encoder_cfg.threshold)] * schema.num_classes
-        if not eval_texts:
-            log.warning("no validation data: multi-label thresholds stay at 0.5")
-            return [0.5] * schema.num_classes
-        proba = to_proba(self._logits(eval_texts), multi_label=True)
-        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
-
     # -- inference ---------------------------------------------------------------------
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        max_length = self._configs()[0].max_length
-        return self.tokenizer_(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
-        """Raw classifier outputs, [n, num_classes], rows in input order."""
-        self._check_fitted()
-        return self._logits(texts)
+        return truncated_ids(self.tokenizer_, texts, self.config_.model.max_length)
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         self.model_.eval()
@@ -292,7 +261,7 @@ class EncoderClassifier(ClassifierBase):
             self._encode(texts),
             lambda batch: encoder_logits(self.model_, batch),
             self.tokenizer_.pad_token_id,
-            self._configs()[1].eval_batch_size,
+            self.config_.train.eval_batch_size,
             self.device_,
             progress=self.progress,
         )
@@ -314,7 +283,7 @@ class EncoderClassifier(ClassifierBase):
     def _load_model(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        model_cfg = self._configs()[0]
+        model_cfg = self.config_.model
         self.tokenizer_ = backbone.load_tokenizer(str(folder), "right")
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification, str(folder), model_cfg, keep_full_precision=[]

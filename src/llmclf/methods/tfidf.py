@@ -14,22 +14,25 @@ checks that what it loaded is a TF-IDF + logistic-regression pipeline.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmclf.calibration import to_proba
-from llmclf.classifier import ClassifierBase, option_names
-from llmclf.config import _check_choices, _check_positive, check_threshold, option
+from llmclf.config import (
+    POSITIVE,
+    MethodConfig,
+    class_weights_option,
+    option,
+    section,
+    seed_option,
+    threshold_option,
+    validate,
+)
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
-from llmclf.metrics import tune_thresholds
-
-log = logging.getLogger("llmclf")
-
-PIPELINE_FILE = "pipeline.skops"
+from llmclf.methods.base import ClassifierBase
+from llmclf.run_folder import PIPELINE_FILE, atomic_path
 
 # The types a fitted TfidfClassifier pipeline holds; with skops' own defaults, the only ones
 # a pipeline file may hold.
@@ -54,30 +57,34 @@ TRUSTED_TYPES = [
 class TfidfConfig:
     """TF-IDF + logistic regression: the classical baseline."""
 
-    ngram_max: int = option(2, "use word n-grams up to this length (1 = single words)")
-    min_df: int = option(2, "ignore terms found in fewer training documents than this")
+    ngram_max: int = option(
+        2, "use word n-grams up to this length (1 = single words)", bound=POSITIVE
+    )
+    min_df: int = option(
+        2, "ignore terms found in fewer training documents than this", bound=POSITIVE
+    )
     max_features: int | None = option(
-        200_000, "keep at most this many terms, the most frequent (none: all)"
+        200_000, "keep at most this many terms, the most frequent (none: all)", bound=POSITIVE
     )
     sublinear_tf: bool = option(True, "use 1 + log(term count) rather than the raw count")
     logreg_c: float = option(
-        10.0, "inverse regularisation strength of the logistic regression (larger = less)"
+        10.0,
+        "inverse regularisation strength of the logistic regression (larger = less)",
+        bound=POSITIVE,
     )
-    class_weights: str = option(
-        "none",
-        "balanced = weight the loss by inverse class frequency",
-        choices=("none", "balanced"),
-    )
-    threshold: str = option(
-        "tuned",
-        "multi-label decision threshold: 'tuned' per label on the validation split, or a number such as 0.5",
-    )
-    seed: int = option(42, "seed of every random choice in training")
+    class_weights: str = class_weights_option()
+    threshold: str = threshold_option()
+    seed: int = seed_option()
 
     def __post_init__(self) -> None:
-        _check_choices(self)
-        _check_positive(self, "ngram_max", "min_df", "max_features", "logreg_c")
-        check_threshold(self.threshold)
+        validate(self)
+
+
+@dataclass
+class TfidfClassifierConfig(MethodConfig):
+    """Every option of ``TfidfClassifier``: one section."""
+
+    tfidf: TfidfConfig = section(TfidfConfig)
 
 
 def make_pipeline(config: TfidfConfig, multi_label: bool):
@@ -115,10 +122,10 @@ class TfidfClassifier(ClassifierBase):
     """
 
     method = "tfidf"
-    config_classes = (TfidfConfig,)
+    config_class = TfidfClassifierConfig
 
     def _fit(self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir):
-        (config,) = self._configs()
+        config = self.config_.tfidf
         targets = schema.encode(labels)
         pipeline = make_pipeline(config, schema.multi_label)
         try:
@@ -127,26 +134,13 @@ class TfidfClassifier(ClassifierBase):
             raise LlmclfError(f"TF-IDF fitting failed: {str(exc).splitlines()[0]}") from None
         self.pipeline_ = pipeline
         if schema.multi_label:
-            schema.thresholds = self._thresholds(config, eval_texts, eval_labels, schema)
-
-    def _thresholds(self, config: TfidfConfig, eval_texts, eval_labels, schema) -> list[float]:
-        if config.threshold != "tuned":
-            return [float(config.threshold)] * schema.num_classes
-        if not eval_texts:
-            log.warning("no validation data: multi-label thresholds stay at 0.5")
-            return [0.5] * schema.num_classes
-        proba = to_proba(self._logits(eval_texts), multi_label=True)
-        return tune_thresholds(proba, schema.encode(eval_labels).astype(np.int64))
+            schema.thresholds = self._thresholds(config.threshold, eval_texts, eval_labels, schema)
 
     # -- inference ---------------------------------------------------------------------
 
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
+    def _logits(self, texts: list[str]) -> np.ndarray:
         """Decision-function values, [n, num_classes]: their softmax (sigmoid for
         multi-label) is the logistic regression's own ``predict_proba``."""
-        self._check_fitted()
-        return self._logits(texts)
-
-    def _logits(self, texts: list[str]) -> np.ndarray:
         if hasattr(self.pipeline_.named_steps["logreg"], "estimators_"):  # one-vs-rest
             # from the probabilities: a constant label's predictor has no decision function
             proba = np.clip(self.pipeline_.predict_proba(list(texts)), 1e-7, 1 - 1e-7)
@@ -161,7 +155,8 @@ class TfidfClassifier(ClassifierBase):
     def _save_model(self, folder: Path) -> None:
         import skops.io
 
-        skops.io.dump(self.pipeline_, folder / PIPELINE_FILE)
+        with atomic_path(folder / PIPELINE_FILE) as partial:
+            skops.io.dump(self.pipeline_, partial)
 
     def _load_model(self, folder: Path) -> None:
         import skops.io
@@ -196,10 +191,3 @@ class TfidfClassifier(ClassifierBase):
     @property
     def vocabulary_size_(self) -> int:
         return len(self.pipeline_.named_steps["tfidf"].vocabulary_)
-
-    @classmethod
-    def load(cls, path, **overrides):
-        """As ``ClassifierBase.load``; runtime options of the neural methods (``device``,
-        ``eval_batch_size``, ``dtype``) do not apply here and are ignored."""
-        names = option_names(cls.config_classes) | {"progress"}
-        return super().load(path, **{k: v for k, v in overrides.items() if k in names})

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from llmclf.errors import LlmclfError
+from llmclf.methods.instruct.prompts import AnswerPieces
 from llmclf.pooling import position_ids
-from llmclf.prompts import AnswerPieces
 
 
 @dataclass

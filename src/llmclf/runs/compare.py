@@ -1,0 +1,210 @@
+"""``llmclf compare``: read finished runs' test predictions and write the comparison.
+
+Each run contributes its test predictions, either the ones stored when it was trained
+(``test_predictions.jsonl``; every run must then have seen the same test set, checked by
+content hash) or fresh ones on a data set given now. ``build_report`` turns them into
+one dict: a row per run (quality, calibration before / after temperature scaling, cost)
+and, for every pair, McNemar's test and paired-bootstrap intervals of delta F1.
+``report.py`` renders that dict; ``report.json`` is that dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmclf.config import DataConfig, flatten, runtime_names
+from llmclf.data import content_hash
+from llmclf.errors import LlmclfError
+from llmclf.evaluation.comparison import RunEvaluation, build_report
+from llmclf.evaluation.report import render
+from llmclf.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from llmclf.labels import LabelSchema
+from llmclf.methods.registry import section_classes
+from llmclf.run_folder import (
+    EVALUATIONS,
+    REPORT_FILES,
+    REPORT_JSON,
+    STAGING,
+    TEST_PREDICTIONS,
+    RunFolder,
+    replace_contents,
+)
+from llmclf.runs.evaluate import data_config_for, evaluate_run
+
+log = logging.getLogger("llmclf")
+
+
+def from_frame(
+    name: str,
+    folder: Path,
+    frame: pd.DataFrame,
+    metrics: dict,
+    run_metrics: dict,
+    source: str,
+) -> RunEvaluation:
+    """A prediction table (text, label, prediction, proba_<class>...) as arrays."""
+    schema = LabelSchema.load(folder)
+    columns = [f"proba_{c}" for c in schema.classes]
+    missing = [c for c in ["text", "label", "prediction", *columns] if c not in frame.columns]
+    if missing:
+        raise LlmclfError(f"{name}: its predictions lack the columns {', '.join(missing)}")
+    labels = [_split(v, schema) for v in frame["label"]]
+    predictions = [_split(v, schema) for v in frame["prediction"]]
+    unknown = {x for row in labels for x in (row if schema.multi_label else [row])} - set(
+        schema.classes
+    )
+    if unknown:
+        raise LlmclfError(f"{name}: the test labels {sorted(unknown)} are not classes of the run")
+    texts = [str(t) for t in frame["text"]]
+    return RunEvaluation(
+        name=name,
+        folder=folder,
+        schema=schema,
+        truth=schema.encode(labels).astype(np.int64),
+        predicted=_encode_predictions(predictions, schema),
+        proba=frame[columns].to_numpy(dtype=np.float64),
+        proba_temperature=float(metrics.get("temperature", 1.0)),
+        temperature=RunFolder(folder).temperature(),
+        test_hash=metrics.get("test_set_hash") or content_hash(texts, labels),
+        run_metrics=run_metrics,
+        config=flatten(RunFolder(folder).config()),
+        eval_examples_per_s=metrics.get("eval_examples_per_s"),
+        source=source,
+    )
+
+
+def _encode_predictions(predictions: list, schema: LabelSchema) -> np.ndarray:
+    """As ``schema.encode``; an unparsed generated answer (an empty single-label
+    prediction) is -1: wrong for every example, a false negative of its true class."""
+    if schema.multi_label:
+        return schema.encode(predictions).astype(np.int64)
+    index = {c: i for i, c in enumerate(schema.classes)}
+    return np.array([index.get(p, -1) if p else -1 for p in predictions], dtype=np.int64)
+
+
+def _split(value, schema: LabelSchema):
+    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    if not schema.multi_label:
+        return text
+    return sorted(p for p in text.split(schema.label_sep) if p)
+
+
+def stored_evaluation(folder: Path, name: str) -> RunEvaluation:
+    """The test predictions a run stored when it was trained."""
+    metrics = RunFolder(folder).metrics()
+    path = folder / TEST_PREDICTIONS
+    if not path.is_file():
+        raise LlmclfError(
+            f"{folder} has no {TEST_PREDICTIONS} (its data had no test split): "
+            "pass --data to evaluate every run on one data set"
+        )
+    frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+    return from_frame(name, folder, frame, metrics, metrics, "stored test predictions")
+
+
+def fresh_evaluation(
+    folder: Path, name: str, config: DataConfig, runtime: dict, output: Path
+) -> RunEvaluation:
+    """Evaluate a run now on the test split of ``config``; its predictions and metrics are
+    kept under ``output``."""
+    run_metrics = RunFolder(folder).metrics()
+    log.info("%s: evaluating on %s [test]", name, config.data)
+    metrics, frame = evaluate_run(folder, data_config=config, output=output, **runtime)
+    return from_frame(name, folder, frame, metrics, run_metrics, f"evaluated on {config.data}")
+
+
+def run_names(folders: list[Path]) -> list[str]:
+    """Folder names, made unique with their parents' names where two runs share one."""
+    names = [f.name for f in folders]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 6:
+        depth += 1
+        names = ["/".join(f.parts[-depth:]) for f in folders]
+    if len(set(names)) < len(names):
+        raise LlmclfError("the same run is listed twice: give each run once")
+    return names
+
+
+def compare_runs(
+    runs: list[str | Path],
+    output: str | Path,
+    data_values: dict | None = None,
+    runtime: dict | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95,
+) -> dict:
+    """Compare finished runs and write the report to ``output``; returns the report dict.
+
+    Without ``data_values`` the runs' stored test predictions are used (their test sets
+    must be the same); with them (at least ``data``), every run is evaluated on the test
+    split of that data set (read with the first run's column options unless given) first,
+    its predictions kept in ``output/evaluations/NAME``.
+
+    Example:
+        >>> compare_runs(["runs/last", "runs/mean"], "reports/pooling")  # doctest: +SKIP
+    """
+    folders = [Path(r) for r in runs]
+    if len(folders) < 2:
+        raise LlmclfError("compare needs at least two runs")
+    for folder in folders:
+        if not RunFolder(folder).finished:
+            raise LlmclfError(f"{folder} is not a finished llmclf run (it has no metrics.json)")
+    output = Path(output)
+    check_report_folder(output)
+    names = run_names(folders)
+    if data_values:
+        # One test set for all: the first run's data options, overridden by the ones given.
+        config = data_config_for(folders[0], data_values)
+        evaluations = [
+            fresh_evaluation(
+                f, n, config, runtime or {}, output / EVALUATIONS / n.replace("/", "__")
+            )
+            for f, n in zip(folders, names)
+        ]
+    else:
+        evaluations = [stored_evaluation(f, n) for f, n in zip(folders, names)]
+    ignore = runtime_names(*section_classes()) | {"llmclf_version"}
+    report = build_report(evaluations, resamples, seed, confidence, ignore_settings=ignore)
+    write_report(report, output)
+    return report
+
+
+
+
+def check_report_folder(output: Path) -> None:
+    """Refuse a file, or a non-empty folder that does not hold an earlier report."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise LlmclfError(f"--output {output} is a file, not a folder")
+    names = {p.name for p in output.iterdir()} - {STAGING, EVALUATIONS}
+    if names and REPORT_JSON not in names:
+        raise LlmclfError(
+            f"--output {output} is not empty and holds no earlier report: choose a new folder"
+        )
+
+
+def write_report(report: dict, output: str | Path) -> Path:
+    """report.json, report.md, figures/*.png and report.html in ``output``: staged in
+    ``output/.staging`` and moved in place, report.json last (a crash leaves the previous
+    report, or none, never half of one)."""
+    output = Path(output)
+    check_report_folder(output)
+    staging = output / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    for name, content in render(report).items():
+        (staging / name).write_bytes(content)
+    for name in REPORT_FILES:  # report.json last
+        target = output / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (staging / name).replace(target)
+    staging.rmdir()
+    return output / "report.html"

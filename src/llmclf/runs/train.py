@@ -1,0 +1,183 @@
+"""``llmclf train`` and ``llmclf evaluate --zero-shot``: make a run folder.
+
+Both check every option and the output folder before any data or model is loaded, then
+write the finished folder through ``write_run`` (staged, ``metrics.json`` last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from llmclf.config import DataConfig
+from llmclf.data import examples_by_split, sample
+from llmclf.errors import LlmclfError
+from llmclf.methods.base import ClassifierBase
+from llmclf.methods.registry import method_class, method_classes
+from llmclf.run_folder import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    STAGING,
+    TEST_PREDICTIONS,
+    TRAIN_LOG,
+    PREDICTIONS,
+    RunFolder,
+    replace_contents,
+    write_json,
+    write_predictions,
+)
+from llmclf.runs.evaluate import evaluate_examples, evaluation_split
+from llmclf.training import peak_gpu_mb, peak_rss_mb
+
+log = logging.getLogger("llmclf")
+
+
+def train_run(
+    method: str,
+    options: dict,
+    data_config: DataConfig,
+    output: str | Path,
+    progress: bool = True,
+) -> dict:
+    """Train on the data's train split, pick the best epoch on validation, evaluate on
+    test and write the run folder. Returns the test metrics.
+
+    Example:
+        >>> train_run("head", {"epochs": 2}, DataConfig("bbc-news"), "runs/bbc")  # doctest: +SKIP
+    """
+    classifier = method_class(method)(progress=progress, **options)
+    config = classifier.resolve_config()  # a bad option fails before any data loads
+    train_cfg = getattr(config, "train", None)
+    resume = bool(train_cfg and train_cfg.resume)
+    folder = RunFolder(output)
+    folder.check_new(resume)
+    splits, multi_label = examples_by_split(data_config)
+    if "train" not in splits:
+        raise LlmclfError(f"{data_config.data} has no training rows")
+    train = splits["train"]
+    if data_config.train_limit:
+        train = sample(
+            train, data_config.train_limit, seed=data_config.split_seed, multi_label=multi_label
+        )
+    validation = splits.get("validation")
+    log.info(
+        "training %s on %d examples (%s), validating on %d",
+        method,
+        len(train),
+        data_config.data,
+        len(validation) if validation else 0,
+    )
+    eval_set = (validation.texts, validation.labels) if validation is not None else None
+    classifier.fit(train.texts, train.labels, eval_set=eval_set, output_dir=folder.path)
+    if data_config.label_sep:  # multi-label tables join labels the way the data did
+        classifier.schema_.label_sep = data_config.label_sep
+
+    metrics: dict = {}
+    predictions = None
+    test = splits.get("test")
+    if test is not None:
+        metrics, predictions = evaluate_examples(classifier, test, f"{data_config.data} [test]")
+    metrics.update(accounting(classifier, len(train)))
+    metrics.update({"method": method, "data": data_config.data, "split": "test"})
+    keep = bool(train_cfg and train_cfg.keep_checkpoints)
+    write_run(classifier, folder.path, data_config, metrics, predictions, keep_checkpoints=keep)
+    return metrics
+
+
+def accounting(classifier: ClassifierBase, n_train: int) -> dict:
+    """Parameter, time and memory figures of a fitted classifier (this process)."""
+    result = getattr(classifier, "train_result_", None)
+    out = {
+        "trainable_params": int(classifier.trainable_params_),
+        "total_params": int(classifier.total_params_),
+        "train_seconds": round(float(classifier.fit_seconds_), 2),
+        "train_examples": int(n_train),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if result is not None:
+        out["train_steps"] = result.steps
+        out["train_examples_per_s"] = round(result.examples_per_second, 3)
+        out["train_tokens_per_s"] = round(result.tokens_per_second, 1)
+        if result.resumed_from_step is not None:
+            out["resumed_from_step"] = result.resumed_from_step
+    gpu = peak_gpu_mb()
+    if gpu is not None:
+        out["peak_gpu_mb"] = round(gpu, 1)
+    return out
+
+
+def write_run(
+    classifier: ClassifierBase,
+    output: Path,
+    data_config: DataConfig,
+    metrics: dict,
+    predictions: pd.DataFrame | None,
+    keep_checkpoints: bool = False,
+    predictions_file: str = TEST_PREDICTIONS,
+) -> None:
+    """The finished run folder: every file staged in ``RUN/.staging``, moved in place,
+    then ``metrics.json`` (the mark of a finished run) last."""
+    output = Path(output)
+    staging = output / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    classifier.save(staging, extra_config={"data": dataclasses.asdict(data_config)})
+    if predictions is not None:
+        write_predictions(predictions, staging / predictions_file)
+    if hasattr(classifier, "train_result_"):
+        write_json(staging / TRAIN_LOG, classifier.train_result_.log_history)
+    replace_contents(staging, output)
+    if not keep_checkpoints:
+        shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+    write_json(output / METRICS_FILE, metrics)
+
+
+def zero_shot_run(
+    method: str,
+    options: dict,
+    data_config: DataConfig,
+    split: str,
+    output: str | Path,
+    progress: bool = True,
+) -> dict:
+    """Evaluate the untrained model answering ``method``'s prompts on one split and write
+    a run folder (loadable by ``predict``) with the same metrics.json as a trained run."""
+    classes = method_classes()
+    cls = method_class(method)
+    if not hasattr(cls, "zero_shot"):
+        able = ", ".join(name for name, c in classes.items() if hasattr(c, "zero_shot"))
+        raise LlmclfError(
+            f"--zero-shot needs a method that answers untrained ({able}), not {method!r}"
+        )
+    classifier = cls(progress=progress, **options)
+    classifier.resolve_config()
+    folder = RunFolder(output)
+    folder.check_new(resume=False)
+    splits, multi_label = examples_by_split(data_config)
+    examples = evaluation_split(data_config, split, multi_label)
+    names = {
+        lab
+        for part in splits.values()
+        for row in part.labels
+        for lab in (row if multi_label else [row])
+    }
+    classifier.zero_shot(sorted(names), multi_label)
+    if data_config.label_sep:
+        classifier.schema_.label_sep = data_config.label_sep
+    where = f"{data_config.data} [{split}]"
+    metrics, predictions = evaluate_examples(classifier, examples, where)
+    metrics.update(accounting(classifier, 0))
+    metrics.update({"method": method, "zero_shot": True, "data": data_config.data, "split": split})
+    write_run(
+        classifier,
+        folder.path,
+        data_config,
+        metrics,
+        predictions,
+        # on the test split it is comparable with trained runs (llmclf compare)
+        predictions_file=TEST_PREDICTIONS if split == "test" else PREDICTIONS,
+    )
+    return metrics
