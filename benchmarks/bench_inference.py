@@ -85,7 +85,7 @@ def main() -> None:
         predicted = np.array(classifier.predict(texts))
         seconds = time.perf_counter() - start
         dtype = next(classifier.model_.parameters()).dtype
-        return predicted, seconds, classifier._configs()[0].max_length, dtype
+        return predicted, seconds, classifier.config_.model.max_length, dtype
 
     ours, ours_seconds, max_length, dtype = timed_predict(int8=False)
     int8 = device == "cpu"  # --int8 is a CPU feature

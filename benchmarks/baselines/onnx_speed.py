@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from llmclf.methods.base import data_config_of
 from llmclf.methods.onnx import OnnxClassifier
-from llmclf.runs.evaluate import evaluation_split, load_classifier
+from llmclf.runs.evaluate import data_config_for, evaluation_split, load_classifier
 
 run = Path(sys.argv[1])
 torch_clf = load_classifier(run, progress=False)
-onnx_clf = OnnxClassifier(run / "onnx", batch_size=torch_clf._configs()[1].eval_batch_size)
-test = evaluation_split(data_config_of(run), "test", multi_label=False)
+onnx_clf = OnnxClassifier(run / "onnx", batch_size=torch_clf.config_.train.eval_batch_size)
+test = evaluation_split(data_config_for(run), "test", multi_label=False)
 result = {"run": str(run), "n": len(test)}
 for name, clf in (("pytorch", torch_clf), ("onnxruntime", onnx_clf)):
     clf.predict_proba(test.texts[:16])
