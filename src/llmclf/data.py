@@ -20,6 +20,7 @@ import pandas as pd
 from llmclf.catalog import DATASETS, stratified_split
 from llmclf.config import DataConfig
 from llmclf.errors import LlmclfError
+from llmclf.run_folder import atomic_path
 
 log = logging.getLogger("llmclf")
 
@@ -110,16 +111,15 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
     if kind not in ("csv", "tsv", "jsonl", "parquet"):
         raise LlmclfError(f"cannot write {path.name}: use a .csv, .tsv, .jsonl or .parquet name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    if kind == "csv":
-        frame.to_csv(partial, index=False)
-    elif kind == "tsv":
-        frame.to_csv(partial, sep="\t", index=False)
-    elif kind == "jsonl":
-        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(partial, index=False)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        if kind == "csv":
+            frame.to_csv(partial, index=False)
+        elif kind == "tsv":
+            frame.to_csv(partial, sep="\t", index=False)
+        elif kind == "jsonl":
+            frame.to_json(partial, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(partial, index=False)
 
 
 # ---------------------------------------------------------------------------------------

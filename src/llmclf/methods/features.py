@@ -17,6 +17,7 @@ import torch
 
 from llmclf.batching import run_batches
 from llmclf.catalog import cache_dir
+from llmclf.run_folder import atomic_path
 
 CHUNK = 256
 
@@ -61,9 +62,8 @@ def cached_features(
             progress=progress,
             description=f"features {start}/{len(sequences)}",
         )
-        partial = folder / f".chunk-{index:05d}.partial.npy"
-        np.save(partial, part)
-        partial.replace(path)
+        with atomic_path(path) as partial:
+            np.save(partial, part)
         chunks.append(part)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 

@@ -1,0 +1,37 @@
+"""What the commands do with run folders, one module per command:
+
+    train.py      train_run, zero_shot_run         llmclf train, llmclf evaluate --zero-shot
+    evaluate.py   load_classifier, evaluate_run,    llmclf evaluate, llmclf predict
+                  predict_file
+    calibrate.py  calibrate_run                     llmclf calibrate
+    compare.py    compare_runs                      llmclf compare
+    grid.py       run_grid                          llmclf experiment
+    distill.py    distill_run                       llmclf distill
+    export.py     export_onnx                       llmclf export
+
+The file names and their reading and writing belong to ``llmclf.run_folder``.
+"""
+
+from llmclf.methods.registry import method_classes
+from llmclf.runs.calibrate import calibrate_run
+from llmclf.runs.compare import compare_runs
+from llmclf.runs.distill import distill_run
+from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifier, predict_file
+from llmclf.runs.export import export_onnx
+from llmclf.runs.grid import run_grid
+from llmclf.runs.train import train_run, zero_shot_run
+
+__all__ = [
+    "calibrate_run",
+    "compare_runs",
+    "distill_run",
+    "evaluate_examples",
+    "evaluate_run",
+    "export_onnx",
+    "load_classifier",
+    "method_classes",
+    "predict_file",
+    "run_grid",
+    "train_run",
+    "zero_shot_run",
+]

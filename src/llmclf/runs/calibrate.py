@@ -1,0 +1,48 @@
+"""``llmclf calibrate``: fit temperature scaling on a held-out split and store it in the
+run, so that evaluate, predict and compare apply it from then on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmclf.evaluation.comparison import calibration_before_after
+from llmclf.run_folder import TEST_PREDICTIONS, RunFolder, write_calibration
+from llmclf.runs.compare import stored_evaluation
+from llmclf.runs.evaluate import data_config_for, evaluation_split, load_classifier
+
+log = logging.getLogger("llmclf")
+
+
+def calibrate_run(
+    run: str | Path, data_values: dict | None = None, split: str = "validation", **runtime
+) -> dict:
+    """Fit temperature scaling on a split of the run's data (validation by default) and
+    store it in the run's calibration.json, which evaluate / predict / compare then use.
+
+    Returns what was stored: the temperature, before / after NLL, ECE and Brier on the
+    calibration split, and on the stored test predictions (``test``) when the run has them.
+
+    Example:
+        >>> calibrate_run("runs/bbc")["temperature"]  # doctest: +SKIP
+        1.84
+    """
+    folder = RunFolder(run)
+    config = data_config_for(run, data_values)
+    classifier = load_classifier(folder.path, **runtime)
+    examples = evaluation_split(config, split, classifier.schema_.multi_label)
+    if split in ("test", "all"):
+        log.warning("calibrating on the %s split makes the test ECE look better than it is", split)
+    where = f"{config.data} [{split}]"
+    log.info("fitting the temperature on %s: %d examples", where, len(examples))
+    classifier.calibrate(examples.texts, examples.labels, where=where)
+    stored = dict(classifier.calibration_)
+    if folder.finished and (folder / TEST_PREDICTIONS).is_file():
+        test = calibration_before_after(
+            stored_evaluation(folder.path, folder.path.name), classifier.temperature_
+        )
+        stored["test"] = {"before": test["before"], "after": test["after"]}
+    if classifier.schema_.multi_label:  # thresholds moved with the temperature
+        classifier.schema_.save(folder.path)
+    write_calibration(folder.path, stored)
+    return stored
