@@ -51,7 +51,7 @@ def multi_label_texts(n: int, seed: int):
 
 
 def test_one_training_step_changes_lora_only(plain_model):
-    from llmclf.methods.instruct.model import (
+    from llmclf.methods.instruct.batches import (
         InstructCollator,
         answer_logits,
         answer_loss,
@@ -87,7 +87,7 @@ def test_the_shared_prompt_prefix_gives_the_same_loss_and_gradients(plain_model,
     gradients; gradient checkpointing joins the rows back."""
     from llmclf import backbone
     from llmclf.config import AdapterConfig
-    from llmclf.methods.instruct.model import (
+    from llmclf.methods.instruct.batches import (
         InstructCollator,
         answer_logits,
         answer_loss,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from llmclf import LlmclfError
-from llmclf.methods.instruct.model import (
+from llmclf.methods.instruct.batches import (
     IGNORE_INDEX,
     InstructCollator,
     answer_logits,

@@ -32,7 +32,6 @@ from llmclf.run_folder import (
     STAGING,
     TEST_PREDICTIONS,
     RunFolder,
-    replace_contents,
 )
 from llmclf.runs.evaluate import data_config_for, evaluate_run
 
@@ -173,8 +172,6 @@ def compare_runs(
     report = build_report(evaluations, resamples, seed, confidence, ignore_settings=ignore)
     write_report(report, output)
     return report
-
-
 
 
 def check_report_folder(output: Path) -> None:

@@ -21,7 +21,13 @@ from llmclf.data import Examples, content_hash, examples_by_split, read_table, r
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
-from llmclf.methods.distill import DistillConfig, gold_matrix, pack_targets, packed_loss, unpack_targets
+from llmclf.methods.distill import (
+    DistillConfig,
+    gold_matrix,
+    pack_targets,
+    packed_loss,
+    unpack_targets,
+)
 from llmclf.methods.encoder import EncoderClassifier
 from llmclf.run_folder import TEACHER_CACHE, RunFolder, atomic_path
 from llmclf.runs.evaluate import evaluate_examples, load_classifier

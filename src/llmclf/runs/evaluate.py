@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 
 from llmclf.config import DataConfig, build
-from llmclf.data import Examples, content_hash, examples_by_split, read_table, read_texts, write_table
+from llmclf.data import (
+    Examples,
+    content_hash,
+    examples_by_split,
+    read_table,
+    read_texts,
+    write_table,
+)
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import calibration_figures
 from llmclf.evaluation.metrics import classification_metrics

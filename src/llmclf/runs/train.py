@@ -21,10 +21,10 @@ from llmclf.methods.registry import method_class, method_classes
 from llmclf.run_folder import (
     CHECKPOINTS,
     METRICS_FILE,
+    PREDICTIONS,
     STAGING,
     TEST_PREDICTIONS,
     TRAIN_LOG,
-    PREDICTIONS,
     RunFolder,
     replace_contents,
     write_json,
