@@ -145,9 +145,11 @@ def convert_gguf(path: Path) -> Path:
     folder, name = str(path.parent), path.name
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, gguf_file=name, trust_remote_code=False
+            )
             model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=name, dtype=torch.float32
+                folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
             )
     except Exception as exc:  # gguf / transformers raise many types for unsupported files
         raise LlmclfError(f"cannot load the GGUF file {path}: {str(exc).splitlines()[0]}") from None
@@ -179,18 +181,36 @@ def convert_gguf(path: Path) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-def load_tokenizer(source: str, padding_side: str = "right", append_eos: bool = False):
+REMOTE_CODE = "contains custom code"  # transformers' words for a model that ships Python
+
+
+def remote_code_refused(source: str) -> LlmclfError:
+    return LlmclfError(
+        f"{source} ships its own Python code (an auto_map in its config): llmclf runs it only "
+        "with --trust-remote-code (trust_remote_code=True), for a model you trust"
+    )
+
+
+def load_tokenizer(
+    source: str,
+    padding_side: str = "right",
+    append_eos: bool = False,
+    trust_remote_code: bool = False,
+):
     """The model's tokenizer with a pad token distinct from EOS (when one exists).
 
     ``append_eos`` makes every encoding end in EOS, stored in the tokenizer itself so a
-    plain ``tokenizer(text)`` reproduces it after save / load.
+    plain ``tokenizer(text)`` reproduces it after save / load. A tokenizer's own Python
+    code runs only with ``trust_remote_code``.
     """
     from transformers import AutoTokenizer
 
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:
+        if REMOTE_CODE in str(exc):
+            raise remote_code_refused(source) from None
         raise LlmclfError(
             f"cannot load a tokenizer from {source!r}: {str(exc).splitlines()[0]}"
         ) from None
@@ -253,12 +273,12 @@ def quantization_config(config: ModelConfig, dtype: torch.dtype, keep: list[str]
     )
 
 
-def truncated_config(source: str, num_layers: int, **kwargs):
+def truncated_config(source: str, num_layers: int, trust_remote_code: bool = False, **kwargs):
     """The model's config cut to its first ``num_layers`` decoder blocks (the rest of the
     checkpoint is then simply not loaded)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source, **kwargs)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     text = config.get_text_config()
     if not 1 <= num_layers <= text.num_hidden_layers:
         raise LlmclfError(
@@ -286,12 +306,14 @@ def load_model(
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quant = quantization_config(config, dtype, keep_full_precision)
-    if num_layers is not None:
-        kwargs = {"config": truncated_config(source, num_layers, **kwargs)}
+    trust = config.trust_remote_code
     try:
+        if num_layers is not None:
+            kwargs = {"config": truncated_config(source, num_layers, trust, **kwargs)}
         with quiet_transformers():
             model = auto_class.from_pretrained(
                 source,
+                trust_remote_code=trust,
                 dtype=dtype,
                 quantization_config=quant,
                 device_map={"": device.index if device.type == "cuda" else "cpu"},
@@ -300,6 +322,8 @@ def load_model(
     except OSError as exc:
         raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
+        if REMOTE_CODE in str(exc):
+            raise remote_code_refused(source) from None
         raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
     if quant is not None:
         from peft import prepare_model_for_kbit_training

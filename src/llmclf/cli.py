@@ -95,7 +95,7 @@ def add_options(
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     """Where the examples to evaluate on come from, and how to run the model on them."""
     add_options(parser, DataConfig, only=EVALUATION_DATA_OPTIONS)
-    add_options(parser, ModelConfig, only=("device", "dtype"))
+    add_options(parser, ModelConfig, only=("device", "dtype", "trust_remote_code"))
     add_options(parser, TrainConfig, only=("eval_batch_size",))
 
 
@@ -205,14 +205,22 @@ def add_evaluate_parser(commands) -> None:
         "--method", default=argparse.SUPPRESS, help="with --zero-shot: instruct (the default)"
     )
     evaluate.add_argument(
-        "--split", default=argparse.SUPPRESS, help="train, validation, test (default) or all"
+        "--split",
+        default=argparse.SUPPRESS,
+        help="train, validation, test or all (default: test, or all of a file given with "
+        "--data that has no split column; a split named here is cut from such a file "
+        "80/10/10 as in training)",
     )
     evaluate.add_argument(
         "--output", default=argparse.SUPPRESS, help="folder for metrics.json (default RUN/eval)"
     )
     add_config_option(evaluate)
     add_options(evaluate, DataConfig, only=EVALUATION_DATA_OPTIONS)
-    add_options(evaluate, ModelConfig, only=("model", "quantize", "max_length", "device", "dtype"))
+    add_options(
+        evaluate,
+        ModelConfig,
+        only=("model", "quantize", "max_length", "device", "dtype", "trust_remote_code"),
+    )
     add_options(evaluate, TrainConfig, only=("eval_batch_size",))
     add_options(evaluate, InstructConfig)
     add_int8_option(evaluate)
@@ -236,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics, _ = evaluate_run(
         run,
         data_overrides(values),
-        split=values.get("split", "test"),
+        split=values.get("split"),
         output=folder,
         int8=values.get("int8", False),
         **runtime_overrides(values),
@@ -296,7 +304,7 @@ def add_predict_parser(commands) -> None:
     )
     add_config_option(predict)
     add_options(predict, DataConfig, only=("text_column", "empty_text"))
-    add_options(predict, ModelConfig, only=("device", "dtype"))
+    add_options(predict, ModelConfig, only=("device", "dtype", "trust_remote_code"))
     add_options(predict, TrainConfig, only=("eval_batch_size",))
     add_options(predict, InstructConfig, only=predict_time_names(InstructConfig))
     add_int8_option(predict)
@@ -330,7 +338,8 @@ def add_calibrate_parser(commands) -> None:
     calibrate.add_argument(
         "--split",
         default=argparse.SUPPRESS,
-        help="the split to fit on: validation (default); never the test split you report",
+        help="the split to fit on (default: validation, or all of a file given with --data "
+        "that has no split column); never the test split you report",
     )
     add_config_option(calibrate)
     add_evaluation_options(calibrate)
@@ -343,7 +352,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     values = option_values(args)
     run = Path(values.pop("run"))
     stored = calibrate_run(
-        run, data_overrides(values), values.get("split", "validation"), **runtime_overrides(values)
+        run, data_overrides(values), values.get("split"), **runtime_overrides(values)
     )
     before, after = stored["before"], stored["after"]
     print(
@@ -393,6 +402,12 @@ def add_compare_parser(commands) -> None:
         default=argparse.SUPPRESS,
         help="confidence level of the intervals; 1 - it is the significance level (default: 0.95)",
     )
+    compare.add_argument(
+        "--split",
+        default=argparse.SUPPRESS,
+        help="with --data: the split to evaluate every run on, train, validation, test or "
+        "all (default: test, or all of a file without a split column)",
+    )
     add_config_option(compare)
     add_evaluation_options(compare)
     compare.set_defaults(func=cmd_compare)
@@ -405,6 +420,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     data_values = data_overrides(values)
     if data_values and "data" not in data_values:
         raise LlmclfError("column options need --data: compare evaluates the runs on that data set")
+    if "split" in values and not data_values:
+        raise LlmclfError(
+            "--split needs --data: without it the runs' stored test predictions are compared"
+        )
     report = compare_runs(
         values["runs"],
         values["output"],
@@ -413,6 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         resamples=values.get("resamples", 10_000),
         seed=values.get("seed", 0),
         confidence=values.get("confidence", 0.95),
+        split=values.get("split"),
     )
     print_report_summary(report, Path(values["output"]))
     return 0
@@ -489,7 +509,9 @@ def add_distill_parser(commands) -> None:
     add_options(distill, DistillConfig)
     add_options(distill, DataConfig)
     add_options(
-        distill, ModelConfig, only=("max_length", "dtype", "device", "gradient_checkpointing")
+        distill,
+        ModelConfig,
+        only=("max_length", "dtype", "device", "gradient_checkpointing", "trust_remote_code"),
     )
     add_options(distill, TrainConfig, only=field_names(TrainConfig) - {"validation_fraction"})
     add_options(distill, EncoderConfig)
@@ -658,6 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging() -> None:
+    # one handler on this call's stderr: a second main() in the same process (tests, a
+    # notebook) neither repeats every line nor writes to a stream closed since
+    for old in list(log.handlers):
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("llmclf: %(message)s"))
     log.addHandler(handler)

@@ -243,6 +243,12 @@ class ModelConfig:
     gradient_checkpointing: bool = option(
         False, "trade compute for memory during training", runtime=True
     )
+    trust_remote_code: bool = option(
+        False,
+        "run the Python code a model folder or hub repository ships (an auto_map in its "
+        "config.json); only for models you trust. Never taken from a run's config.yaml",
+        runtime=True,
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -76,10 +76,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"cannot read {path.name}: the extension must be one of {', '.join(sorted(READERS))}"
         )
     try:
-        if kind == "csv":
-            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        elif kind == "tsv":
-            frame = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+        if kind in ("csv", "tsv"):
+            sep = "," if kind == "csv" else "\t"
+            _refuse_duplicate_columns(path, pd.read_csv(path, sep=sep, header=None, nrows=1))
+            frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
         elif kind == "jsonl":
             frame = pd.read_json(path, lines=True, dtype=False)
         elif kind == "json":
@@ -94,6 +94,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise LlmclfError(f"{path} has no rows")
     return frame
+
+
+def _refuse_duplicate_columns(path: Path, header: pd.DataFrame) -> None:
+    """pandas would rename a repeated column name to ``NAME.1`` and read whichever it
+    kept: a header naming a column twice is refused instead."""
+    names = [str(v) for v in header.iloc[0]] if len(header) else []
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise LlmclfError(
+            f"{path} names the column {', '.join(repr(n) for n in repeated)} more than once: "
+            "give every column its own name"
+        )
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -127,8 +139,10 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def load_frames(config: DataConfig) -> dict[str, pd.DataFrame]:
-    """Raw rows of every split of ``config.data``: built-in, ``hf:`` or a file."""
+def load_frames(config: DataConfig, split_files: bool = True) -> dict[str, pd.DataFrame]:
+    """Raw rows of every split of ``config.data``: built-in, ``hf:`` or a file. A file
+    without a ``split`` column is split 80/10/10, or with ``split_files=False`` (a file
+    to evaluate) kept whole as one split named ``all``."""
     spec = config.data
     if spec in DATASETS:
         entry = DATASETS[spec]
@@ -141,7 +155,10 @@ def load_frames(config: DataConfig) -> dict[str, pd.DataFrame]:
             f"unknown data {spec!r}: give a built-in name ({', '.join(DATASETS)}), "
             "a CSV / TSV / JSONL / Parquet file, or hf:NAME[:CONFIG]"
         )
-    return _split_file(read_table(path), config)
+    frame = read_table(path)
+    if not split_files and "split" not in frame.columns:
+        return {"all": frame}
+    return _split_file(frame, config)
 
 
 def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFrame]:
@@ -221,10 +238,11 @@ def _hf_to_frame(part, label_column: str) -> pd.DataFrame:
 
 
 def examples_by_split(
-    config: DataConfig, multi_label: bool | None = None
+    config: DataConfig, multi_label: bool | None = None, split_files: bool = True
 ) -> tuple[dict[str, Examples], bool]:
-    """Every split as ``Examples``; multi-label is detected from the training labels."""
-    frames = load_frames(config)
+    """Every split as ``Examples``; multi-label is detected from the training labels.
+    ``split_files``: as ``load_frames``."""
+    frames = load_frames(config, split_files)
     if multi_label is None:
         first = frames.get("train", next(iter(frames.values())))
         multi_label = detect_multi_label(first, config)

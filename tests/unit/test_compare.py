@@ -122,10 +122,12 @@ def test_compare_refuses_runs_tested_on_different_test_sets(runs, tmp_path, caps
 def test_compare_with_data_evaluates_every_run_on_one_test_set(runs, tmp_path):
     out = tmp_path / "report"
     args = ["compare", str(runs["a"]), str(runs["c"]), "--output", str(out)]
-    assert main([*args, "--data", str(runs["data"]), "--resamples", "2000"]) == 0
+    given = ["--data", str(runs["data"]), "--split", "test", "--resamples", "2000"]
+    assert main([*args, *given]) == 0
     report = json.loads((out / "report.json").read_text())
     _, metrics_a = stored(runs["a"])
-    assert report["test_set_hash"] == metrics_a["test_set_hash"]  # A's own split (seed 0)
+    # --split test named: cut from the split-less file as in training, A's own split (seed 0)
+    assert report["test_set_hash"] == metrics_a["test_set_hash"]
     assert report["runs"][0]["macro_f1"] == pytest.approx(metrics_a["macro_f1"])
     assert (out / "evaluations" / "c" / "predictions.jsonl").is_file()
     assert report["settings"]["bootstrap_resamples"] == 2000
@@ -252,3 +254,25 @@ def test_the_verdict_needs_both_tests():
     assert "not significant" in verdict({**base, "mcnemar_p_adjusted": 0.2}, "macro_f1", 0.05)
     unclear = {**base, "ci_low": -0.01, "mcnemar_p_adjusted": 0.2}
     assert verdict(unclear, "macro_f1", 0.05) == "no significant difference"
+
+
+def test_a_file_without_a_split_column_is_evaluated_whole(runs, tmp_path, capsys):
+    """evaluate / compare / calibrate given such a file use every row unless a split is
+    named; a run's own data, read again, keeps its training split."""
+    assert main(["evaluate", str(runs["a"]), "--output", str(tmp_path / "own")]) == 0
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert own["n"] == stored(runs["a"])[1]["n"] == 15  # the test tenth of 150 rows
+    given = ["--data", str(runs["data"])]
+    assert main(["evaluate", str(runs["a"]), *given, "--output", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["n"] == 150
+    out = tmp_path / "report"
+    assert main(["compare", str(runs["a"]), str(runs["c"]), *given, "--output", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["n"] == 150
+    run = tmp_path / "calibrated"
+    shutil.copytree(runs["b"], run)
+    assert main(["calibrate", str(run), *given]) == 0
+    assert json.loads((run / "calibration.json").read_text())["n"] == 150
+    capsys.readouterr()
+    args = ["compare", str(runs["a"]), str(runs["b"]), "--split", "all"]
+    assert main([*args, "--output", str(tmp_path / "r2")]) == 2
+    assert "--split needs --data" in capsys.readouterr().err

@@ -174,3 +174,13 @@ def test_hf_unknown_dataset_is_one_clear_error():
         LlmclfError, match="cannot load the Hugging Face dataset 'no/such-dataset-xyz'"
     ):
         examples_by_split(DataConfig(data="hf:no/such-dataset-xyz"))
+
+
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_a_header_naming_a_column_twice_is_refused(tmp_path, suffix, sep):
+    from llmclf.data import read_table
+
+    path = tmp_path / f"dup{suffix}"
+    path.write_text(sep.join(["text", "label", "text"]) + "\n" + sep.join(["a", "x", "b"]) + "\n")
+    with pytest.raises(LlmclfError, match="names the column 'text' more than once"):
+        read_table(path)

@@ -307,6 +307,8 @@ class ClassifierBase(Predictor):
         folder = RunFolder(path)
         names = cls.config_class.option_names()
         stored = {k: v for k, v in flatten(folder.config()).items() if k in names}
+        # a model's own code runs only when this user says so, never because a run said so
+        stored.pop("trust_remote_code", None)
         ignored = runtime_names(DataConfig, ModelConfig, TrainConfig) - names
         kept = {k: v for k, v in overrides.items() if k not in ignored}
         clf = cls(**{**stored, **kept})

@@ -185,7 +185,9 @@ class EncoderClassifier(ClassifierBase):
 
         config = self.config_
         source = backbone.model_source(config.model.model)
-        self.tokenizer_ = backbone.load_tokenizer(source, "right")
+        self.tokenizer_ = backbone.load_tokenizer(
+            source, "right", trust_remote_code=config.model.trust_remote_code
+        )
         torch.manual_seed(config.train.seed)  # the fresh classifier's initial weights
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification,
@@ -243,7 +245,7 @@ class EncoderClassifier(ClassifierBase):
             return {}
         from transformers import AutoConfig
 
-        available = AutoConfig.from_pretrained(source).num_hidden_layers
+        available = AutoConfig.from_pretrained(source, trust_remote_code=False).num_hidden_layers
         if encoder_cfg.encoder_layers > available:
             raise LlmclfError(
                 f"--encoder-layers {encoder_cfg.encoder_layers}: the encoder has only {available}"
@@ -284,7 +286,9 @@ class EncoderClassifier(ClassifierBase):
         from transformers import AutoModelForSequenceClassification
 
         model_cfg = self.config_.model
-        self.tokenizer_ = backbone.load_tokenizer(str(folder), "right")
+        self.tokenizer_ = backbone.load_tokenizer(
+            str(folder), "right", trust_remote_code=model_cfg.trust_remote_code
+        )
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification, str(folder), model_cfg, keep_full_precision=[]
         )

@@ -212,7 +212,10 @@ class HeadClassifier(ClassifierBase):
         model_cfg, head_cfg = self.config_.model, self.config_.head
         source = backbone.model_source(model_cfg.model)
         self.tokenizer_ = backbone.load_tokenizer(
-            tokenizer_source or source, "right", append_eos=head_cfg.pooling == "last"
+            tokenizer_source or source,
+            "right",
+            append_eos=head_cfg.pooling == "last",
+            trust_remote_code=model_cfg.trust_remote_code,
         )
         self.device_ = backbone.resolve_device(model_cfg.device)
         self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)

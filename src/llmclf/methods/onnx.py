@@ -16,7 +16,7 @@ from llmclf.run_folder import EXPORT_INFO, ONNX_FILE, RunFolder, read_json
 
 class OnnxClassifier(Predictor):
     """An exported encoder served by ONNX Runtime: the same ``predict`` / ``predict_proba``
-    as llmclf's classifiers, predicted by ONNX Runtime.
+    as llmclf's classifiers.
 
     Example:
         >>> clf = OnnxClassifier("runs/student/onnx")  # doctest: +SKIP
@@ -38,7 +38,7 @@ class OnnxClassifier(Predictor):
             str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
         )
         self.input_names_ = [i.name for i in self.session_.get_inputs()]
-        self.tokenizer_ = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer_ = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         self.schema_ = LabelSchema.load(folder)
         self.classes_ = np.array(self.schema_.classes)
         self.temperature_ = RunFolder(folder).temperature()

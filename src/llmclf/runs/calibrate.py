@@ -15,11 +15,13 @@ log = logging.getLogger("llmclf")
 
 
 def calibrate_run(
-    run: str | Path, data_values: dict | None = None, split: str = "validation", **runtime
+    run: str | Path, data_values: dict | None = None, split: str | None = None, **runtime
 ) -> dict:
     """Fit temperature scaling on a split of the run's data (validation by default) and
     store it in the run's calibration.json, which evaluate / predict / compare then use.
 
+    ``split`` None: validation, or the whole of a file given as ``data_values["data"]``
+    that has no ``split`` column.
     Returns what was stored: the temperature, before / after NLL, ECE and Brier on the
     calibration split, and on the stored test predictions (``test``) when the run has them.
 
@@ -30,7 +32,10 @@ def calibrate_run(
     folder = RunFolder(run)
     config = data_config_for(run, data_values)
     classifier = load_classifier(folder.path, **runtime)
-    examples = evaluation_split(config, split, classifier.schema_.multi_label)
+    # a held-out file given for calibration, without a split column, is used whole
+    whole_file = "data" in (data_values or {}) and split is None
+    split = split or "validation"
+    examples = evaluation_split(config, split, classifier.schema_.multi_label, whole_file)
     if split in ("test", "all"):
         log.warning("calibrating on the %s split makes the test ECE look better than it is", split)
     where = f"{config.data} [{split}]"

@@ -107,13 +107,19 @@ def stored_evaluation(folder: Path, name: str) -> RunEvaluation:
 
 
 def fresh_evaluation(
-    folder: Path, name: str, config: DataConfig, runtime: dict, output: Path
+    folder: Path,
+    name: str,
+    config: DataConfig,
+    runtime: dict,
+    output: Path,
+    split: str | None = None,
 ) -> RunEvaluation:
-    """Evaluate a run now on the test split of ``config``; its predictions and metrics are
-    kept under ``output``."""
+    """Evaluate a run now on ``split`` of ``config`` (as ``evaluate_run``: by default the
+    test split, or all of a file without a ``split`` column); its predictions and metrics
+    are kept under ``output``."""
     run_metrics = RunFolder(folder).metrics()
-    log.info("%s: evaluating on %s [test]", name, config.data)
-    metrics, frame = evaluate_run(folder, data_config=config, output=output, **runtime)
+    log.info("%s: evaluating on %s", name, config.data)
+    metrics, frame = evaluate_run(folder, data_config=config, split=split, output=output, **runtime)
     return from_frame(name, folder, frame, metrics, run_metrics, f"evaluated on {config.data}")
 
 
@@ -137,12 +143,13 @@ def compare_runs(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
+    split: str | None = None,
 ) -> dict:
     """Compare finished runs and write the report to ``output``; returns the report dict.
 
     Without ``data_values`` the runs' stored test predictions are used (their test sets
-    must be the same); with them (at least ``data``), every run is evaluated on the test
-    split of that data set (read with the first run's column options unless given) first,
+    must be the same); with them (at least ``data``), every run is evaluated on ``split``
+    of that data set (default: test, or all of a file without a ``split`` column) (read with the first run's column options unless given) first,
     its predictions kept in ``output/evaluations/NAME``.
 
     Example:
@@ -162,7 +169,7 @@ def compare_runs(
         config = data_config_for(folders[0], data_values)
         evaluations = [
             fresh_evaluation(
-                f, n, config, runtime or {}, output / EVALUATIONS / n.replace("/", "__")
+                f, n, config, runtime or {}, output / EVALUATIONS / n.replace("/", "__"), split
             )
             for f, n in zip(folders, names)
         ]

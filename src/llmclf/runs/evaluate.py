@@ -72,9 +72,21 @@ def data_config_for(run: str | Path, data_values: dict | None = None) -> DataCon
     return build(DataConfig, {**stored, **(data_values or {})})
 
 
-def evaluation_split(config: DataConfig, split: str, multi_label: bool) -> Examples:
-    """One split (or every row, with ``split='all'``) of the data for evaluation."""
-    splits, _ = examples_by_split(config, multi_label=multi_label)
+def evaluation_split(
+    config: DataConfig, split: str, multi_label: bool, whole_file: bool = False
+) -> Examples:
+    """One split (or every row, with ``split='all'``) of the data for evaluation.
+
+    ``whole_file``: a file given to evaluate on that has no ``split`` column is evaluated
+    whole, whatever ``split`` says (the 80/10/10 split is for training files: a run's own
+    data, read again, is split as it was in training).
+    """
+    splits, _ = examples_by_split(config, multi_label=multi_label, split_files=not whole_file)
+    if set(splits) == {"all"}:
+        log.info(
+            "%s has no 'split' column: evaluating all %d rows", config.data, len(splits["all"])
+        )
+        return splits["all"]
     if split == "all":
         parts = [splits[name] for name in ("train", "validation", "test") if name in splits]
         return Examples(
@@ -145,7 +157,7 @@ def evaluate_run(
     run: str | Path,
     data_values: dict | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     output: str | Path | None = None,
     data_config: DataConfig | None = None,
     int8: bool = False,
@@ -155,7 +167,9 @@ def evaluate_run(
     data options it was trained with; ``data_config`` replaces them) and write
     ``metrics.json`` and ``predictions.jsonl`` to ``output`` (default ``RUN/eval``).
 
-    ``runtime`` options (``device``, ``eval_batch_size``, an instruct run's
+    ``split`` None: the test split, except that a file given in ``data_values`` (or
+    ``data_config``) without a ``split`` column is evaluated whole; a ``split`` named
+    explicitly is cut from such a file as in training (80/10/10, ``split_seed``). ``runtime`` options (``device``, ``eval_batch_size``, an instruct run's
     ``predict_mode``, ...) change how the run predicts. Returns the metrics and the
     per-example prediction table.
 
@@ -165,10 +179,13 @@ def evaluate_run(
         0.964
     """
     config = data_config or data_config_for(run, data_values)
+    given = data_config is not None or "data" in (data_values or {})
+    whole_file = given and split is None
+    split = split or "test"
     folder = Path(output) if output else Path(run) / EVAL_FOLDER
     _check_output_folder(folder)
     classifier = load_classifier(run, int8=int8, **runtime)
-    examples = evaluation_split(config, split, classifier.schema_.multi_label)
+    examples = evaluation_split(config, split, classifier.schema_.multi_label, whole_file)
     log.info("evaluating %s on %s [%s]: %d examples", run, config.data, split, len(examples))
     metrics, predictions = evaluate_examples(classifier, examples, f"{config.data} [{split}]")
     metrics.update({"method": classifier.method, "data": config.data, "split": split})

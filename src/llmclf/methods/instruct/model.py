@@ -201,7 +201,11 @@ class InstructClassifier(ClassifierBase):
         """Tokenizer, chat template, verbalizer and template from the options; warns when
         two answers could be confused."""
         model_cfg, instruct_cfg = self.config_.model, self.config_.instruct
-        self.tokenizer_ = backbone.load_tokenizer(backbone.model_source(model_cfg.model), "left")
+        self.tokenizer_ = backbone.load_tokenizer(
+            backbone.model_source(model_cfg.model),
+            "left",
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
         self.tokenizer_.chat_template = chat_template_for(
             self.tokenizer_, instruct_cfg.chat_template
         )
@@ -506,7 +510,9 @@ class InstructClassifier(ClassifierBase):
         if not path.is_file():
             raise LlmclfError(f"{folder} holds no {INSTRUCT_STATE}: it is not an instruct run")
         state = read_json(path, "instruct run's prompt state")
-        self.tokenizer_ = backbone.load_tokenizer(str(folder), "left")
+        self.tokenizer_ = backbone.load_tokenizer(
+            str(folder), "left", trust_remote_code=self.config_.model.trust_remote_code
+        )
         classes = self.schema_.classes
         verbalizer = Verbalizer(
             state["verbalizer"], classes, [state["answers"][c] for c in classes]
