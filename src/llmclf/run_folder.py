@@ -209,6 +209,11 @@ class RunFolder:
     def config(self) -> dict[str, Any]:
         """The run's resolved config.yaml (sections, data options included)."""
         path = self.path / CONFIG_FILE
+        if self.path.is_file():
+            raise LlmclfError(
+                f"{self.path} is a file, not a run folder: give the folder `llmclf train` wrote "
+                "(a data file goes after --data)"
+            )
         if not self.path.is_dir():
             raise LlmclfError(f"{self.path} does not exist")
         if not path.is_file():

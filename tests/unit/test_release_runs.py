@@ -44,3 +44,42 @@ def test_release_run_predicts_through_the_cli(release):
     assert main(["predict", "head", "--input", "texts.csv", "--output", "out.csv"]) == 0
     out = pd.read_csv("out.csv")
     assert list(out["prediction"]) == EXPECTED["runs"]["head"]["predict"]
+
+
+@pytest.mark.parametrize(
+    "name, damaged",
+    [
+        ("head", "adapter_model.safetensors"),
+        ("head-frozen", "head.safetensors"),
+        ("encoder", "model.safetensors"),
+        ("tfidf", "pipeline.skops"),
+    ],
+)
+def test_a_truncated_model_file_is_named_as_damage(release, capsys, name, damaged):
+    from llmclf.cli import main
+
+    path = release / name / damaged
+    path.write_bytes(path.read_bytes()[:100])
+    pd.DataFrame({"text": EXPECTED["texts"]}).to_csv("texts.csv", index=False)
+    assert main(["predict", name, "--input", "texts.csv", "--output", "out.csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is damaged" in err and "Traceback" not in err
+    assert not Path("out.csv").exists()
+
+
+@pytest.mark.parametrize("damaged", ["labels.json", "config.yaml", "calibration.json"])
+def test_a_garbled_metadata_file_gives_one_line(release, capsys, damaged):
+    from llmclf.cli import main
+
+    (release / "head" / damaged).write_text("{not: [valid")
+    assert main(["evaluate", "head", "--output", "ev"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("llmclf: error:") == 1 and "Traceback" not in err
+    assert not Path("ev").exists()
+
+
+def test_a_data_file_where_the_run_goes_is_named_as_such(release, capsys):
+    from llmclf.cli import main
+
+    assert main(["evaluate", "data.csv"]) == 2
+    assert "data.csv is a file, not a run folder" in capsys.readouterr().err

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
 from llmclf._version import __version__
 from llmclf.config import (
@@ -38,6 +40,17 @@ from llmclf.labels import LabelSchema
 from llmclf.run_folder import CONFIG_FILE, RunFolder, write_calibration, write_yaml
 
 log = logging.getLogger("llmclf")
+
+# What reading a run's model files raises when one is truncated, garbled or does not match
+# its labels.json.
+DAMAGE: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    zipfile.BadZipFile,
+    SafetensorError,
+)
 
 
 class Predictor:
@@ -318,6 +331,15 @@ class ClassifierBase(Predictor):
         calibration = folder.calibration()
         if "fitted_on" in calibration:  # written by calibrate()
             clf.calibration_ = calibration
-        clf._load_model(folder.path)
+        try:
+            clf._load_model(folder.path)
+        except LlmclfError:
+            raise
+        except DAMAGE as exc:  # a truncated or garbled model file, a shape that does not fit
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlmclfError(
+                f"{folder} is damaged: {first[:300]} ({type(exc).__name__}); train it again "
+                "or restore the folder from a copy"
+            ) from None
         clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
         return clf
