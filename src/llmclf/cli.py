@@ -608,6 +608,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def print_summary(metrics: dict, folder: Path | str) -> None:
+    for warning in metrics.get("warnings", []):
+        print(f"warning: {warning}")
     if "macro_f1" in metrics:
         line = (
             f"{metrics.get('split', 'test')}: accuracy {metrics['accuracy']:.4f}  "

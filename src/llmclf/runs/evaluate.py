@@ -219,6 +219,11 @@ def predict_file(
     output = Path(output)
     if output.suffix.lower() not in TABLE_SUFFIXES:
         raise LlmclfError(f"--output {output.name}: use a .csv, .jsonl, .tsv or .parquet name")
+    if output.is_dir():
+        raise LlmclfError(f"--output {output} is a folder: give a file name such as labelled.csv")
+    blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise LlmclfError(f"--output {output}: {blocked} is a file, not a folder")
     frame = read_table(input)
     columns = text_column or data_config_for(run).text_column
     texts = read_texts(frame, columns, str(input))

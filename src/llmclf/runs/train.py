@@ -16,6 +16,7 @@ import pandas as pd
 from llmclf.config import DataConfig
 from llmclf.data import examples_by_split, sample
 from llmclf.errors import LlmclfError
+from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.registry import method_class, method_classes
 from llmclf.run_folder import (
@@ -63,7 +64,8 @@ def train_run(
         train = sample(
             train, data_config.train_limit, seed=data_config.split_seed, multi_label=multi_label
         )
-    validation = splits.get("validation")
+    validation, test = splits.get("validation"), splits.get("test")
+    warnings = check_splits(train, validation, test, multi_label, data_config.data)
     log.info(
         "training %s on %d examples (%s), validating on %d",
         method,
@@ -78,14 +80,36 @@ def train_run(
 
     metrics: dict = {}
     predictions = None
-    test = splits.get("test")
     if test is not None:
         metrics, predictions = evaluate_examples(classifier, test, f"{data_config.data} [test]")
     metrics.update(accounting(classifier, len(train)))
     metrics.update({"method": method, "data": data_config.data, "split": "test"})
+    if warnings:
+        metrics["warnings"] = warnings
     keep = bool(train_cfg and train_cfg.keep_checkpoints)
     write_run(classifier, folder.path, data_config, metrics, predictions, keep_checkpoints=keep)
     return metrics
+
+
+def check_splits(train, validation, test, multi_label: bool, data: str) -> list[str]:
+    """Before training: refuse evaluation labels the training split lacks (they would
+    fail only after training), and return a warning (logged now, printed in the summary
+    and kept in metrics.json) for each split that is missing."""
+    schema = LabelSchema.from_labels(train.labels, multi_label)
+    for name, part in (("validation", validation), ("test", test)):
+        if part is not None:
+            schema.check_known(part.labels, f"{data} [{name}] (not in its training split)")
+    warnings = []
+    if validation is None:
+        warnings.append(
+            f"{data} has no validation rows: the last epoch is kept, multi-label thresholds "
+            "stay at 0.5"
+        )
+    if test is None:
+        warnings.append(f"{data} has no test rows: this run has no test metrics")
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
 
 
 def accounting(classifier: ClassifierBase, n_train: int) -> dict:
