@@ -61,8 +61,7 @@ TEACHER_CACHE = "teacher_logits"  # distill: the teacher's logits, reused on --r
 ONNX_FOLDER = "onnx"
 ONNX_FILE = "model.onnx"
 EXPORT_INFO = "llmclf_export.json"
-# ``llmclf compare``: report.json last, so a folder with one holds a complete report
-REPORT_FILES = ("figures", "report.md", "report.html", "report.json")
+# ``llmclf compare``: report.json moved in last, so a folder with one holds a complete report
 REPORT_JSON = "report.json"
 EVALUATIONS = "evaluations"
 # ``llmclf experiment``
@@ -131,10 +130,12 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise LlmclfError(f"{path} is not valid JSON ({exc.msg}): the {what} is damaged") from None
 
 
-def replace_contents(staging: Path, target: Path) -> None:
-    """Move every entry of ``staging`` into ``target`` (replacing same-named ones), then
-    remove ``staging``."""
-    for path in staging.iterdir():
+def replace_contents(staging: Path, target: Path, last: str | None = None) -> None:
+    """Move every entry of ``staging`` into ``target`` (replacing same-named ones), the
+    entry named ``last`` after all others (the mark of a complete folder), then remove
+    ``staging``."""
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == last)
+    for path in entries:
         destination = target / path.name
         if destination.is_dir():
             shutil.rmtree(destination)

@@ -5,7 +5,7 @@ Each run contributes its test predictions, either the ones stored when it was tr
 content hash) or fresh ones on a data set given now. ``build_report`` turns them into
 one dict: a row per run (quality, calibration before / after temperature scaling, cost)
 and, for every pair, McNemar's test and paired-bootstrap intervals of delta F1.
-``report.py`` renders that dict; ``report.json`` is that dict.
+``evaluation/report.py`` renders that dict; ``report.json`` is that dict.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from llmclf.labels import LabelSchema
 from llmclf.methods.registry import section_classes
 from llmclf.run_folder import (
     EVALUATIONS,
-    REPORT_FILES,
     REPORT_JSON,
     STAGING,
     TEST_PREDICTIONS,
     RunFolder,
+    replace_contents,
 )
 from llmclf.runs.evaluate import data_config_for, evaluate_run
 
@@ -205,10 +205,5 @@ def write_report(report: dict, output: str | Path) -> Path:
     (staging / "figures").mkdir(parents=True)
     for name, content in render(report).items():
         (staging / name).write_bytes(content)
-    for name in REPORT_FILES:  # report.json last
-        target = output / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        (staging / name).replace(target)
-    staging.rmdir()
+    replace_contents(staging, output, last=REPORT_JSON)
     return output / "report.html"
