@@ -96,23 +96,80 @@ def model_source(ref: str) -> str:
         if entry.kind == "encoder":  # shipped as a Hugging Face folder (or a zip of one)
             return str(builtin_folder(entry))
         return str(convert_gguf(builtin_gguf(entry)))
+    check_model_ref(ref)
+    path = Path(ref).expanduser()
+    if ref.lower().endswith(".gguf"):
+        return str(convert_gguf(path))
+    if path.is_dir():
+        return str(path.resolve())
+    return ref
+
+
+def check_model_ref(ref: str) -> None:
+    """Refuse, in about a second and before any data or model loads, a model reference
+    that cannot be opened: a missing GGUF file, a folder without config.json, or a name
+    that is neither a built-in nor a Hugging Face model this machine can get."""
+    if ref in MODELS:
+        return
     path = Path(ref).expanduser()
     if ref.lower().endswith(".gguf"):
         if not path.is_file():
             raise LlmclfError(f"the GGUF file {ref} does not exist")
-        return str(convert_gguf(path))
+        return
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise LlmclfError(
                 f"{ref} is a folder without config.json: not a transformers model folder"
             )
-        return str(path.resolve())
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise LlmclfError(
-            f"model {ref!r} is not a built-in name (see `llmclf models`), a model folder, "
-            "a .gguf file, or a Hugging Face hub id"
+        return
+    check_hub_model(ref)
+
+
+def _not_a_model(ref: str, why: str) -> LlmclfError:
+    return LlmclfError(
+        f"model {ref!r} is not a built-in name ({', '.join(MODELS)}), a model folder or a "
+        f".gguf file, and {why}"
+    )
+
+
+def check_hub_model(ref: str) -> None:
+    """Fail in a second, not after a minute of download retries, when ``ref`` cannot be a
+    Hugging Face model: not a valid repo id, not in the local hub cache while offline
+    (``HF_HUB_OFFLINE``), or not found / not reachable on the hub (one request)."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith((".", "/", "~")):
+        raise _not_a_model(ref, "not a Hugging Face hub id")
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise _not_a_model(ref, "not a valid Hugging Face hub id (OWNER/NAME)") from None
+    cached = try_to_load_from_cache(ref, "config.json")
+    if isinstance(cached, str):
+        return
+    if constants.is_offline_mode():
+        raise _not_a_model(
+            ref, "it is not in the Hugging Face cache while HF_HUB_OFFLINE is set (no downloads)"
         )
-    return ref
+    try:
+        HfApi().model_info(ref, timeout=10)
+    except GatedRepoError:
+        raise LlmclfError(
+            f"model {ref!r} is gated on the Hugging Face hub: accept its terms on its page, "
+            "then log in with `hf auth login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise _not_a_model(
+            ref, "no such model is on the Hugging Face hub (or it is private: `hf auth login`)"
+        ) from None
+    except Exception as exc:  # network errors come in many types (httpx, OSError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _not_a_model(
+            ref, f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: {first}"
+        ) from None
 
 
 CACHE_FORMAT = 3  # bump when the converted folder's content changes

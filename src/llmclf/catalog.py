@@ -226,6 +226,9 @@ def stratified_split(keys: list, fractions: tuple[float, ...], seed: int) -> lis
 
     Each class contributes round(n * fraction) rows to every part but the first, which
     takes the rest, so rare classes stay in the first part (train) rather than vanishing.
+    A later part that this would leave empty although round(total * fraction) >= 1 (small
+    classes all rounding down: 5 rows of each class at 10 %) gets that many rows, one from
+    each of the largest classes that can spare one.
 
     Example:
         >>> stratified_split(["a"] * 8 + ["b"] * 2, (0.5, 0.5), seed=0)  # doctest: +SKIP
@@ -235,15 +238,28 @@ def stratified_split(keys: list, fractions: tuple[float, ...], seed: int) -> lis
     by_key: dict = {}
     for i, key in enumerate(keys):
         by_key.setdefault(key, []).append(i)
+    keys_in_order = sorted(by_key, key=str)
+    takes = {key: [] for key in keys_in_order}
+    left = {}
+    for key in keys_in_order:
+        rng.shuffle(by_key[key])
+        left[key] = len(by_key[key])
+    for p in range(1, len(fractions)):
+        for key in keys_in_order:
+            take = int(round(len(by_key[key]) * fractions[p]))
+            take = max(0, min(take, left[key] - 1))  # keep at least one row in train
+            takes[key].append(take)
+            left[key] -= take
+        wanted = int(round(len(keys) * fractions[p]))
+        if wanted and not any(takes[key][-1] for key in keys_in_order):
+            spare = sorted((k for k in keys_in_order if left[k] > 1), key=lambda k: -left[k])
+            for key in spare[:wanted]:
+                takes[key][-1] += 1
+                left[key] -= 1
     parts: list[list[int]] = [[] for _ in fractions]
-    for key in sorted(by_key, key=str):
-        rows = by_key[key]
-        rng.shuffle(rows)
-        start = 0
-        for p in range(1, len(fractions)):
-            take = int(round(len(rows) * fractions[p]))
-            if len(rows) - start - take < 1:  # keep at least one row in train
-                take = max(0, len(rows) - start - 1)
+    for key in keys_in_order:
+        rows, start = by_key[key], 0
+        for p, take in enumerate(takes[key], start=1):
             parts[p].extend(rows[start : start + take])
             start += take
         parts[0].extend(rows[start:])

@@ -179,10 +179,20 @@ def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFra
     }
 
 
-def _stratify_keys(frame: pd.DataFrame, config: DataConfig) -> list[str]:
+def _stratify_keys(frame: pd.DataFrame, config: DataConfig) -> list:
+    """The cleaned label of every row (a label set for multi-label data), so labels that
+    differ only by surrounding whitespace stratify as the one class they become."""
     if config.label_column not in frame.columns:
         return ["" for _ in range(len(frame))]
-    return [str(v) for v in frame[config.label_column]]
+    multi_label = detect_multi_label(frame, config)
+    keys = []
+    for value in frame[config.label_column]:
+        try:
+            label = parse_label(value, multi_label, config.label_sep)
+        except LlmclfError:  # refused with its row number when the examples are made
+            label = str(value)
+        keys.append(tuple(label) if isinstance(label, list) else ("" if label is None else label))
+    return keys
 
 
 def _carve_missing(splits: dict[str, pd.DataFrame], config: DataConfig) -> dict[str, pd.DataFrame]:

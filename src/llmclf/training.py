@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_callback import ExportableState
 
 from llmclf.config import TrainConfig
 from llmclf.errors import LlmclfError
@@ -51,6 +58,39 @@ class ClassifierTrainer(Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
+class RunClock(TrainerCallback, ExportableState):
+    """Training time across resumes: the seconds trained before each checkpoint travel in
+    the checkpoint's ``trainer_state.json`` (the Trainer's stateful-callback mechanism,
+    as EarlyStoppingCallback's counter does), so a resumed run adds them to its own.
+    Time after the last checkpoint of a killed process is work lost, not counted."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = seconds_before
+        self.tokens_at_start = 0
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+        self.tokens_at_start = state.num_input_tokens_seen or 0
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self._start
+
+    def state(self) -> dict:
+        return {"args": {"seconds_before": self.seconds()}, "attributes": {}}
+
+
+class LogAtCheckpoints(TrainerCallback):
+    """Log the running loss at every step a checkpoint is saved, so a resumed run's
+    log is the uninterrupted run's: its first log averages the steps after the
+    checkpoint, and no logged average straddles a kill."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_log = control.should_log or control.should_save
+
+    on_epoch_end = on_step_end
+
+
 @dataclass
 class TrainResult:
     seconds: float
@@ -60,6 +100,7 @@ class TrainResult:
     best_metric: float | None
     log_history: list[dict]
     resumed_from_step: int | None = None
+    seconds_before_resume: float = 0.0  # trained by earlier processes, up to the checkpoint
 
 
 def training_arguments(
@@ -108,6 +149,8 @@ def training_arguments(
         include_num_input_tokens_seen="non_padding" if token_inputs else "no",
         label_names=["labels"],
         disable_tqdm=not progress,
+        # a resumed run continues its clock and its early-stopping patience
+        restore_callback_states_from_checkpoint=True,
     )
 
 
@@ -144,7 +187,7 @@ def run_trainer(
     progress: bool = True,
 ) -> TrainResult:
     """Train with evaluation, early stopping and best-checkpoint loading; return timings."""
-    callbacks = []
+    callbacks: list[TrainerCallback] = [RunClock(), LogAtCheckpoints()]
     if eval_dataset is not None and config.early_stopping_patience > 0:
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
@@ -167,14 +210,18 @@ def run_trainer(
     output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     metrics = output.metrics
-    tokens = trainer.state.num_input_tokens_seen or 0
+    # A resumed run's Trainer state is restored, the clock with it (a new instance).
+    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunClock))
+    tokens = (trainer.state.num_input_tokens_seen or 0) - clock.tokens_at_start
     return TrainResult(
         seconds=seconds,
         steps=trainer.state.global_step,
+        # rates of this process: its examples and tokens over its own time
         examples_per_second=float(metrics.get("train_samples_per_second", 0.0)),
         tokens_per_second=tokens / metrics["train_runtime"]
         if metrics.get("train_runtime")
         else 0.0,
+        seconds_before_resume=clock.seconds_before if resume_from else 0.0,
         best_metric=trainer.state.best_metric,
         log_history=list(trainer.state.log_history),
         resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,

@@ -1,3 +1,9 @@
+import http.server
+import socket
+import threading
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,7 +49,74 @@ def test_model_source_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LlmclfError, match="without config.json"):
         backbone.model_source(str(tmp_path / "empty"))
-    assert backbone.model_source("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # hub ids pass through
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache under tmp_path, online, at a hub that is not there."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    return constants
+
+
+def cache_model(constants, repo: str) -> None:
+    snapshot = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    (snapshot / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (snapshot / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+
+def test_a_cached_hub_id_passes_through_offline(hub, monkeypatch):
+    cache_model(hub, "Qwen/Qwen2.5-0.5B")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert backbone.model_source("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+
+
+@pytest.mark.parametrize(
+    "ref, offline, expected",
+    [
+        ("org/not-cached", True, "not in the Hugging Face cache while HF_HUB_OFFLINE is set"),
+        ("org/not-cached", False, "cannot be reached"),
+        ("two words", False, "not a valid Hugging Face hub id"),
+        ("a/b/c", False, "not a valid Hugging Face hub id"),
+    ],
+)
+def test_an_unknown_model_fails_at_once_and_lists_the_built_ins(hub, monkeypatch, ref, offline, expected):
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
+    start = time.monotonic()
+    with pytest.raises(LlmclfError, match=expected) as error:
+        backbone.check_model_ref(ref)
+    assert time.monotonic() - start < 5  # not a minute of download retries
+    assert "smollm2-135m" in str(error.value)
+
+
+def test_a_model_the_hub_does_not_have_is_named(hub, monkeypatch):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(LlmclfError, match="no such model is on the Hugging Face hub"):
+            backbone.check_model_ref("org/no-such-model")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_cpu_dtype_is_float32_without_amx(monkeypatch):

@@ -120,3 +120,16 @@ def test_built_in_encoders_are_listed_with_their_packages():
     assert MODELS["minilm-l6"].kind == MODELS["mpnet-base"].kind == "encoder"
     assert len(MODELS["mpnet-base"].packages) == 5
     assert MODELS["mpnet-base"].licence == "Apache-2.0"
+
+
+def test_small_classes_that_all_round_down_still_fill_the_held_out_parts():
+    """5 rows of each of 2 classes: 10 % of 5 rounds to 0 per class, yet 10 % of the
+    10 rows is one row, so validation and test each get one (from different classes
+    where they can), and train keeps at least one row of every class."""
+    keys = ["a"] * 5 + ["b"] * 5
+    train, val, test = stratified_split(keys, (0.8, 0.1, 0.1), seed=0)
+    assert (len(train), len(val), len(test)) == (8, 1, 1)
+    assert {keys[i] for i in train} == {"a", "b"}
+    assert sorted(train + val + test) == list(range(10))
+    two = stratified_split(["a", "b"], (0.8, 0.1, 0.1), seed=0)  # nothing to spare
+    assert two == [[0, 1], [], []]

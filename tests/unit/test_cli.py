@@ -343,9 +343,10 @@ def test_existing_run_is_not_overwritten(trained_run, csv_data, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tiny_llama, csv_data, tmp_path):
-    run = tmp_path / "run"
-    args = [
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_llama, csv_data, tmp_path):
+    """kill -9 mid-training, then --resume: the same test predictions and the same logged
+    losses as a run never killed; the run's time includes the killed process's training."""
+    common = [
         "train",
         "--model",
         tiny_llama,
@@ -355,17 +356,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_llama, csv_data, tmp_p
         "body",
         "--label-column",
         "topic",
-        "--output",
-        str(run),
         "--epochs",
-        "40",
+        "12",
         "--max-length",
         "32",
         "--early-stopping-patience",
         "0",
         "--batch-size",
         "4",
+        "--dtype",
+        "float32",  # the subprocesses do not see conftest's CPU without AMX
     ]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main([*common, "--output", str(reference)]) == 0
+    args = [*common, "--output", str(run)]
     process = subprocess.Popen(
         [sys.executable, "-m", "llmclf.cli", *args],
         stdout=subprocess.DEVNULL,
@@ -381,11 +385,26 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_llama, csv_data, tmp_p
     assert not (run / "metrics.json").exists()
     refused = run_cli(*args)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = run_cli(*args, "--resume", "--epochs", "8")
+    resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] > 0
-    assert metrics["train_steps"] > metrics["resumed_from_step"]
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert 0 < metrics["resumed_from_step"] < metrics["train_steps"] == expected["train_steps"]
+    assert 0 < metrics["train_seconds_before_resume"] < metrics["train_seconds"]
+    assert metrics["macro_f1"] == expected["macro_f1"]
+    got = pd.read_json(run / "test_predictions.jsonl", lines=True)
+    want = pd.read_json(reference / "test_predictions.jsonl", lines=True)
+    assert list(got["prediction"]) == list(want["prediction"])
+    probabilities = [c for c in want.columns if c.startswith("proba_")]
+    assert probabilities
+    np.testing.assert_allclose(got[probabilities], want[probabilities], atol=1e-5)
+
+    def losses(folder):
+        log = json.loads((folder / "train_log.json").read_text())
+        return [(row["step"], round(row["loss"], 4)) for row in log if "loss" in row]
+
+    assert losses(run) == losses(reference)
 
 
 def test_multi_label_cli_round_trip_with_separator(tiny_llama, tmp_path):

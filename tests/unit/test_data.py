@@ -184,3 +184,14 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path, suffix, sep):
     path.write_text(sep.join(["text", "label", "text"]) + "\n" + sep.join(["a", "x", "b"]) + "\n")
     with pytest.raises(LlmclfError, match="names the column 'text' more than once"):
         read_table(path)
+
+
+def test_labels_differing_by_whitespace_stratify_as_one_class(tmp_path):
+    """' sport', 'sport ' and 'sport' are one class, so the split stratifies them as one:
+    10 % of its 20 rows (2) go to test, where the raw strings would give 0 of each."""
+    texts = [f"text {i}" for i in range(40)]
+    labels = ["sport", " sport", "sport ", "sport\t"] * 5 + ["money"] * 20
+    path = write(tmp_path, "d.csv", pd.DataFrame({"text": texts, "label": labels}))
+    splits, _ = examples_by_split(DataConfig(data=path))
+    assert sorted(splits["test"].labels) == ["money", "money", "sport", "sport"]
+    assert set(splits["train"].labels) == {"sport", "money"}

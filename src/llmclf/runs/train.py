@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llmclf.backbone import check_model_ref
 from llmclf.config import DataConfig
 from llmclf.data import examples_by_split, sample
 from llmclf.errors import LlmclfError
@@ -56,6 +57,8 @@ def train_run(
     resume = bool(train_cfg and train_cfg.resume)
     folder = RunFolder(output)
     folder.check_new(resume)
+    if hasattr(config, "model"):
+        check_model_ref(config.model.model)
     splits, multi_label = examples_by_split(data_config)
     if "train" not in splits:
         raise LlmclfError(f"{data_config.data} has no training rows")
@@ -115,10 +118,12 @@ def check_splits(train, validation, test, multi_label: bool, data: str) -> list[
 def accounting(classifier: ClassifierBase, n_train: int) -> dict:
     """Parameter, time and memory figures of a fitted classifier (this process)."""
     result = getattr(classifier, "train_result_", None)
+    before = result.seconds_before_resume if result is not None else 0.0
     out = {
         "trainable_params": int(classifier.trainable_params_),
         "total_params": int(classifier.total_params_),
-        "train_seconds": round(float(classifier.fit_seconds_), 2),
+        # a resumed run: this process plus the training the killed one had checkpointed
+        "train_seconds": round(float(classifier.fit_seconds_) + before, 2),
         "train_examples": int(n_train),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -128,6 +133,7 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         out["train_tokens_per_s"] = round(result.tokens_per_second, 1)
         if result.resumed_from_step is not None:
             out["resumed_from_step"] = result.resumed_from_step
+            out["train_seconds_before_resume"] = round(before, 2)
     gpu = peak_gpu_mb()
     if gpu is not None:
         out["peak_gpu_mb"] = round(gpu, 1)
@@ -177,9 +183,10 @@ def zero_shot_run(
             f"--zero-shot needs a method that answers untrained ({able}), not {method!r}"
         )
     classifier = cls(progress=progress, **options)
-    classifier.resolve_config()
+    config = classifier.resolve_config()
     folder = RunFolder(output)
     folder.check_new(resume=False)
+    check_model_ref(config.model.model)
     splits, multi_label = examples_by_split(data_config)
     examples = evaluation_split(data_config, split, multi_label)
     names = {
