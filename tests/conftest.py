@@ -8,6 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("llmclf", max_examples=60)
+settings.register_profile("deep", max_examples=1000)
+settings.load_profile("llmclf")
 
 WORDS = {
     "sport": [

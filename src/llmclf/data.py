@@ -163,12 +163,20 @@ def load_frames(config: DataConfig, split_files: bool = True) -> dict[str, pd.Da
 
 def _split_file(frame: pd.DataFrame, config: DataConfig) -> dict[str, pd.DataFrame]:
     if "split" in frame.columns:
-        names = frame["split"].astype(str).str.strip().str.lower().map(_SPLIT_ALIASES)
-        unknown = sorted(set(frame["split"][names.isna()].astype(str)))
+        empty = [i for i, v in enumerate(frame["split"]) if _missing(v) or not str(v).strip()]
+        if empty:
+            rows = ", ".join(str(i + 1) for i in empty[:5])
+            raise LlmclfError(
+                f"the 'split' column is empty in {len(empty)} of {len(frame)} rows (data rows "
+                f"{rows}, counted from 1): give each row train, validation or test"
+            )
+        names = [_SPLIT_ALIASES.get(str(v).strip().lower()) for v in frame["split"]]
+        unknown = sorted({str(v) for v, name in zip(frame["split"], names) if name is None})
         if unknown:
             raise LlmclfError(
                 f"the 'split' column has values {', '.join(unknown)}: use train, validation or test"
             )
+        names = pd.Series(names, index=frame.index, dtype=object)
         splits = {name: frame[names == name].reset_index(drop=True) for name in SPLITS}
         splits = {k: v for k, v in splits.items() if len(v)}
         return _carve_missing(splits, config)
@@ -375,7 +383,8 @@ def to_examples(
         if config.empty_text == "error":
             raise LlmclfError(f"{message}: fix them, or pass --empty-text drop to skip them")
         log.warning("%s: dropped them", message)
-        keep = [i for i in range(len(frame)) if i not in set(bad)]
+        dropped = set(bad)
+        keep = [i for i in range(len(frame)) if i not in dropped]
         if not keep:
             raise LlmclfError(f"{where} has no rows left after dropping empty ones")
         frame = frame.iloc[keep].reset_index(drop=True)

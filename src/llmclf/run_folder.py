@@ -53,6 +53,7 @@ CHECKPOINTS = "checkpoints"
 STAGING = ".staging"
 EVAL_FOLDER = "eval"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 INSTRUCT_STATE = "instruct.json"
 PIPELINE_FILE = "pipeline.skops"
@@ -141,6 +142,80 @@ def replace_contents(staging: Path, target: Path, last: str | None = None) -> No
             shutil.rmtree(destination)
         path.replace(destination)
     staging.rmdir()
+
+
+# ---------------------------------------------------------------------------------------
+# Integrity: checked before any model loads
+# ---------------------------------------------------------------------------------------
+
+
+def damaged(folder: Path, name: str, what: str) -> LlmclfError:
+    return LlmclfError(
+        f"{folder} is damaged: {name} {what}; train it again or restore the folder from a copy"
+    )
+
+
+def check_present(folder: Path, *names: str) -> None:
+    for name in names:
+        if not (folder / name).is_file():
+            raise damaged(folder, name, "is missing")
+
+
+def check_json_file(folder: Path, name: str) -> Any:
+    """The parsed content of a JSON file the run needs."""
+    check_present(folder, name)
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(folder, name, f"is not valid JSON ({type(exc).__name__})") from None
+
+
+def check_tokenizer(folder: Path) -> None:
+    """The tokenizer a run saved: its config, and tokenizer.json when there is one."""
+    check_json_file(folder, "tokenizer_config.json")
+    if (folder / "tokenizer.json").is_file():
+        check_json_file(folder, "tokenizer.json")
+
+
+def check_safetensors(folder: Path, name: str, rows: dict[str, int] | None = None) -> None:
+    """A readable safetensors file (header, and data of the size the header says) whose
+    tensors named ``*KEY`` have ``rows[KEY]`` rows (the head's label count)."""
+    from safetensors import SafetensorError, safe_open
+
+    check_present(folder, name)
+    path = folder / name
+    try:
+        with safe_open(str(path), "pt") as tensors:
+            shapes = {key: tensors.get_slice(key).get_shape() for key in tensors.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        what = f"is truncated or not valid ({first or type(exc).__name__})"
+        raise damaged(folder, name, what) from None
+    for suffix, expected in (rows or {}).items():
+        found = [key for key in shapes if key == suffix or key.endswith("." + suffix)]
+        if not found:
+            raise damaged(folder, name, f"holds no {suffix} tensor")
+        for key in found:
+            if not shapes[key] or shapes[key][0] != expected:
+                raise damaged(
+                    folder,
+                    name,
+                    f"has {key} of shape {shapes[key]}, but {LABELS_FILE} names {expected} classes",
+                )
+
+
+def check_zip(folder: Path, name: str) -> None:
+    """A zip archive (skops) whose every member reads back with the right checksum."""
+    import zipfile
+
+    check_present(folder, name)
+    try:
+        with zipfile.ZipFile(folder / name) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise damaged(folder, name, "is truncated or not a zip archive") from None
+    if bad is not None:
+        raise damaged(folder, name, f"has a corrupt member ({bad})")
 
 
 # ---------------------------------------------------------------------------------------

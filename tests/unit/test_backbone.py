@@ -88,7 +88,9 @@ def test_a_cached_hub_id_passes_through_offline(hub, monkeypatch):
         ("a/b/c", False, "not a valid Hugging Face hub id"),
     ],
 )
-def test_an_unknown_model_fails_at_once_and_lists_the_built_ins(hub, monkeypatch, ref, offline, expected):
+def test_an_unknown_model_fails_at_once_and_lists_the_built_ins(
+    hub, monkeypatch, ref, offline, expected
+):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
     start = time.monotonic()
     with pytest.raises(LlmclfError, match=expected) as error:

@@ -37,8 +37,9 @@ def test_a_label_only_in_the_test_split_is_refused_before_training(tmp_path, cap
 
 
 def test_missing_splits_are_said_in_the_summary_and_in_metrics(tmp_path, capsys):
-    """6 rows without a split column: 80/10/10 leaves no validation or test rows."""
-    texts, labels = make_texts(6, seed=3)
+    """3 rows of 3 classes without a split column: train keeps a row of every class, so
+    nothing is left for validation or test."""
+    texts, labels = make_texts(3, seed=3)
     data = tmp_path / "d.csv"
     pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
     args = ["train", "--method", "tfidf", "--min-df", "1", "--data", str(data)]

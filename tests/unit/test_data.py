@@ -195,3 +195,10 @@ def test_labels_differing_by_whitespace_stratify_as_one_class(tmp_path):
     splits, _ = examples_by_split(DataConfig(data=path))
     assert sorted(splits["test"].labels) == ["money", "money", "sport", "sport"]
     assert set(splits["train"].labels) == {"sport", "money"}
+
+
+def test_an_empty_split_cell_is_named(tmp_path):
+    data = frame(6)
+    data["split"] = ["train", "", "test", "train", "train", "test"]
+    with pytest.raises(LlmclfError, match=r"'split' column is empty in 1 of 6 rows \(data rows 2,"):
+        examples_by_split(DataConfig(data=write(tmp_path, "d.csv", data)))

@@ -83,3 +83,75 @@ def test_a_data_file_where_the_run_goes_is_named_as_such(release, capsys):
 
     assert main(["evaluate", "data.csv"]) == 2
     assert "data.csv is a file, not a run folder" in capsys.readouterr().err
+
+
+def _relabel(folder: Path, classes: list[str]) -> None:
+    labels = json.loads((folder / "labels.json").read_text())
+    (folder / "labels.json").write_text(json.dumps({**labels, "classes": classes}))
+
+
+def _drop(folder: Path, name: str) -> None:
+    (folder / name).unlink()
+
+
+def _garble(folder: Path, name: str) -> None:
+    (folder / name).write_text('{"template": "half')
+
+
+DAMAGES = [
+    (
+        "head",
+        lambda f: _drop(f, "adapter_model.safetensors"),
+        "adapter_model.safetensors is missing",
+    ),
+    ("head", lambda f: _drop(f, "adapter_config.json"), "adapter_config.json is missing"),
+    ("head", lambda f: _garble(f, "adapter_config.json"), "adapter_config.json is not valid JSON"),
+    (
+        "head",
+        lambda f: _relabel(f, ["a", "b", "c", "d"]),
+        "adapter_model.safetensors has base_model.model.score.weight of shape [3, 64], but labels.json names 4",
+    ),
+    ("head", lambda f: _drop(f, "tokenizer_config.json"), "tokenizer_config.json is missing"),
+    ("head", lambda f: _garble(f, "tokenizer.json"), "tokenizer.json is not valid JSON"),
+    (
+        "head-frozen",
+        lambda f: _relabel(f, ["a", "b"]),
+        "head.safetensors has score.weight of shape [3, 64], but labels.json names 2",
+    ),
+    ("instruct", lambda f: _garble(f, "instruct.json"), "instruct.json is not valid JSON"),
+    (
+        "instruct",
+        lambda f: _relabel(f, ["money", "sport", "weather"]),
+        "instruct.json has no answer for weather",
+    ),
+    (
+        "instruct",
+        lambda f: _drop(f, "adapter_model.safetensors"),
+        "adapter_model.safetensors is missing",
+    ),
+    ("encoder", lambda f: _relabel(f, ["a", "b"]), "config.json does not name the 2 classes"),
+    ("encoder", lambda f: _drop(f, "model.safetensors"), "model.safetensors is missing"),
+    ("tfidf", lambda f: _drop(f, "pipeline.skops"), "pipeline.skops is missing"),
+]
+
+
+@pytest.mark.parametrize("name, damage, expected", DAMAGES)
+def test_a_damaged_run_is_named_before_any_model_loads(
+    release, capsys, monkeypatch, name, damage, expected
+):
+    """Each damage gets 'RUN is damaged: FILE ...' in one line, found by the run-folder
+    check: the model loaders are never reached."""
+    from llmclf.cli import main
+    from llmclf.methods.registry import method_classes
+
+    for cls in method_classes().values():
+        monkeypatch.setattr(cls, "_load_model", lambda self, folder: pytest.fail("loaded a model"))
+    damage(release / name)
+    pd.DataFrame({"text": EXPECTED["texts"]}).to_csv("texts.csv", index=False)
+    assert main(["predict", name, "--input", "texts.csv", "--output", "out.csv"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("llmclf: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{name} is damaged: {expected}" in lines[0]
+    assert "train it again or restore" in lines[0]
+    assert not Path("out.csv").exists()

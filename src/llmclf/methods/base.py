@@ -288,6 +288,11 @@ class ClassifierBase(Predictor):
 
     # -- persistence -------------------------------------------------------------------
 
+    def _check_files(self, folder: Path) -> None:
+        """Before ``_load_model``: the method's files are there, readable, and shaped for
+        ``schema_`` (``run_folder.check_*``), so a damaged run is named as such before
+        any model loads. Each method lists its own files."""
+
     def resolved_config(self) -> dict[str, Any]:
         """What config.yaml holds: the method, the version, and every section."""
         return {"method": self.method, "llmclf_version": __version__, **self.config_.to_dict()}
@@ -331,6 +336,7 @@ class ClassifierBase(Predictor):
         calibration = folder.calibration()
         if "fitted_on" in calibration:  # written by calibrate()
             clf.calibration_ = calibration
+        clf._check_files(folder.path)  # before any model loads
         try:
             clf._load_model(folder.path)
         except LlmclfError:

@@ -35,6 +35,13 @@ from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
+from llmclf.run_folder import (
+    LABELS_FILE,
+    check_json_file,
+    check_safetensors,
+    check_tokenizer,
+    damaged,
+)
 from llmclf.training import head_and_body_optimizer, token_dataset, train_model
 
 # Defaults for options the user did not set: the shared TrainConfig defaults are tuned for
@@ -281,6 +288,18 @@ class EncoderClassifier(ClassifierBase):
     def _save_model(self, folder: Path) -> None:
         self.model_.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)
+
+    def _check_files(self, folder: Path) -> None:
+        check_tokenizer(folder)
+        config = check_json_file(folder, "config.json")
+        labels = config.get("id2label") if isinstance(config, dict) else None
+        if not isinstance(labels, dict) or len(labels) != self.schema_.num_classes:
+            raise damaged(
+                folder,
+                "config.json",
+                f"does not name the {self.schema_.num_classes} classes of {LABELS_FILE}",
+            )
+        check_safetensors(folder, "model.safetensors")
 
     def _load_model(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification

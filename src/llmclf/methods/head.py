@@ -34,7 +34,15 @@ from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.pooling import POOLERS, position_ids
-from llmclf.run_folder import HEAD_WEIGHTS, atomic_path
+from llmclf.run_folder import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    HEAD_WEIGHTS,
+    atomic_path,
+    check_json_file,
+    check_safetensors,
+    check_tokenizer,
+)
 from llmclf.training import head_and_body_optimizer, token_dataset, train_model
 
 log = logging.getLogger("llmclf")
@@ -291,6 +299,15 @@ class HeadClassifier(ClassifierBase):
         else:
             self.model_.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)
+
+    def _check_files(self, folder: Path) -> None:
+        check_tokenizer(folder)
+        rows = {f"{HEAD_MODULE}.weight": self.schema_.num_classes}
+        if (folder / HEAD_WEIGHTS).is_file():
+            check_safetensors(folder, HEAD_WEIGHTS, rows)
+        else:
+            check_json_file(folder, ADAPTER_CONFIG)
+            check_safetensors(folder, ADAPTER_WEIGHTS, rows)
 
     def _load_model(self, folder: Path) -> None:
         self.frozen_ = (folder / HEAD_WEIGHTS).is_file()

@@ -32,7 +32,7 @@ from llmclf.config import (
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
-from llmclf.run_folder import PIPELINE_FILE, atomic_path
+from llmclf.run_folder import PIPELINE_FILE, atomic_path, check_zip
 
 # The types a fitted TfidfClassifier pipeline holds; with skops' own defaults, the only ones
 # a pipeline file may hold.
@@ -157,6 +157,9 @@ class TfidfClassifier(ClassifierBase):
 
         with atomic_path(folder / PIPELINE_FILE) as partial:
             skops.io.dump(self.pipeline_, partial)
+
+    def _check_files(self, folder: Path) -> None:
+        check_zip(folder, PIPELINE_FILE)
 
     def _load_model(self, folder: Path) -> None:
         import skops.io

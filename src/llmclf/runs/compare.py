@@ -148,9 +148,10 @@ def compare_runs(
     """Compare finished runs and write the report to ``output``; returns the report dict.
 
     Without ``data_values`` the runs' stored test predictions are used (their test sets
-    must be the same); with them (at least ``data``), every run is evaluated on ``split``
-    of that data set (default: test, or all of a file without a ``split`` column) (read with the first run's column options unless given) first,
-    its predictions kept in ``output/evaluations/NAME``.
+    must be the same); with them (at least ``data``), every run is first evaluated on
+    ``split`` of that data set (default: test, or the whole of a file without a ``split``
+    column), read with the first run's column options unless given, and its predictions
+    are kept in ``output/evaluations/NAME``.
 
     Example:
         >>> compare_runs(["runs/last", "runs/mean"], "reports/pooling")  # doctest: +SKIP
@@ -159,6 +160,7 @@ def compare_runs(
     if len(folders) < 2:
         raise LlmclfError("compare needs at least two runs")
     for folder in folders:
+        RunFolder(folder).config()  # missing, a file, or not a run: said as such
         if not RunFolder(folder).finished:
             raise LlmclfError(f"{folder} is not a finished llmclf run (it has no metrics.json)")
     output = Path(output)

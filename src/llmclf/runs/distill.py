@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmclf.backbone import check_model_ref
 from llmclf.config import DataConfig, flatten
 from llmclf.data import Examples, content_hash, examples_by_split, read_table, read_texts, sample
 from llmclf.errors import LlmclfError
@@ -108,6 +109,7 @@ def distill_run(
             "(its cached teacher outputs are reused), or choose another --output"
         )
     folder.check_new(resume)
+    check_model_ref(student_config.model.model)
     batch_size = student_config.train.eval_batch_size
     teacher = load_classifier(teacher_run, progress=progress, eval_batch_size=batch_size)
     schema = LabelSchema(list(teacher.schema_.classes), teacher.schema_.multi_label)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from llmclf.backbone import check_model_ref
 from llmclf.config import DataConfig, build, field_names, flatten, runtime_names
 from llmclf.errors import LlmclfError
 from llmclf.methods.registry import method_class, method_classes
@@ -177,7 +178,9 @@ def _method_cells(method, cls, own, common, grid, data_values, output) -> list[C
     cells = []
     for values in itertools.product(*axes.values()):
         chosen = {**fixed, **dict(zip(axes, values))}
-        cls(progress=False, **chosen).resolve_config()  # bad names and values fail now
+        config = cls(progress=False, **chosen).resolve_config()  # bad names and values fail now
+        if hasattr(config, "model"):
+            check_model_ref(config.model.model)  # an unknown model too, not at its cell
         parts = [method]
         if "model" in chosen:
             parts.append(_slug(chosen["model"]))

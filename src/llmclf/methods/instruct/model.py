@@ -51,7 +51,17 @@ from llmclf.methods.instruct.scoring import (
     shared_prefix,
 )
 from llmclf.methods.instruct.verbalizer import AnswerParser, Verbalizer, ambiguity_warnings
-from llmclf.run_folder import ADAPTER_CONFIG, INSTRUCT_STATE, read_json, write_json
+from llmclf.run_folder import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    INSTRUCT_STATE,
+    check_json_file,
+    check_safetensors,
+    check_tokenizer,
+    damaged,
+    read_json,
+    write_json,
+)
 from llmclf.training import train_model
 
 log = logging.getLogger("llmclf")
@@ -504,6 +514,22 @@ class InstructClassifier(ClassifierBase):
             "answer_length": self.answer_length_,
         }
         write_json(folder / INSTRUCT_STATE, state)
+
+    def _check_files(self, folder: Path) -> None:
+        check_tokenizer(folder)
+        state = check_json_file(folder, INSTRUCT_STATE)
+        keys = ("template", "verbalizer", "answers", "answer_length")
+        if not isinstance(state, dict) or any(key not in state for key in keys):
+            raise damaged(folder, INSTRUCT_STATE, f"lacks one of {', '.join(keys)}")
+        answers = state["answers"]
+        missing = [
+            c for c in self.schema_.classes if not isinstance(answers, dict) or c not in answers
+        ]
+        if missing:
+            raise damaged(folder, INSTRUCT_STATE, f"has no answer for {', '.join(missing[:5])}")
+        if (folder / ADAPTER_CONFIG).is_file():  # zero-shot runs have no adapter
+            check_json_file(folder, ADAPTER_CONFIG)
+            check_safetensors(folder, ADAPTER_WEIGHTS)
 
     def _load_model(self, folder: Path) -> None:
         path = folder / INSTRUCT_STATE
