@@ -124,16 +124,18 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cpu_without_amx():
-    """``--dtype auto`` runs bfloat16 on a CPU with AMX tiles (the dev machine of
-    2026-12-02 has them: a 2048² bf16 matmul ran 6.5x fp32 there). The tests' exact
-    comparisons (save / load, merged vs plain PEFT, shared prefix vs joined rows) are
-    float32 facts, so every test sees a CPU without AMX, whatever the host;
-    test_backbone sets the flag both ways itself."""
-    import llmclf.backbone as backbone
+def float32_cpu():
+    """``--dtype auto`` picks bfloat16 on a CPU where the probe measures it faster (the
+    dev machine of 2026-12-02 has AMX: a 2048² bf16 matmul ran 6.5x fp32 there). The
+    tests' exact comparisons (save / load, merged vs plain PEFT, shared prefix vs joined
+    rows) are float32 facts, so every test sees a probe that chose fp32, whatever the
+    host; test_speed injects timings both ways itself. Subprocesses of tests do not see
+    this: give them --dtype float32 where they compare numbers."""
+    from llmclf import speed
 
+    slow = speed.DtypeProbe([256, 64, 128], 1.0, 2.0, 0.0, "test: bf16 at half speed")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backbone, "cpu_has_native_bf16", lambda: False)
+        patch.setattr(speed, "cpu_probe", lambda hidden, intermediate, cache=None: slow)
         yield
 
 

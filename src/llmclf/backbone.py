@@ -9,6 +9,7 @@ goes through the plain ``from_pretrained(folder)`` path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from llmclf import speed
 from llmclf.catalog import MODELS, builtin_folder, builtin_gguf, cache_dir
 from llmclf.config import AdapterConfig, ModelConfig
 from llmclf.errors import LlmclfError
@@ -42,28 +44,47 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AMX bf16 tiles (Intel Sapphire Rapids and later).
+DEFAULT_SIZES = (576, 1536)  # SmolLM2-135M's hidden and MLP sizes, when a config has none
 
-    A CPU that reports only AVX512-BF16 is not enough: on such machines (an AMD EPYC and an
-    Intel Xeon without visible AMX, the ones llmclf is developed on) bf16 measured ~3x
-    slower for inference and ~30x slower for LoRA training than fp32 on the EPYC, and a
-    2048 x 2048 bf16 matmul ran at 147 vs 234 GFLOP/s in fp32 on the Xeon, so fp32 is the
-    safe default there.
-    """
+
+@functools.lru_cache(maxsize=32)
+def model_sizes(source: str | None) -> tuple[int, int]:
+    """The hidden and MLP (intermediate) sizes of a model folder or hub id, for the dtype
+    probe; SmolLM2's when they cannot be read."""
+    if source is None:
+        return DEFAULT_SIZES
+    from transformers import AutoConfig
+
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except Exception:  # a GGUF name not yet converted, remote code, no network: the default
+        return DEFAULT_SIZES
+    config = getattr(config, "text_config", None) or config
+    hidden = getattr(config, "hidden_size", None) or DEFAULT_SIZES[0]
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    return int(hidden), int(intermediate)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def choose_dtype(name: str, device: torch.device, source: str | None = None):
+    """The compute dtype and, for ``auto`` on a CPU, the probe that chose it (a dict for
+    metrics.json; None otherwise). ``source``: the model, whose sizes the probe uses.
+
+    On CUDA ``auto`` is bf16 where supported, else fp16; on a CPU it is whichever of bf16
+    and fp32 measured faster at the model's shapes (``llmclf.speed``); a dtype given by
+    name is used as it is."""
     if name != "auto":
-        return getattr(torch, name)
+        return getattr(torch, name), None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), None
+    if device.type == "mps":
+        return torch.float32, None
+    probe = speed.cpu_probe(*model_sizes(source))
+    return probe.choice, probe.as_dict()
+
+
+def resolve_dtype(name: str, device: torch.device, source: str | None = None) -> torch.dtype:
+    return choose_dtype(name, device, source)[0]
 
 
 @contextlib.contextmanager
@@ -361,7 +382,7 @@ def load_model(
     ``num_layers`` keeps only the first K decoder blocks.
     """
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device, source)
     quant = quantization_config(config, dtype, keep_full_precision)
     trust = config.trust_remote_code
     try:

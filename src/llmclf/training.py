@@ -141,7 +141,10 @@ def training_arguments(
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device.type == "cpu",
-        bf16=dtype == torch.bfloat16 and device.type == "cuda",
+        # bf16 autocast over bf16 base weights, on CUDA and CPU alike: the trainable LoRA
+        # weights and head stay fp32 (PEFT's autocast_adapter_dtype, keep_full_precision),
+        # so the optimizer state and the loss are fp32 too
+        bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16 and device.type == "cuda",
         train_sampling_strategy="group_by_length" if token_inputs else "random",
         remove_unused_columns=False,

@@ -121,12 +121,9 @@ def test_a_model_the_hub_does_not_have_is_named(hub, monkeypatch):
         server.server_close()
 
 
-def test_cpu_dtype_is_float32_without_amx(monkeypatch):
-    monkeypatch.setattr(backbone, "cpu_has_native_bf16", lambda: False)
-    assert backbone.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(backbone, "cpu_has_native_bf16", lambda: True)
-    assert backbone.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+def test_a_dtype_given_by_name_is_used_as_it_is():
     assert backbone.resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    assert backbone.choose_dtype("bfloat16", torch.device("cpu")) == (torch.bfloat16, None)
 
 
 def test_appending_eos_keeps_a_bos_the_tokenizer_adds(tmp_path):

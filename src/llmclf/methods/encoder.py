@@ -207,7 +207,9 @@ class EncoderClassifier(ClassifierBase):
             **backbone.label_kwargs(schema),
         )
         self.device_ = backbone.resolve_device(config.model.device)
-        self.dtype_ = backbone.resolve_dtype(config.model.dtype, self.device_)
+        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
+            config.model.dtype, self.device_, source
+        )
 
     def train_targets(
         self,
@@ -313,7 +315,9 @@ class EncoderClassifier(ClassifierBase):
         )
         self.model_.eval()
         self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
+            model_cfg.dtype, self.device_, str(folder)
+        )
 
     def _count_parameters(self) -> tuple[int, int]:
         return backbone.count_parameters(self.model_)

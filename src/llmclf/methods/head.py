@@ -226,7 +226,9 @@ class HeadClassifier(ClassifierBase):
             trust_remote_code=model_cfg.trust_remote_code,
         )
         self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
+            model_cfg.dtype, self.device_, source
+        )
         return backbone.load_model(
             AutoModelForSequenceClassification,
             source,

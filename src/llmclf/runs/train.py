@@ -134,6 +134,12 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         if result.resumed_from_step is not None:
             out["resumed_from_step"] = result.resumed_from_step
             out["train_seconds_before_resume"] = round(before, 2)
+    dtype = getattr(classifier, "dtype_", None)
+    if dtype is not None:
+        out["dtype"] = str(dtype).removeprefix("torch.")
+        probe = getattr(classifier, "dtype_probe_", None)
+        if probe is not None:  # --dtype auto on a CPU: what the probe measured
+            out["dtype_probe"] = probe
     gpu = peak_gpu_mb()
     if gpu is not None:
         out["peak_gpu_mb"] = round(gpu, 1)

@@ -199,7 +199,9 @@ class InstructClassifier(ClassifierBase):
         self.answer_length_ = answer_length
         self.format_.check_room(model_cfg.max_length, answer_length)
         self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_ = backbone.resolve_dtype(model_cfg.dtype, self.device_)
+        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
+            model_cfg.dtype, self.device_, backbone.model_source(model_cfg.model)
+        )
 
     def _answer_length(self, sets: list[tuple[int, ...]]) -> int:
         """Tokens of the longest answer among single labels and ``sets``."""

@@ -1,0 +1,123 @@
+"""``--dtype auto`` on a CPU: the probe's choice (timings injected), its cache, the real
+measurement, and bf16 training that keeps the trainable weights in fp32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmclf import backbone, speed
+from llmclf.speed import DtypeProbe
+from llmclf.speed import cpu_probe as real_cpu_probe  # conftest replaces speed.cpu_probe
+from tests.conftest import make_texts
+
+
+def probe(fp32_ms: float, bf16_ms: float, error: float = 0.004) -> DtypeProbe:
+    return DtypeProbe([256, 64, 128], fp32_ms, bf16_ms, error, "test cpu")
+
+
+@pytest.mark.parametrize(
+    "fp32_ms, bf16_ms, error, chosen",
+    [
+        (41.0, 11.0, 0.004, torch.bfloat16),  # Zen 5 / AMX: bf16 several times faster
+        (142.0, 4260.0, 0.004, torch.float32),  # Zen 3: bf16 30x slower
+        (10.0, 9.5, 0.004, torch.float32),  # within timing noise: keep fp32
+        (10.0, 2.0, 0.3, torch.float32),  # fast but wrong numbers
+    ],
+)
+def test_the_faster_dtype_that_keeps_the_numbers_is_chosen(fp32_ms, bf16_ms, error, chosen):
+    assert probe(fp32_ms, bf16_ms, error).choice == chosen
+
+
+def test_auto_on_a_cpu_follows_the_probe_and_reports_it(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_probe", lambda hidden, intermediate: probe(40.0, 10.0))
+    dtype, report = backbone.choose_dtype("auto", torch.device("cpu"))
+    assert dtype == torch.bfloat16
+    assert report["speedup_bf16_vs_fp32"] == 4.0 and report["chosen"] == "bfloat16"
+    monkeypatch.setattr(speed, "cpu_probe", lambda hidden, intermediate: probe(10.0, 40.0))
+    assert backbone.choose_dtype("auto", torch.device("cpu"))[0] == torch.float32
+
+
+def test_the_probe_runs_once_per_machine_and_shape(monkeypatch, tmp_path):
+    measured = []
+
+    def fake_measure(shape, reps=5):
+        measured.append(shape)
+        return DtypeProbe(list(shape), 30.0, 10.0, 0.004, speed.cpu_name())
+
+    monkeypatch.setattr(speed, "measure", fake_measure)
+    monkeypatch.setattr(speed, "_measured", {})
+    first = real_cpu_probe(576, 1536, cache=tmp_path)
+    assert not first.cached and len(measured) == 1
+    stored = json.loads((tmp_path / speed.PROBE_FILE).read_text())
+    assert list(stored) == [speed.machine_key((speed.PROBE_TOKENS, 576, 1536))]
+
+    monkeypatch.setattr(speed, "_measured", {})  # a new process: read from the cache file
+    again = real_cpu_probe(576, 1536, cache=tmp_path)
+    assert again.cached and again.speedup == first.speedup and len(measured) == 1
+
+    real_cpu_probe(960, 2560, cache=tmp_path)  # another model's shapes
+    monkeypatch.setattr(speed, "_measured", {})
+    monkeypatch.setattr(speed, "cpu_name", lambda: "another CPU")  # another machine
+    real_cpu_probe(576, 1536, cache=tmp_path)
+    assert len(measured) == 3
+    assert len(json.loads((tmp_path / speed.PROBE_FILE).read_text())) == 3
+
+
+def test_a_garbled_cache_file_is_measured_over(monkeypatch, tmp_path):
+    monkeypatch.setattr(speed, "_measured", {})
+    (tmp_path / speed.PROBE_FILE).write_text("{not json")
+    monkeypatch.setattr(
+        speed, "measure", lambda shape, reps=5: DtypeProbe(list(shape), 1.0, 2.0, 0.0, "x")
+    )
+    assert real_cpu_probe(64, 128, cache=tmp_path).choice == torch.float32
+    assert json.loads((tmp_path / speed.PROBE_FILE).read_text())
+
+
+def test_the_real_measurement_times_both_dtypes_and_checks_bf16s_numbers():
+    result = speed.measure((64, 96, 192), reps=2)
+    assert result.float32_ms > 0 and result.bfloat16_ms > 0
+    assert 0 < result.relative_error < 0.02  # bf16 keeps ~3 significant digits
+    assert result.shape == [64, 96, 192] and result.machine == speed.cpu_name()
+
+
+def test_model_sizes_come_from_the_models_config(tiny_llama):
+    assert backbone.model_sizes(tiny_llama) == (64, 128)
+    assert backbone.model_sizes(None) == backbone.DEFAULT_SIZES
+
+
+def test_bf16_training_keeps_the_trainable_weights_in_fp32(tiny_llama):
+    """--dtype bfloat16 on a CPU: the frozen base in bf16 under bf16 autocast, the LoRA
+    weights and the head in fp32 (so the optimizer state is fp32), a finite loss."""
+    from llmclf import HeadClassifier
+
+    texts, labels = make_texts(48, seed=2)
+    clf = HeadClassifier(tiny_llama, dtype="bfloat16", epochs=1, batch_size=8, progress=False)
+    clf.fit(texts, labels)
+    params = dict(clf.model_.named_parameters())
+    lora = {n: p.dtype for n, p in params.items() if "lora_" in n}
+    head = {n: p.dtype for n, p in params.items() if ".score." in n or n.startswith("score.")}
+    base = {n: p.dtype for n, p in params.items() if "proj.base_layer" in n}
+    assert lora and set(lora.values()) == {torch.float32}
+    assert head and set(head.values()) == {torch.float32}
+    assert base and set(base.values()) == {torch.bfloat16}
+    losses = [row["loss"] for row in clf.train_result_.log_history if "loss" in row]
+    assert losses and all(loss == loss and loss < 10 for loss in losses)
+    assert clf.predict_proba(texts[:4]).dtype.kind == "f"
+
+
+def test_metrics_record_the_dtype_and_the_probe(tiny_llama, tmp_path):
+    from llmclf.cli import main
+
+    texts, labels = make_texts(60, seed=1)
+    import pandas as pd
+
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "d.csv", index=False)
+    args = ["train", "--model", tiny_llama, "--data", str(tmp_path / "d.csv"), "--epochs", "1"]
+    assert main([*args, "--max-length", "32", "--output", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dtype"] == "float32"  # conftest's probe: bf16 at half speed
+    assert metrics["dtype_probe"]["chosen"] == "float32"
+    assert metrics["dtype_probe"]["speedup_bf16_vs_fp32"] == 0.5
