@@ -51,6 +51,11 @@ def main() -> None:
         default=[],
         help='also time llmclf with these extra options, e.g. "--lora-layers 8" (repeatable)',
     )
+    parser.add_argument(
+        "--reference-bf16",
+        action="store_true",
+        help="also time the recipe with bf16 weights and the Trainer's bf16=True (autocast)",
+    )
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args()
 
@@ -70,8 +75,15 @@ def main() -> None:
     tokens = real_tokens(tokenizer, train_texts, args.max_length)
     real = sum(tokens) * args.epochs
     padded = len(tokens) * args.max_length * args.epochs
-    peak = matmul_peak_gflops(device)
-    print(f"matmul peak {peak:.0f} GFLOP/s; {real:,.0f} real of {padded:,.0f} padded tokens")
+    peaks = {
+        "float32": matmul_peak_gflops(device, torch.float32),
+        "bfloat16": matmul_peak_gflops(device, torch.bfloat16),
+    }
+    peak = peaks["float32"]
+    print(
+        f"matmul peak {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16; "
+        f"{real:,.0f} real of {padded:,.0f} padded tokens"
+    )
 
     shared = [
         "--max-length", str(args.max_length),
@@ -100,19 +112,25 @@ def main() -> None:
         runs[variant] = train_llmclf(f"variant{number}", variant.split())
     ours = runs["llmclf"]
 
-    log = WORK / f"{name}-reference.log"
-    wall = run_timed(
-        [sys.executable, "benchmarks/reference_train.py", "--model", str(folder),
-         "--data", str(data), "--output", str(WORK / f"{name}-reference"), *shared],
-        log,
-    )  # fmt: skip
-    line = next(x for x in log.read_text().splitlines() if x.startswith("RESULT "))
-    reference = {**json.loads(line[len("RESULT ") :]), "wall_seconds": wall}
+    def train_reference(label: str, extra: list[str]) -> dict:
+        log = WORK / f"{name}-{label}.log"
+        wall = run_timed(
+            [sys.executable, "benchmarks/reference_train.py", "--model", str(folder),
+             "--data", str(data), "--output", str(WORK / f"{name}-{label}"), *shared, *extra],
+            log,
+        )  # fmt: skip
+        line = next(x for x in log.read_text().splitlines() if x.startswith("RESULT "))
+        return {**json.loads(line[len("RESULT ") :]), "wall_seconds": wall}
+
+    reference = train_reference("reference", [])
+    references = {"reference": reference}
+    if args.reference_bf16:
+        references["reference --bf16"] = train_reference("reference-bf16", ["--bf16"])
 
     config = AutoConfig.from_pretrained(folder)
     mean_context = sum(tokens) / len(tokens) / 2
     sides = {}
-    for side, m in (*runs.items(), ("reference", reference)):
+    for side, m in (*runs.items(), *references.items()):
         backward = lora_layers(side.split()) if side in args.variant else None
         flops = model_flops_per_token(config, mean_context, True, backward_layers=backward)
         step_seconds = m["train_seconds"] - m["validation_seconds"]
@@ -128,6 +146,10 @@ def main() -> None:
             "peak_rss_mb": m["peak_rss_mb"],
             "peak_gpu_mb": m.get("peak_gpu_mb"),
             "trainable_params": m["trainable_params"],
+            "dtype": m.get("dtype", "float32"),
+            "fraction_of_matmul_peak": round(
+                flops * real / step_seconds / 1e9 / peaks[m.get("dtype", "float32")], 3
+            ),
         }
     variants = {
         variant: {
@@ -139,8 +161,18 @@ def main() -> None:
         }
         for variant in args.variant
     }
-    for side in variants.values():
-        side["fraction_of_matmul_peak"] = round(side["achieved_gflops"] / peak, 3)
+    # bf16 against fp32, llmclf against llmclf (the first run of each dtype)
+    by_dtype: dict = {}
+    for side in ("llmclf", *args.variant):
+        by_dtype.setdefault(runs[side].get("dtype", "float32"), side)
+    dtype_ratios = {}
+    if {"float32", "bfloat16"} <= set(by_dtype):
+        fp32, bf16 = runs[by_dtype["float32"]], runs[by_dtype["bfloat16"]]
+        dtype_ratios = {
+            "bf16_train_speedup_vs_fp32": round(fp32["train_seconds"] / bf16["train_seconds"], 2),
+            "bf16_macro_f1_minus_fp32": round(bf16["macro_f1"] - fp32["macro_f1"], 4),
+            "bf16_sides": {"float32": by_dtype["float32"], "bfloat16": by_dtype["bfloat16"]},
+        }
     write_result(
         name,
         {
@@ -149,6 +181,8 @@ def main() -> None:
             "real_tokens": real,
             "padded_tokens": padded,
             "matmul_peak_gflops": round(peak, 1),
+            "matmul_peak_gflops_by_dtype": {k: round(v, 1) for k, v in peaks.items()},
+            **dtype_ratios,
             "train_flops_per_real_token": model_flops_per_token(config, mean_context, True),
             **sides,
             "train_speedup_vs_reference": round(
@@ -160,7 +194,7 @@ def main() -> None:
                 2,
             ),
             "macro_f1_difference": round(ours["macro_f1"] - reference["macro_f1"], 4),
-            "fraction_of_matmul_peak": round(sides["llmclf"]["achieved_gflops"] / peak, 3),
+            "fraction_of_matmul_peak": sides["llmclf"]["fraction_of_matmul_peak"],
             "variants": variants,
         },
     )

@@ -29,6 +29,7 @@ def train_lines(r: dict) -> list[str]:
     variants = r.get("variants", {})
     sides = {"llmclf": r["llmclf"], **{f"llmclf {v}": side for v, side in variants.items()}}
     b = r["reference"]
+    others = {k: v for k, v in r.items() if k.startswith("reference ") and isinstance(v, dict)}
     out = [
         f"### Training: `llmclf train --method head` vs the docs recipe ({s['data']}, "
         f"max length {s['max_length']}, {s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''})",
@@ -43,10 +44,19 @@ def train_lines(r: dict) -> list[str]:
         "| | "
         + " | ".join(sides)
         + " | reference | "
+        + "".join(f"{name} | " for name in others)
         + " | ".join(f"{name} / reference" for name in sides)
         + " |",
-        "|---|" + "---|" * (2 * len(sides) + 1),
+        "|---|" + "---|" * (2 * len(sides) + 1 + len(others)),
     ]
+    if "dtype" in b:  # results files from 2026-12-02 on record each side's dtype
+        dtypes = [a.get("dtype", "") for a in sides.values()]
+        out.append(
+            "| dtype | "
+            + " | ".join([*dtypes, b["dtype"], *(o["dtype"] for o in others.values())])
+            + " |"
+            + " |" * len(sides)
+        )
     for key, label in (
         ("real_tokens_per_s", "real tokens/s"),
         ("examples_per_s", "examples/s"),
@@ -61,8 +71,9 @@ def train_lines(r: dict) -> list[str]:
         if b.get(key) is None:
             continue
         values = [f"{a[key]:,}" for a in sides.values()]
+        extra = [f"{o[key]:,}" if o.get(key) is not None else "" for o in others.values()]
         ratios = [f"{a[key] / b[key]:.2f}x" if b[key] else "" for a in sides.values()]
-        out.append(f"| {label} | " + " | ".join([*values, f"{b[key]:,}", *ratios]) + " |")
+        out.append(f"| {label} | " + " | ".join([*values, f"{b[key]:,}", *extra, *ratios]) + " |")
     out += [
         "",
         f"`train_speedup_vs_reference` **{r['train_speedup_vs_reference']}**, "
@@ -73,6 +84,15 @@ def train_lines(r: dict) -> list[str]:
         f"**{r['fraction_of_matmul_peak']}** (reference: "
         f"{b['achieved_gflops'] / r['matmul_peak_gflops']:.3f}, counting only its real tokens).",
     ]
+    if "bf16_train_speedup_vs_fp32" in r:
+        pair = r["bf16_sides"]
+        out.append(
+            f"bf16 vs fp32 (`{pair['bfloat16']}` vs `{pair['float32']}`): "
+            f"`bf16_train_speedup_vs_fp32` **{r['bf16_train_speedup_vs_fp32']}**, macro-F1 "
+            f"difference {r['bf16_macro_f1_minus_fp32']:+.4f}; matmul peaks "
+            + ", ".join(f"{k} {v} GFLOP/s" for k, v in r["matmul_peak_gflops_by_dtype"].items())
+            + " (each side's fraction of the peak is against its own dtype's)."
+        )
     for variant, side in variants.items():
         out.append(
             f"With `{variant}`: {side['train_speedup_vs_reference']}x the reference, macro-F1 "

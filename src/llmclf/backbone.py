@@ -31,16 +31,30 @@ log = logging.getLogger("llmclf")
 # ---------------------------------------------------------------------------------------
 
 
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else Apple's MPS (a Mac's GPU), else the CPU.
+
+    On MPS, operations the backend lacks fall back to the CPU when
+    ``PYTORCH_ENABLE_MPS_FALLBACK=1`` is set before Python starts (llmclf sets it for its
+    own process if it is unset, which works when torch has not yet used MPS)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise LlmclfError("--device cuda was asked for but no CUDA GPU is visible")
+    if name == "mps" and not mps_available():
+        raise LlmclfError("--device mps was asked for but this torch sees no Apple MPS device")
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else ("mps" if mps_available() else "cpu")
     if name == "cuda":
         # one GPU per process under `accelerate launch` / torchrun
         from accelerate import PartialState
 
         return torch.device("cuda", PartialState().local_process_index)
+    if name == "mps":
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     return torch.device(name)
 
 
@@ -394,7 +408,7 @@ def load_model(
                 trust_remote_code=trust,
                 dtype=dtype,
                 quantization_config=quant,
-                device_map={"": device.index if device.type == "cuda" else "cpu"},
+                device_map={"": device.index if device.type == "cuda" else device.type},
                 **kwargs,
             )
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -559,18 +560,35 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def add_export_parser(commands) -> None:
     export = commands.add_parser(
-        "export", help="export an encoder run (fine-tuned or distilled) to ONNX", allow_abbrev=False
+        "export",
+        help="export a run: an encoder to ONNX, or a head / encoder run to a plain merged "
+        "transformers folder (for vLLM, TEI, pipeline)",
+        allow_abbrev=False,
     )
-    export.add_argument("run", help="a finished encoder run folder")
-    export.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
-    export.add_argument("--output", help="the folder to write (default: RUN/onnx)")
+    export.add_argument("run", help="a finished run folder")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "merged"),
+        default="onnx",
+        help="onnx: an encoder run for ONNX Runtime; merged: LoRA merged into the base, a "
+        "plain *ForSequenceClassification folder (default: onnx)",
+    )
+    export.add_argument("--output", help="the folder to write (default: RUN/onnx or RUN/merged)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     export.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from llmclf.runs.export import export_onnx
+    from llmclf.runs.export import export_merged, export_onnx
 
+    if args.format == "merged":
+        info = export_merged(args.run, args.output)
+        parity = info["parity"]
+        print(
+            f"wrote {info['folder']}: plain transformers matches llmclf on {parity['texts']} "
+            f"texts (max |logit difference| {parity['max_abs_logit_diff']:.1g})"
+        )
+        return 0
     info = export_onnx(args.run, args.output, opset=args.opset)
     parity = info["parity"]
     size = Path(info["folder"], "model.onnx").stat().st_size / 2**20
@@ -653,6 +671,76 @@ def add_list_parsers(commands) -> None:
 # Parser and entry point
 # ---------------------------------------------------------------------------------------
 
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve trained runs over HTTP: vLLM's /v1/classify, TEI's /predict, a page at /",
+        allow_abbrev=False,
+    )
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run folders to serve")
+    serve.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        help="the name a run is served under (repeat, in the runs' order; default: the "
+        "run folder's name)",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes "
+        "it to every network the machine is on, so set --api-key)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-batch-size", type=int, default=32, help="texts per model batch (default 32)"
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits for more requests (default 5 ms)",
+    )
+    serve.add_argument(
+        "--max-texts-per-request", type=int, default=64, help="more is a 413 (default 64)"
+    )
+    serve.add_argument(
+        "--max-chars-per-text", type=int, default=50_000, help="longer is a 413 (default 50000)"
+    )
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("LLMCLF_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: "
+        "$LLMCLF_API_KEY; none: open)",
+    )
+    add_options(serve, ModelConfig, only=("device", "dtype", "trust_remote_code"))
+    add_options(serve, TrainConfig, only=("eval_batch_size",))
+    add_int8_option(serve)
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmclf.serve import serve
+
+    values = vars(args)
+    overrides = runtime_overrides({k: v for k, v in values.items() if v is not None})
+    serve(
+        values["runs"],
+        host=values["host"],
+        port=values["port"],
+        names=values["name"],
+        max_batch_size=values["max_batch_size"],
+        max_wait_ms=values["max_wait_ms"],
+        max_texts_per_request=values["max_texts_per_request"],
+        max_chars_per_text=values["max_chars_per_text"],
+        api_key=values["api_key"] or None,
+        int8=values.get("int8", False),
+        **overrides,
+    )
+    return 0
+
+
 SUBCOMMANDS = (
     add_train_parser,
     add_evaluate_parser,
@@ -662,6 +750,7 @@ SUBCOMMANDS = (
     add_experiment_parser,
     add_distill_parser,
     add_export_parser,
+    add_serve_parser,
     add_list_parsers,
 )
 

@@ -1,5 +1,6 @@
-"""Export an encoder run (a fine-tuned or distilled encoder) to ONNX, and serve it with
-ONNX Runtime.
+"""Export a run: an encoder run (fine-tuned or distilled) to ONNX, served with ONNX
+Runtime; or a head / encoder run to a plain merged ``*ForSequenceClassification`` folder
+that transformers, vLLM and text-embeddings-inference load (``export_merged``).
 
 ``torch.onnx.export`` (the torch.export-based exporter) writes ``model.onnx`` with dynamic
 batch and sequence axes; the folder also holds the tokenizer, ``labels.json``,
@@ -34,6 +35,7 @@ from llmclf.run_folder import (
     ONNX_FILE,
     ONNX_FOLDER,
     TEST_PREDICTIONS,
+    RunFolder,
     atomic_path,
     write_calibration,
     write_json,
@@ -167,5 +169,98 @@ def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
         raise LlmclfError(
             f"the ONNX model does not reproduce PyTorch (max |logit difference| {diff:.2g}, "
             f"same predictions: {same}): not exported"
+        )
+    return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
+
+
+# ---------------------------------------------------------------------------------------
+# The merged export: a plain *ForSequenceClassification folder
+# ---------------------------------------------------------------------------------------
+
+MERGED_FOLDER = "merged"
+MERGED_ATOL = 1e-3  # largest |logit difference| accepted between the folder and llmclf
+
+
+def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
+    """Write ``run`` as a plain ``*ForSequenceClassification`` folder (default
+    ``RUN/merged``): LoRA merged into full-precision base weights, the head, the tokenizer
+    (EOS appending included), ``id2label`` / ``label2id`` and the pad token in
+    ``config.json``. ``AutoModelForSequenceClassification.from_pretrained(folder)`` then
+    gives llmclf's logits, checked before the folder is kept; that is what vLLM
+    (``--task classify``), text-embeddings-inference and ``pipeline("text-classification")``
+    load. Head runs with ``--pooling last`` (4-bit ones are merged into a full-precision
+    base), frozen-head runs and encoder runs; calibration (a temperature) and multi-label
+    thresholds stay in ``labels.json`` / ``calibration.json`` beside it, which plain
+    transformers ignores.
+
+    Example:
+        >>> export_merged("runs/bbc")["parity"]["same_predictions"]  # doctest: +SKIP
+        True
+    """
+    from llmclf.methods.head import HeadClassifier
+
+    run = Path(run)
+    target = Path(output) if output else run / MERGED_FOLDER
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LlmclfError(f"{target} already exists: delete it or choose another --output")
+    config = RunFolder(run).config()
+    method = config.get("method")
+    if method not in ("head", "encoder"):
+        raise LlmclfError(
+            f"{run} is a {method} run: the merged export is for head and encoder runs (an "
+            "instruct run answers with words, a TF-IDF run has no transformer)"
+        )
+    pooling = (config.get("head") or {}).get("pooling", "last")
+    if method == "head" and pooling != "last":
+        raise LlmclfError(
+            f"{run} pools with --pooling {pooling}: transformers' sequence classifiers read the "
+            "last token only, so only --pooling last runs export to a plain folder"
+        )
+    overrides = {"quantize": "none"} if method == "head" else {}
+    clf = load_classifier(run, progress=False, device="cpu", dtype="float32", **overrides)
+    model = clf.model_
+    if isinstance(clf, HeadClassifier) and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # the adapter is merged already; this unwraps it
+    if target.exists():
+        target.rmdir()  # empty, checked above
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
+        partial.mkdir()
+        model.config.pad_token_id = clf.tokenizer_.pad_token_id
+        model.save_pretrained(partial)
+        clf.tokenizer_.save_pretrained(partial)
+        clf.schema_.save(partial)
+        write_calibration(partial, {"temperature": clf.temperature_})
+        info = {"format": "merged", "method": method, "source_run": str(run.resolve())}
+        info["parity"] = check_merged(clf, partial, _check_texts(run))
+        write_json(partial / EXPORT_INFO, info)
+    info["folder"] = str(target)
+    return info
+
+
+def check_merged(clf, folder: Path, texts: list[str]) -> dict:
+    """Plain transformers on ``folder`` against llmclf on ``texts``, unpadded one by one
+    and padded in one batch; fail on any disagreement."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, dtype=torch.float32, trust_remote_code=False
+    ).eval()
+    limit = clf.config_.model.max_length
+    with torch.no_grad():
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
+        plain = model(**batch).logits.float().numpy()
+    ours = clf.predict_logits(texts)
+    diff = float(np.abs(plain - ours).max())
+    same = bool(np.array_equal(plain.argmax(-1), ours.argmax(-1)))
+    if not same or diff > MERGED_ATOL:
+        raise LlmclfError(
+            f"plain transformers on the merged folder does not reproduce llmclf (max |logit "
+            f"difference| {diff:.2g}, same top class: {same}): not exported"
         )
     return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
