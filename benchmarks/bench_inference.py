@@ -72,12 +72,15 @@ def main() -> None:
     merged = merged_model(args.run, WORK / f"{args.run.name}-merged")
     test = read_split(args.data, "test")
     texts = list(test["text"])
-    peak = matmul_peak_gflops(device)
+    peaks = {
+        torch.float32: matmul_peak_gflops(device, torch.float32),
+        torch.bfloat16: matmul_peak_gflops(device, torch.bfloat16),
+    }
 
-    def timed_predict(int8: bool) -> tuple[np.ndarray, float, int, object]:
+    def timed_predict(int8: bool, dtype: str = "auto") -> tuple[np.ndarray, float, int, object]:
         """llmclf's predictions, seconds, max length and dtype, after a warm-up batch."""
         classifier = load_classifier(
-            args.run, int8=int8, eval_batch_size=args.batch_size, device=device
+            args.run, int8=int8, eval_batch_size=args.batch_size, device=device, dtype=dtype
         )
         classifier.progress = False
         classifier.predict_proba(texts[: args.batch_size])  # warm-up
@@ -92,20 +95,35 @@ def main() -> None:
     if int8:
         ours_int8, int8_seconds, _, _ = timed_predict(int8=True)
 
-    classify = pipeline(
-        "text-classification", model=str(merged), device=device, dtype=dtype, top_k=1
-    )
-    options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
-    classify(texts[: args.batch_size], **options)  # warm-up
-    start = time.perf_counter()
-    outputs = classify(texts, **options)
-    pipeline_seconds = time.perf_counter() - start
-    theirs = np.array([out[0]["label"] for out in outputs])
+    fp32 = None
+    if dtype != torch.float32:  # --dtype auto chose another: llmclf in fp32 beside it
+        ours_fp32, fp32_seconds, _, _ = timed_predict(int8=False, dtype="float32")
+        fp32 = (ours_fp32, fp32_seconds)
+
+    def timed_pipeline(dtype=None):
+        """The pipeline at ``dtype`` (None: its own default, what a user gets)."""
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        classify = pipeline(
+            "text-classification", model=str(merged), device=device, top_k=1, **kwargs
+        )
+        options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
+        classify(texts[: args.batch_size], **options)  # warm-up
+        start = time.perf_counter()
+        outputs = classify(texts, **options)
+        seconds = time.perf_counter() - start
+        used = next(classify.model.parameters()).dtype
+        return np.array([out[0]["label"] for out in outputs]), seconds, used, classify
+
+    theirs, pipeline_seconds, pipeline_dtype, classify = timed_pipeline()
+    same = None
+    if pipeline_dtype != dtype:  # and at llmclf's dtype: the kernel-for-kernel figure
+        same = timed_pipeline(dtype)
 
     tokens = real_tokens(classify.tokenizer, texts, max_length)
     config = AutoConfig.from_pretrained(merged)
     flops = model_flops_per_token(config, sum(tokens) / len(tokens) / 2, training=False)
     achieved = flops * sum(tokens) / ours_seconds / 1e9
+    peak = peaks.get(dtype, peaks[torch.float32])  # the peak of the dtype llmclf ran in
     gold = np.array(test["label"])
 
     def side(seconds: float, predicted: np.ndarray) -> dict:
@@ -118,6 +136,17 @@ def main() -> None:
         }
 
     extra = {}
+    if same is not None:
+        extra["pipeline_same_dtype"] = {**side(same[1], same[0]), "dtype": str(same[2])}
+        extra["inference_speedup_vs_pipeline_same_dtype"] = round(same[1] / ours_seconds, 2)
+    else:
+        extra["inference_speedup_vs_pipeline_same_dtype"] = round(
+            pipeline_seconds / ours_seconds, 2
+        )
+    if fp32 is not None:
+        extra["llmclf_fp32"] = side(fp32[1], fp32[0])
+        extra["bf16_inference_speedup_vs_fp32"] = round(fp32[1] / ours_seconds, 2)
+        extra["agreement_with_fp32"] = round(float((fp32[0] == ours).mean()), 4)
     if int8:
         extra = {
             "llmclf_int8": side(int8_seconds, ours_int8),
@@ -139,8 +168,9 @@ def main() -> None:
             },
             "real_tokens": sum(tokens),
             "matmul_peak_gflops": round(peak, 1),
+            "matmul_peak_gflops_by_dtype": {str(k): round(v, 1) for k, v in peaks.items()},
             "llmclf": {**side(ours_seconds, ours), "achieved_gflops": round(achieved, 1)},
-            "pipeline": side(pipeline_seconds, theirs),
+            "pipeline": {**side(pipeline_seconds, theirs), "dtype": str(pipeline_dtype)},
             "prediction_agreement": round(float((ours == theirs).mean()), 4),
             "inference_speedup_vs_pipeline": round(pipeline_seconds / ours_seconds, 2),
             "fraction_of_matmul_peak": round(achieved / peak, 3),

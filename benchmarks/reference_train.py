@@ -123,6 +123,7 @@ def main() -> None:
         report_to=[],
         seed=args.seed,
         bf16=bf16,
+        use_cpu=not cuda,  # bf16=True on a CPU needs it said
         disable_tqdm=True,
     )
     trainer = Trainer(

@@ -110,8 +110,10 @@ def train_lines(r: dict) -> list[str]:
 def inference_lines(r: dict) -> list[str]:
     s, a, b = r["settings"], r["llmclf"], r["pipeline"]
     c = r.get("llmclf_int8")
-    columns = ["llmclf", "pipeline"] + (["llmclf --int8"] if c else [])
-    sides = [a, b] + ([c] if c else [])
+    same, fp32 = r.get("pipeline_same_dtype"), r.get("llmclf_fp32")
+    columns = ["llmclf", "pipeline"] + (["pipeline, llmclf's dtype"] if same else [])
+    columns += (["llmclf --dtype float32"] if fp32 else []) + (["llmclf --int8"] if c else [])
+    sides = [a, b] + ([same] if same else []) + ([fp32] if fp32 else []) + ([c] if c else [])
 
     def row(label: str, key: str, form: str = "{}") -> str:
         values = [form.format(side[key]) if key in side else "-" for side in sides]
@@ -132,6 +134,7 @@ def inference_lines(r: dict) -> list[str]:
         "",
         "| | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
+        *([row("dtype", "dtype")] if "dtype" in b else []),
         row("examples/s", "examples_per_s"),
         row("real tokens/s", "real_tokens_per_s", "{:,}"),
         row("seconds", "seconds"),
@@ -143,6 +146,18 @@ def inference_lines(r: dict) -> list[str]:
         f"{a['achieved_gflops']} GFLOP/s vs matmul peak {r['matmul_peak_gflops']}: "
         f"fraction {r['fraction_of_matmul_peak']}.",
     ]
+    if "inference_speedup_vs_pipeline_same_dtype" in r:
+        out.append(
+            f"Against the pipeline at llmclf's own dtype (kernel for kernel): "
+            f"`inference_speedup_vs_pipeline_same_dtype` "
+            f"**{r['inference_speedup_vs_pipeline_same_dtype']}**."
+        )
+    if fp32:
+        out.append(
+            f"bf16 vs fp32 in llmclf: `bf16_inference_speedup_vs_fp32` "
+            f"**{r['bf16_inference_speedup_vs_fp32']}**, the two agree on "
+            f"{r['agreement_with_fp32']:.1%} of the predictions."
+        )
     if c:
         out.append(
             f"With `--int8`: `inference_int8_speedup_vs_pipeline` "
@@ -252,19 +267,43 @@ def layers_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
+def serve_lines(r: dict) -> list[str]:
+    s, latency, rss = r["settings"], r["latency_ms"], r["server_rss_mb"]
+    return [
+        f"### Serving: `llmclf serve` under {s['clients']} concurrent clients vs offline predict",
+        "",
+        f"Run `{s['run']}` ({r.get('dtype', '')}), one text per `POST /v1/classify`, "
+        f"max batch {s['max_batch_size']}, max wait {s['max_wait_ms']:g} ms, loopback; "
+        f"{r['requests']:,} requests in {r['wall_seconds']} s after a warm-up. Offline: the "
+        "same run's `predict_proba` on the same texts, model already loaded.",
+        "",
+        "| served texts/s | offline texts/s | served / offline | p50 ms | p95 ms | p99 ms "
+        "| non-2xx | mean batch | server RSS start → end MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {r['served_texts_per_s']} | {r['offline_texts_per_s']} | "
+        f"**{r['served_vs_offline']}** | {latency['p50']} | {latency['p95']} | "
+        f"{latency['p99']} | {r['non_2xx']} | {r['mean_batch_size']} | "
+        f"{rss['start']} → {rss['end']} ({r['rss_growth']:+.1%}) |",
+        "",
+    ]
+
+
 def main() -> None:
     renderers = (
         ("train_", train_lines),
         ("inference_", inference_lines),
         ("instruct_", instruct_lines),
         ("layers_", layers_lines),
+        ("serve_", serve_lines),
     )
     lines: list[str] = []
+    shown = None
     for prefix, render in renderers:
         for path in sorted(RESULTS.glob(f"{prefix}*.json")):
             result = json.loads(path.read_text())
-            if not lines:
+            if result["machine"] != shown:  # each result says the machine it ran on
                 lines += machine_lines(result["machine"])
+                shown = result["machine"]
             lines += render(result)
             lines += [f"(from `benchmarks/results/{path.name}`, {result['date']})", ""]
     path = ROOT / "BENCHMARKS.md"

@@ -706,7 +706,10 @@ def add_serve_parser(commands) -> None:
         "--max-texts-per-request", type=int, default=64, help="more is a 413 (default 64)"
     )
     serve.add_argument(
-        "--max-chars-per-text", type=int, default=50_000, help="longer is a 413 (default 50000)"
+        "--max-chars-per-text",
+        type=int,
+        default=100_000,
+        help="longer is a 413 (default 100000; texts are cut at the run's max length anyway)",
     )
     serve.add_argument(
         "--api-key",

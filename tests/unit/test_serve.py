@@ -68,7 +68,32 @@ def runs(tmp_path_factory, tiny_llama):
     assert main([*args, "--output", str(folder / "multi")]) == 0
     args = ["train", "--model", tiny_llama, "--data", str(folder / "d.csv"), "--epochs", "1"]
     assert main([*args, "--max-length", "16", "--output", str(folder / "head")]) == 0
+    # an instruct run that generates: served in score mode
+    args = ["evaluate", "--zero-shot", "--model", tiny_llama, "--method", "instruct"]
+    args += ["--data", str(folder / "d.csv"), "--max-length", "64", "--predict-mode", "generate"]
+    assert main([*args, "--output", str(folder / "instruct")]) == 0
     return folder
+
+
+def test_every_method_is_served(runs, tiny_bert):
+    args = ["train", "--method", "encoder", "--model", tiny_bert, "--data", str(runs / "d.csv")]
+    assert main([*args, "--epochs", "1", "--max-length", "16", "--output", str(runs / "enc")]) == 0
+    served = [runs / name for name in ("tf", "multi", "head", "instruct", "enc")]
+    with running(create_app(served)) as address:
+        models = {m["id"]: m for m in httpx.get(address + "/v1/models").json()["data"]}
+        assert [models[n]["method"] for n in ("tf", "head", "instruct", "enc")] == [
+            "tfidf", "head", "instruct", "encoder",
+        ]  # fmt: skip
+        for name in models:
+            body = post(address, "/v1/classify", {"model": name, "input": TEXTS}).json()
+            offline = (
+                load_classifier(runs / name, dtype="float32", predict_mode="score")
+                if (name == "instruct")
+                else load_classifier(runs / name, dtype="float32")
+            )
+            expected = offline.predict_proba(TEXTS)
+            got = np.array([row["probs"] for row in body["data"]])
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +122,7 @@ def test_classify_answers_as_vllm_does_with_the_offline_predictions(url, runs):
     for row, proba, label in zip(body["data"], expected, offline.predict(TEXTS)):
         assert row["num_classes"] == 3 and row["label"] == label
         np.testing.assert_allclose(row["probs"], proba, atol=1e-6)
+    assert post(url, "/classify", {"model": "tf", "input": TEXTS}).json()["data"] == body["data"]
     one = post(url, "/v1/classify", {"model": "tf", "input": TEXTS[0]}).json()
     assert len(one["data"]) == 1 and one["data"][0]["label"] == offline.predict(TEXTS[0])
 
@@ -172,6 +198,24 @@ def test_a_bad_request_gets_a_4xx_that_says_what_is_wrong(url, path, body, statu
     assert response.status_code == status
     error = response.json()["error"]
     assert error["code"] == status and fragment in error["message"]
+
+
+def test_a_body_over_the_largest_valid_one_is_refused_unread(url):
+    limit = 6 * 8 * 400 + 65536  # the url fixture's limits
+    big = b'{"input": "' + b"a" * limit + b'"}'
+    response = httpx.post(url + "/v1/classify", content=big)
+    assert response.status_code == 413 and "request body is over" in response.text
+
+    def chunks():
+        for _ in range(limit // 4096 + 2):
+            yield b"a" * 4096
+
+    chunked = httpx.post(url + "/v1/classify", content=chunks())  # no Content-Length
+    assert chunked.status_code == 413
+    small = httpx.post(
+        url + "/v1/classify", content=iter([b'{"model": "tf", ', b'"input": "bank"}'])
+    )
+    assert small.status_code == 200 and small.json()["data"][0]["label"] == "money"
 
 
 def test_malformed_json_is_a_400(url):

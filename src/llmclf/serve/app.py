@@ -38,7 +38,7 @@ DEFAULTS = {
     "max_batch_size": 32,
     "max_wait_ms": 5.0,
     "max_texts_per_request": 64,
-    "max_chars_per_text": 50_000,
+    "max_chars_per_text": 100_000,
 }
 
 
@@ -163,6 +163,59 @@ def load_runs(
 # ---------------------------------------------------------------------------------------
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with a 413 before it is read into
+    memory (by its Content-Length, or while a chunked body arrives), so no client can
+    exhaust the server's memory with one request. Plain ASGI middleware."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def refuse(self, send) -> None:
+        import json
+
+        body = json.dumps(
+            error_body(413, f"the request body is over {self.limit} bytes: send fewer or "
+                       "shorter texts")
+        ).encode()  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                return await self.refuse(send)
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # a chunked body: read it here, up to the limit
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self.refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replayed, send)
+
+
 def error_body(status: int, message: str, kind: str = "invalid_request_error") -> dict:
     """OpenAI / vLLM style: {"error": {"message", "type", "code"}}."""
     return {"error": {"message": message, "type": kind, "code": status}}
@@ -255,6 +308,8 @@ def create_app(
     )
     app.state.runs = served
     app.state.registry = registry
+    # the largest body a valid request can have: every text at its limit, JSON-escaped
+    app.add_middleware(BodyLimit, limit=6 * max_texts_per_request * max_chars_per_text + 65536)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -341,6 +396,7 @@ def create_app(
         return {"object": "list", "data": [run.info() for run in served.values()]}
 
     @app.post("/v1/classify", dependencies=guarded, tags=["classify"])
+    @app.post("/classify", dependencies=guarded, tags=["classify"])
     async def classify_vllm(body: ClassifyRequest):
         """vLLM's classification API; ``labels`` added for multi-label runs. An empty
         text gets ``label`` null and ``probs`` [] (``llmclf predict``'s empty row)."""
