@@ -148,7 +148,7 @@ def main() -> None:
         extra["bf16_inference_speedup_vs_fp32"] = round(fp32[1] / ours_seconds, 2)
         extra["agreement_with_fp32"] = round(float((fp32[0] == ours).mean()), 4)
     if int8:
-        extra = {
+        extra |= {
             "llmclf_int8": side(int8_seconds, ours_int8),
             "int8_agreement_with_float": round(float((ours_int8 == ours).mean()), 4),
             "int8_speedup_vs_float": round(ours_seconds / int8_seconds, 2),

@@ -82,6 +82,13 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument(
+        "--server-eval-batch-size",
+        type=int,
+        default=None,
+        help="the server's model sub-batches (default: --max-batch-size); a merged batch is "
+        "cut into length-sorted sub-batches of this many texts",
+    )
+    parser.add_argument(
         "--max-chars-per-text",
         type=int,
         default=10_000_000,
@@ -101,7 +108,7 @@ def main() -> None:
     server = subprocess.Popen(
         [*LLMCLF, "serve", args.run, "--port", str(port), "--dtype", args.dtype,
          "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-         "--eval-batch-size", str(args.max_batch_size),
+         "--eval-batch-size", str(args.server_eval_batch_size or args.max_batch_size),
          "--max-chars-per-text", str(args.max_chars_per_text)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip

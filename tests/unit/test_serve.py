@@ -213,7 +213,9 @@ def test_a_body_over_the_largest_valid_one_is_refused_unread(url):
     chunked = httpx.post(url + "/v1/classify", content=chunks())  # no Content-Length
     assert chunked.status_code == 413
     small = httpx.post(
-        url + "/v1/classify", content=iter([b'{"model": "tf", ', b'"input": "bank"}'])
+        url + "/v1/classify",
+        content=iter([b'{"model": "tf", ', b'"input": "bank"}']),
+        headers={"content-type": "application/json"},
     )
     assert small.status_code == 200 and small.json()["data"][0]["label"] == "money"
 
