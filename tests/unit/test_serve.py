@@ -272,7 +272,7 @@ def test_an_api_key_guards_everything_but_health(runs):
 
 
 BODIES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["input", "inputs", "model", "raw_scores", "truncate", "x"]) | st.text(max_size=5),
         inner, max_size=4,
