@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from llmclf import speed
+import llmclf.speed as speed
 from llmclf.catalog import MODELS, builtin_folder, builtin_gguf, cache_dir
 from llmclf.config import AdapterConfig, ModelConfig
 from llmclf.errors import LlmclfError
@@ -167,6 +167,7 @@ def _not_a_model(ref: str, why: str) -> LlmclfError:
     )
 
 
+@functools.lru_cache(maxsize=64)  # a success is remembered: one hub request per id and process
 def check_hub_model(ref: str) -> None:
     """Fail in a second, not after a minute of download retries, when ``ref`` cannot be a
     Hugging Face model: not a valid repo id, not in the local hub cache while offline

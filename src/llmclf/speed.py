@@ -135,16 +135,13 @@ def cpu_probe(hidden: int, intermediate: int, cache: Path | None = None) -> Dtyp
     stored: dict = {}
     with contextlib.suppress(OSError, ValueError):
         stored = json.loads(path.read_text())
-    if isinstance(stored, dict) and isinstance(stored.get(key), dict):
-        try:
-            probe = DtypeProbe(**{**stored[key], "cached": True})
-        except TypeError:  # an entry of another layout: measure again
-            probe = None
-    else:
-        probe = None
+    stored = stored if isinstance(stored, dict) else {}
+    entry, probe = stored.get(key), None
+    if isinstance(entry, dict):
+        with contextlib.suppress(TypeError):  # an entry of another layout: measure again
+            probe = DtypeProbe(**{**entry, "cached": True})
     if probe is None:
         probe = measure(shape)
-        stored = stored if isinstance(stored, dict) else {}
         stored[key] = dataclasses.asdict(probe)
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
