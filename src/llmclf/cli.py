@@ -29,6 +29,7 @@ from llmclf.config import (
     read_yaml,
     runtime_names,
 )
+from llmclf.distributed import is_main_process, rank
 from llmclf.errors import LlmclfError
 
 log = logging.getLogger("llmclf")
@@ -182,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_config = build(DataConfig, values)
     options = {k: v for k, v in values.items() if k in method_options}
     metrics = train_run(method, options, data_config, output)
-    print_summary(metrics, output)
+    if metrics is not None:  # None: a process other than the main one of a multi-process run
+        print_summary(metrics, output)
     return 0
 
 
@@ -779,9 +781,14 @@ def setup_logging() -> None:
     for old in list(log.handlers):
         log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("llmclf: %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    if is_main_process():
+        handler.setFormatter(logging.Formatter("llmclf: %(message)s"))
+        log.setLevel(logging.INFO)
+    else:  # the other processes of torchrun / accelerate launch: their warnings are the
+        # main process's (the same data and options), so only errors
+        handler.setFormatter(logging.Formatter(f"llmclf [rank {rank()}]: %(message)s"))
+        log.setLevel(logging.ERROR)
     log.propagate = False
     # Library deprecation chatter (transformers <-> peft) says nothing to an llmclf user.
     warnings.filterwarnings("ignore", category=FutureWarning)

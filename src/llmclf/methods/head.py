@@ -29,6 +29,7 @@ from llmclf.config import (
     threshold_option,
     validate,
 )
+from llmclf.distributed import is_wrapped, unwrap
 from llmclf.labels import LabelSchema
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
@@ -89,21 +90,31 @@ def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") 
         batch: ``input_ids`` and ``attention_mask``, [batch, seq], padded on either side.
         pooling: ``last`` (final real token) or ``mean`` (over real tokens).
     """
-    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
     mask = batch["attention_mask"]
-    hidden = seq_cls.base_model(
+    inputs = dict(
         input_ids=batch["input_ids"],
         attention_mask=mask,
         position_ids=position_ids(mask),
         use_cache=False,
-    ).last_hidden_state
+    )
+    if is_wrapped(model):
+        # several processes: through DDP's forward (it arms the gradient all-reduce),
+        # keeping only the final hidden state (transformers ties it to last_hidden_state)
+        hidden = model(**inputs, output_hidden_states=[-1]).hidden_states[-1]
+    else:
+        hidden = _sequence_classifier(model).base_model(**inputs).last_hidden_state
     return POOLERS[pooling](hidden, mask)
+
+
+def _sequence_classifier(model):
+    """The ``*ForSequenceClassification`` model inside DDP and PEFT's wrappers."""
+    model = unwrap(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
     """Logits of the head on the pooled final hidden states, [batch, num_classes] float32."""
-    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(seq_cls, HEAD_MODULE)
+    head = getattr(_sequence_classifier(model), HEAD_MODULE)
     pooled = pooled_hidden(model, batch, pooling)
     return head(pooled.to(next(head.parameters()).dtype)).float()
 

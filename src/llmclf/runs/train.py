@@ -16,6 +16,7 @@ import pandas as pd
 from llmclf.backbone import check_model_ref
 from llmclf.config import DataConfig
 from llmclf.data import examples_by_split, sample
+from llmclf.distributed import is_main_process, world_size
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
@@ -44,9 +45,10 @@ def train_run(
     data_config: DataConfig,
     output: str | Path,
     progress: bool = True,
-) -> dict:
+) -> dict | None:
     """Train on the data's train split, pick the best epoch on validation, evaluate on
-    test and write the run folder. Returns the test metrics.
+    test and write the run folder. Returns the test metrics (None in the processes other
+    than the main one of a multi-process run: they train and stop).
 
     Example:
         >>> train_run("head", {"epochs": 2}, DataConfig("bbc-news"), "runs/bbc")  # doctest: +SKIP
@@ -78,6 +80,10 @@ def train_run(
     )
     eval_set = (validation.texts, validation.labels) if validation is not None else None
     classifier.fit(train.texts, train.labels, eval_set=eval_set, output_dir=folder.path)
+    if not is_main_process():
+        # several processes (torchrun / accelerate launch) trained one model together; the
+        # main process evaluates it on test and writes the folder, so each example counts once
+        return None
     if data_config.label_sep:  # multi-label tables join labels the way the data did
         classifier.schema_.label_sep = data_config.label_sep
 
@@ -126,6 +132,8 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         "train_seconds": round(float(classifier.fit_seconds_) + before, 2),
         "train_examples": int(n_train),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # the processes that trained it together (torchrun / accelerate launch); 1 alone
+        "num_processes": world_size(),
     }
     if result is not None:
         out["train_steps"] = result.steps

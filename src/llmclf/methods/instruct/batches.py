@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from llmclf.batching import pad_batch
+from llmclf.distributed import is_wrapped
 from llmclf.labels import LabelSchema
 from llmclf.methods.instruct.scoring import common_prefix_length, takes_custom_masks
 from llmclf.pooling import position_ids
@@ -36,8 +37,12 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if prefix is not None and prefix.numel() > 0:
         rows, width = batch["input_ids"].shape
         cache = None
-        if not getattr(model, "is_activation_checkpointing", False) and takes_custom_masks(
-            model, prefix.numel() + width
+        # inside DDP the rows are joined: two forward calls per backward through its
+        # wrapper would arm its gradient all-reduce twice
+        if (
+            not is_wrapped(model)
+            and not getattr(model, "is_activation_checkpointing", False)
+            and takes_custom_masks(model, prefix.numel() + width)
         ):
             cache = model(input_ids=prefix[None], use_cache=True, logits_to_keep=1).cache
         if cache is not None:

@@ -30,6 +30,7 @@ from llmclf.config import (
     threshold_option,
     validate,
 )
+from llmclf.distributed import unwrap
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
@@ -325,6 +326,7 @@ class InstructClassifier(ClassifierBase):
         scores (validation, so the best epoch is picked by macro-F1 like the head's)."""
         if "answer_width" in batch:
             return answer_logits(model, batch)
+        model = unwrap(model)  # validation: no gradients, so DDP's wrapper has no part
         prefix = batch.get("prefix_ids")
         shared = None
         if prefix is not None and prefix.numel() > 0:

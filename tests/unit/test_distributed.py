@@ -1,0 +1,190 @@
+"""Several processes: ``torchrun`` runs ``llmclf train`` with DDP on CPU (gloo), and the
+result is the one-process run's with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from llmclf.cli import main
+from tests.conftest import make_texts
+
+# fp32 sums in a different order (each process's half-batch, then the all-reduce)
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 96 training rows: whole batches of 8 (a last, partial batch is split unevenly
+    # between the processes and averaged per process, so it weighs its rows differently)
+    texts, labels = make_texts(120, seed=3)
+    path = tmp_path_factory.mktemp("ddp-data") / "d.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert(tmp_path_factory) -> str:
+    """The tiny encoder without dropout: dropout draws differ between processes."""
+    from transformers import AutoConfig
+
+    from tests.conftest import make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path_factory.mktemp("bert-no-dropout"))
+    config = AutoConfig.from_pretrained(folder)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(folder)
+    return str(folder)
+
+
+def torchrun(*args, processes: int = 2, **popen) -> subprocess.Popen:
+    """``torchrun --standalone`` (a free rendezvous port) on ``llmclf.cli``."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "llmclf.cli",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, env=env, text=True, **popen)
+
+
+def run_torchrun(*args) -> subprocess.CompletedProcess:
+    process = torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def weights(run: Path) -> dict:
+    name = next(n for n in ("adapter_model.safetensors", "model.safetensors") if (run / n).exists())
+    return load_file(str(run / name))
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    log = json.loads((run / "train_log.json").read_text())
+    return [(row["step"], row["loss"]) for row in log if "loss" in row]
+
+
+def assert_same_run(got: Path, want: Path) -> None:
+    a, b = weights(got), weights(want)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_allclose(a[name].float(), b[name].float(), atol=TOLERANCE, err_msg=name)
+    metrics, expected = (json.loads((r / "metrics.json").read_text()) for r in (got, want))
+    assert metrics["train_steps"] == expected["train_steps"]
+    for key in ("macro_f1", "accuracy", "ece"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    (steps, values), (want_steps, want_values) = (zip(*losses(r)) for r in (got, want))
+    assert steps == want_steps
+    np.testing.assert_allclose(values, want_values, atol=TOLERANCE)
+    rows = pd.read_json(got / "test_predictions.jsonl", lines=True)
+    assert len(rows) == len(pd.read_json(want / "test_predictions.jsonl", lines=True))
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("head", ["--lora-dropout", "0"]),
+        ("instruct", ["--lora-dropout", "0", "--max-length", "64"]),
+        ("encoder", []),
+    ],
+)
+def test_two_processes_train_what_one_trains_with_the_same_global_batch(
+    method, extra, tiny_llama, dropout_free_bert, data, tmp_path
+):
+    model = dropout_free_bert if method == "encoder" else tiny_llama
+    common = [
+        "train",
+        "--method",
+        method,
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--max-length",
+        "32",
+        *extra,
+        "--early-stopping-patience",
+        "0",
+        "--dtype",
+        "float32",
+        "--learning-rate",
+        "1e-3",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*common, "--batch-size", "8", "--output", str(one)]) == 0
+    result = run_torchrun(*common, "--batch-size", "4", "--output", str(two))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(two, one)
+    assert json.loads((two / "metrics.json").read_text())["num_processes"] == 2
+    assert json.loads((one / "metrics.json").read_text())["num_processes"] == 1
+    # the main process alone evaluated and wrote: one summary, and the others' log is quiet
+    assert result.stdout.count("written to") == 1
+    assert "rank 1" not in result.stderr
+
+
+def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, data, tmp_path):
+    common = [
+        "train",
+        "--model",
+        tiny_llama,
+        "--data",
+        str(data),
+        "--epochs",
+        "10",
+        "--max-length",
+        "32",
+        "--lora-dropout",
+        "0",
+        "--early-stopping-patience",
+        "0",
+        "--batch-size",
+        "4",
+        "--dtype",
+        "float32",
+    ]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    result = run_torchrun(*common, "--output", str(reference))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = torchrun(
+        *common,
+        "--output",
+        str(run),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(
+        run.glob("checkpoints/checkpoint-*/trainer_state.json")
+    ):
+        time.sleep(0.05)
+    # the workers first (torchrun starts them in their own process groups), then the launcher
+    launcher = psutil.Process(process.pid)
+    for worker in launcher.children(recursive=True):
+        worker.send_signal(signal.SIGKILL)
+    launcher.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "metrics.json").exists()
+    resumed = run_torchrun(*common, "--output", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["resumed_from_step"] < metrics["train_steps"]
+    assert_same_run(run, reference)
