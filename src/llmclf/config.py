@@ -340,6 +340,14 @@ class TrainConfig:
     keep_checkpoints: bool = option(
         False, "keep the Trainer checkpoints after a successful run", runtime=True
     )
+    report_to: str = option(
+        "none",
+        "send the losses and validation metrics to a tracker as they come (the Trainer's "
+        "own integrations): tensorboard writes RUN/logs/tensorboard; mlflow and wandb "
+        "follow their own environment (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_MODE, ...)",
+        choices=("none", "tensorboard", "mlflow", "wandb"),
+        runtime=True,
+    )
     validation_fraction: float = option(
         0.1,
         "Python API without eval_set: hold out this fraction of the training data for model "

@@ -50,6 +50,7 @@ TEST_PREDICTIONS = "test_predictions.jsonl"
 PREDICTIONS = "predictions.jsonl"  # evaluate / zero-shot on another split
 TRAIN_LOG = "train_log.json"
 CHECKPOINTS = "checkpoints"
+TRACKER_LOGS = "logs"  # --report-to tensorboard: logs/tensorboard
 STAGING = ".staging"
 EVAL_FOLDER = "eval"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -260,7 +261,11 @@ class RunFolder:
                 f"{self.path} holds checkpoints of an unfinished run: pass --resume to continue "
                 "it, or choose another --output"
             )
-        others = [p.name for p in self.path.iterdir() if p.name not in (CHECKPOINTS, STAGING)]
+        others = [
+            p.name
+            for p in self.path.iterdir()
+            if p.name not in (CHECKPOINTS, STAGING, TRACKER_LOGS)
+        ]
         if others and not resume:
             raise LlmclfError(
                 f"--output {self.path} is not empty ({', '.join(sorted(others)[:5])}): "

@@ -28,11 +28,12 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from llmclf.config import TrainConfig
+from llmclf.distributed import is_main_process
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
 from llmclf.evaluation.metrics import classification_metrics, selection_metric
 from llmclf.labels import LabelSchema
-from llmclf.run_folder import CHECKPOINTS, RunFolder
+from llmclf.run_folder import CHECKPOINTS, TRACKER_LOGS, RunFolder
 
 log = logging.getLogger("llmclf")
 
@@ -91,6 +92,79 @@ class LogAtCheckpoints(TrainerCallback):
     on_epoch_end = on_step_end
 
 
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # -> pip name
+
+
+def check_tracker(report_to: str) -> None:
+    """Before any data loads: the tracker ``--report-to`` names is installed."""
+    if report_to == "none":
+        return
+    import transformers.integrations as integrations
+
+    available = {
+        "tensorboard": integrations.is_tensorboard_available,
+        "mlflow": integrations.is_mlflow_available,
+        "wandb": integrations.is_wandb_available,
+    }[report_to]
+    if not available():
+        raise LlmclfError(
+            f"--report-to {report_to} needs the {TRACKERS[report_to]} package: "
+            f"pip install {TRACKERS[report_to]} (or llmclf[{report_to}])"
+        )
+
+
+class WhereLogsWent(TrainerCallback):
+    """Records where ``--report-to`` sent the logs (kept in metrics.json ``tracking``):
+    TensorBoard's folder, MLflow's tracking URI and run id, the W&B run's URL. Runs after
+    the Trainer's own integration callbacks, which start the tracker's run."""
+
+    def __init__(self, report_to: str, logs: Path | None):
+        self.record: dict = {"report_to": report_to}
+        if logs is not None:
+            self.record["logs"] = str(logs)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.record["report_to"] == "mlflow":
+            import mlflow
+
+            run = mlflow.active_run()
+            self.record["tracking_uri"] = mlflow.get_tracking_uri()
+            if run is not None:
+                self.record["run_id"] = run.info.run_id
+        elif self.record["report_to"] == "wandb":
+            import wandb
+
+            if wandb.run is not None:
+                self.record.update(url=wandb.run.url, dir=wandb.run.dir)
+
+
+def tracking_callbacks(report_to: str, logs: Path | None) -> tuple[list[str], list]:
+    """The Trainer's ``report_to`` and the callbacks for ``--report-to``.
+
+    TensorBoard gets its own writer on ``logs`` (the Trainer's default folder is inside
+    the checkpoints, which a finished run deletes), on the main process only.
+    """
+    if report_to == "none":
+        return ["none"], []
+    if report_to != "tensorboard":
+        return [report_to], [WhereLogsWent(report_to, None)]
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboardX, as the Trainer's callback falls back to
+        from tensorboardX import SummaryWriter
+
+    callbacks: list = [WhereLogsWent(report_to, logs)]
+    if is_main_process():
+        writer = SummaryWriter(log_dir=str(logs)) if logs is not None else SummaryWriter()
+        callbacks.insert(0, TensorBoardCallback(writer))
+        callbacks[1].record["logs"] = writer.log_dir
+    return ["none"], callbacks
+
+
 @dataclass
 class TrainResult:
     seconds: float
@@ -101,6 +175,7 @@ class TrainResult:
     log_history: list[dict]
     resumed_from_step: int | None = None
     seconds_before_resume: float = 0.0  # trained by earlier processes, up to the checkpoint
+    tracking: dict | None = None  # where --report-to sent the logs
 
 
 def training_arguments(
@@ -111,12 +186,14 @@ def training_arguments(
     metric: str | None,
     progress: bool = True,
     token_inputs: bool = True,
+    report_to: list[str] | None = None,
 ) -> TrainingArguments:
     """TrainingArguments for one run; ``metric`` None means no validation split.
 
     ``token_inputs`` False (batches of cached features) turns off length grouping and
-    the count of real tokens seen.
+    the count of real tokens seen. ``report_to``: the Trainer's integrations (none).
     """
+    report_to = report_to or ["none"]
     strategy = "no" if metric is None else ("steps" if config.save_steps else "epoch")
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -137,7 +214,7 @@ def training_arguments(
         metric_for_best_model=metric,
         greater_is_better=True,
         logging_steps=10,
-        report_to="none",
+        report_to=report_to,
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device.type == "cpu",
@@ -188,9 +265,10 @@ def run_trainer(
     optimizer: torch.optim.Optimizer | None = None,
     resume_from: str | None = None,
     progress: bool = True,
+    extra_callbacks: list[TrainerCallback] | None = None,
 ) -> TrainResult:
     """Train with evaluation, early stopping and best-checkpoint loading; return timings."""
-    callbacks: list[TrainerCallback] = [RunClock(), LogAtCheckpoints()]
+    callbacks: list[TrainerCallback] = [RunClock(), LogAtCheckpoints(), *(extra_callbacks or [])]
     if eval_dataset is not None and config.early_stopping_patience > 0:
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
@@ -228,6 +306,7 @@ def run_trainer(
         best_metric=trainer.state.best_metric,
         log_history=list(trainer.state.log_history),
         resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,
+        tracking=next((cb.record for cb in callbacks if isinstance(cb, WhereLogsWent)), None),
     )
 
 
@@ -258,10 +337,20 @@ def train_model(
     """
     resume_from = checkpoint_to_resume(output_dir, config.resume) if output_dir else None
     metric = selection_metric(schema.multi_label) if eval_set is not None else None
+    check_tracker(config.report_to)
+    logs = output_dir / TRACKER_LOGS / config.report_to if output_dir else None
+    report_to, callbacks = tracking_callbacks(config.report_to, logs)
     with tempfile.TemporaryDirectory(prefix="llmclf-") as scratch:
         folder = (output_dir or Path(scratch)) / CHECKPOINTS
         args = training_arguments(
-            config, folder, device, dtype, metric, progress=progress, token_inputs=token_inputs
+            config,
+            folder,
+            device,
+            dtype,
+            metric,
+            progress=progress,
+            token_inputs=token_inputs,
+            report_to=report_to,
         )
         return run_trainer(
             model,
@@ -276,6 +365,7 @@ def train_model(
             optimizer=optimizer,
             resume_from=resume_from,
             progress=progress,
+            extra_callbacks=callbacks,
         )
 
 

@@ -34,7 +34,7 @@ from llmclf.run_folder import (
     write_predictions,
 )
 from llmclf.runs.evaluate import evaluate_examples, evaluation_split
-from llmclf.training import peak_gpu_mb, peak_rss_mb
+from llmclf.training import check_tracker, peak_gpu_mb, peak_rss_mb
 
 log = logging.getLogger("llmclf")
 
@@ -61,6 +61,8 @@ def train_run(
     folder.check_new(resume)
     if hasattr(config, "model"):
         check_model_ref(config.model.model)
+    if train_cfg is not None:
+        check_tracker(train_cfg.report_to)
     splits, multi_label = examples_by_split(data_config)
     if "train" not in splits:
         raise LlmclfError(f"{data_config.data} has no training rows")
@@ -136,6 +138,8 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         "num_processes": world_size(),
     }
     if result is not None:
+        if result.tracking is not None:
+            out["tracking"] = result.tracking
         out["train_steps"] = result.steps
         out["train_examples_per_s"] = round(result.examples_per_second, 3)
         out["train_tokens_per_s"] = round(result.tokens_per_second, 1)
