@@ -311,13 +311,22 @@ def add_predict_parser(commands) -> None:
     add_options(predict, TrainConfig, only=("eval_batch_size",))
     add_options(predict, InstructConfig, only=predict_time_names(InstructConfig))
     add_int8_option(predict)
+    predict.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="rows read, labelled and written at a time (default 4096): memory holds one "
+        "chunk, whatever the size of the input",
+    )
     predict.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from llmclf.runs.evaluate import predict_file
+    from llmclf.runs.predict import CHUNK_ROWS, predict_file
 
     values = option_values(args)
+    if values.get("chunk_rows", 1) < 1:
+        raise LlmclfError(f"--chunk-rows must be at least 1, not {values['chunk_rows']}")
     rows = predict_file(
         values["run"],
         values["input"],
@@ -325,9 +334,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         text_column=values.get("text_column"),
         empty_text=values.get("empty_text", "drop"),
         int8=values.get("int8", False),
+        chunk_rows=values.get("chunk_rows", CHUNK_ROWS),
         **runtime_overrides(values),
     )
-    print(f"wrote {rows} predictions to {values['output']}")
+    if is_main_process():
+        print(f"wrote {rows} predictions to {values['output']}")
     return 0
 
 

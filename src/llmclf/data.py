@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +67,7 @@ class Examples:
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, TSV, JSONL (or JSON records) or Parquet file by its extension."""
     path = Path(path)
-    if not path.exists():
-        raise LlmclfError(f"{path} does not exist")
-    if path.is_dir():
-        raise LlmclfError(f"{path} is a folder: give a CSV, TSV, JSONL or Parquet file")
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise LlmclfError(
-            f"cannot read {path.name}: the extension must be one of {', '.join(sorted(READERS))}"
-        )
+    kind = _check_readable(path)
     try:
         if kind in ("csv", "tsv"):
             sep = "," if kind == "csv" else "\t"
@@ -94,6 +87,163 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise LlmclfError(f"{path} has no rows")
     return frame
+
+
+def _check_readable(path: Path) -> str:
+    """The reader kind of an existing table file (else one clear error)."""
+    if not path.exists():
+        raise LlmclfError(f"{path} does not exist")
+    if path.is_dir():
+        raise LlmclfError(f"{path} is a folder: give a CSV, TSV, JSONL or Parquet file")
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise LlmclfError(
+            f"cannot read {path.name}: the extension must be one of {', '.join(sorted(READERS))}"
+        )
+    return kind
+
+
+def iter_table(
+    path: str | Path, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """The rows of a table file in chunks of ``chunk_rows``, read as ``read_table`` reads
+    them (so each row parses the same): CSV / TSV / JSONL and Parquet are streamed, a JSON
+    array (one document) is read whole and cut. ``columns``: only these (Parquet, CSV).
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "t.csv"
+        >>> _ = f.write_text("text\\na\\nb\\nc\\n")
+        >>> [len(chunk) for chunk in iter_table(f, 2)]
+        [2, 1]
+    """
+    path = Path(path)
+    kind = _check_readable(path)
+    chunks = _raw_chunks(path, kind, chunk_rows, columns)
+    rows = 0
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            break
+        except LlmclfError:
+            raise
+        except Exception as exc:  # pandas / pyarrow raise many types for a malformed file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlmclfError(
+                f"cannot read {path} as {kind.upper()} (after row {rows:,}): {first}"
+            ) from None
+        if len(chunk):
+            rows += len(chunk)
+            yield chunk.reset_index(drop=True)
+    if rows == 0:
+        raise LlmclfError(f"{path} has no rows")
+
+
+def _raw_chunks(path: Path, kind: str, chunk_rows: int, columns) -> Iterator[pd.DataFrame]:
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        _refuse_duplicate_columns(path, pd.read_csv(path, sep=sep, header=None, nrows=1))
+        yield from pd.read_csv(
+            path,
+            sep=sep,
+            keep_default_na=False,
+            na_values=[""],
+            chunksize=chunk_rows,
+            usecols=columns,
+        )
+    elif kind == "jsonl":
+        yield from pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)
+    elif kind == "json":
+        frame = _read_json(path)
+        for start in range(0, len(frame), chunk_rows):
+            yield frame.iloc[start : start + chunk_rows]
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+            yield batch.to_pandas()
+
+
+def table_rows(path: str | Path) -> int | None:
+    """The number of rows a Parquet file holds (from its footer); None for text formats,
+    which would have to be read to count."""
+    path = Path(path)
+    if READERS.get(path.suffix.lower()) != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+class TableWriter:
+    """Appends chunks of rows to a CSV / TSV / JSONL / Parquet file as they come, into a
+    temporary file beside it that is renamed over it when the ``with`` block ends
+    normally and removed when it raises: the file is whole or absent.
+
+    Parquet keeps the first chunk's column types for the whole file (a column empty in
+    the first chunk is taken as text).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.kind = READERS.get(self.path.suffix.lower())
+        if self.kind not in ("csv", "tsv", "jsonl", "parquet"):
+            raise LlmclfError(
+                f"cannot write {self.path.name}: use a .csv, .tsv, .jsonl or .parquet name"
+            )
+        self.rows = 0
+        self._parquet = None
+        self._schema = None
+
+    def __enter__(self) -> TableWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._atomic = atomic_path(self.path)
+        self._partial = self._atomic.__enter__()
+        if self.kind != "parquet":
+            self._file = open(self._partial, "w", encoding="utf-8", newline="")
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind in ("csv", "tsv"):
+            sep = "," if self.kind == "csv" else "\t"
+            frame.to_csv(self._file, sep=sep, index=False, header=self.rows == 0)
+        elif self.kind == "jsonl":
+            text = frame.to_json(orient="records", lines=True, force_ascii=False)
+            self._file.write(text if text.endswith("\n") else text + "\n")
+        else:
+            self._write_parquet(frame)
+        self.rows += len(frame)
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            schema = pa.Schema.from_pandas(frame, preserve_index=False)
+            for i, field in enumerate(schema):  # empty so far: text
+                if pa.types.is_null(field.type):
+                    schema = schema.set(i, pa.field(field.name, pa.string()))
+            self._schema = schema
+            self._parquet = pq.ParquetWriter(self._partial, schema)
+        try:
+            table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise LlmclfError(
+                f"cannot write {self.path.name}: a column's type changes after row "
+                f"{self.rows:,} ({first}); write a .jsonl or .csv file instead"
+            ) from None
+        self._parquet.write_table(table)
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self.kind != "parquet":
+            self._file.close()
+        elif value is None:  # no rows: an empty Parquet file is still a Parquet file
+            pd.DataFrame().to_parquet(self._partial)
+        return bool(self._atomic.__exit__(kind, value, traceback))
 
 
 def _refuse_duplicate_columns(path: Path, header: pd.DataFrame) -> None:

@@ -47,9 +47,19 @@ def unwrap(model):
     return extract_model_from_parallel(model)
 
 
+def init_process_group() -> None:
+    """Join the launcher's process group when no Trainer did (prediction): accelerate
+    picks the backend (NCCL on GPUs, gloo on CPUs) from the environment."""
+    from accelerate import PartialState
+
+    PartialState()
+
+
 def barrier() -> None:
     """Wait for every process (nothing to wait for in a run of one)."""
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()

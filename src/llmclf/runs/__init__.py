@@ -1,8 +1,9 @@
 """What the commands do with run folders, one module per command:
 
     train.py      train_run, zero_shot_run         llmclf train, llmclf evaluate --zero-shot
-    evaluate.py   load_classifier, evaluate_run,    llmclf evaluate, llmclf predict
-                  predict_file
+    evaluate.py   load_classifier, evaluate_run     llmclf evaluate
+    predict.py    predict_file, predict_ray         llmclf predict (streamed; several
+                                                    processes; --ray)
     calibrate.py  calibrate_run                     llmclf calibrate
     compare.py    compare_runs                      llmclf compare
     grid.py       run_grid                          llmclf experiment
@@ -16,9 +17,10 @@ from llmclf.methods.registry import method_classes
 from llmclf.runs.calibrate import calibrate_run
 from llmclf.runs.compare import compare_runs
 from llmclf.runs.distill import distill_run
-from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifier, predict_file
+from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifier
 from llmclf.runs.export import export_onnx
 from llmclf.runs.grid import run_grid
+from llmclf.runs.predict import predict_file
 from llmclf.runs.train import train_run, zero_shot_run
 
 __all__ = [

@@ -1,8 +1,8 @@
 """``llmclf evaluate`` and ``llmclf predict``: put a finished run to work on data.
 
 ``load_classifier`` opens any run folder (whatever its method); ``evaluate_run`` scores it
-on a labelled split and writes ``metrics.json`` + ``predictions.jsonl``; ``predict_file``
-labels the texts of a table and writes the table with predictions and probabilities.
+on a labelled split and writes ``metrics.json`` + ``predictions.jsonl`` (``predict_file``,
+which labels a table of any size, is in ``runs/predict.py``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from llmclf.data import (
     Examples,
     content_hash,
     examples_by_split,
-    read_table,
-    read_texts,
-    write_table,
 )
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import calibration_figures
@@ -39,8 +36,6 @@ from llmclf.run_folder import (
 )
 
 log = logging.getLogger("llmclf")
-
-TABLE_SUFFIXES = (".csv", ".jsonl", ".tsv", ".parquet")
 
 
 def load_classifier(run: str | Path, int8: bool = False, **overrides) -> ClassifierBase:
@@ -195,57 +190,3 @@ def evaluate_run(
     write_predictions(predictions, folder / PREDICTIONS)
     write_json(folder / METRICS_FILE, metrics)
     return metrics, predictions
-
-
-def predict_file(
-    run: str | Path,
-    input: str | Path,
-    output: str | Path,
-    *,
-    text_column: list[str] | None = None,
-    empty_text: str = "drop",
-    int8: bool = False,
-    **runtime,
-) -> int:
-    """Label every row of the table ``input`` with a finished run and write it to
-    ``output`` (.csv, .jsonl, .tsv or .parquet) with a ``prediction`` column and one
-    ``proba_<class>`` column per class. Rows with an empty text get an empty prediction
-    (``empty_text="error"`` refuses them). Returns the number of rows written.
-
-    Example:
-        >>> predict_file("runs/bbc", "articles.csv", "labelled.csv")  # doctest: +SKIP
-        426
-    """
-    output = Path(output)
-    if output.suffix.lower() not in TABLE_SUFFIXES:
-        raise LlmclfError(f"--output {output.name}: use a .csv, .jsonl, .tsv or .parquet name")
-    if output.is_dir():
-        raise LlmclfError(f"--output {output} is a folder: give a file name such as labelled.csv")
-    blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        raise LlmclfError(f"--output {output}: {blocked} is a file, not a folder")
-    frame = read_table(input)
-    columns = text_column or data_config_for(run).text_column
-    texts = read_texts(frame, columns, str(input))
-    empty = [i for i, t in enumerate(texts) if t is None]
-    if empty and empty_text == "error":
-        raise LlmclfError(f"{input} has {len(empty)} rows with an empty text")
-    classifier = load_classifier(run, int8=int8, **runtime)
-    keep = [i for i, t in enumerate(texts) if t is not None]
-    schema = classifier.schema_
-    proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
-    if keep:
-        proba[keep] = classifier.predict_proba([texts[i] for i in keep])
-    decided = schema.decide(np.nan_to_num(proba))
-    result = prediction_frame(frame, schema, proba, decided)
-    _, extra = classifier.prediction_extras()
-    for name, column in extra.items():  # e.g. the raw generated answer
-        full = [None] * len(texts)
-        for row, value in zip(keep, column):
-            full[row] = value
-        result[name] = full
-    if empty:
-        log.warning("%d rows have an empty text: their prediction is empty", len(empty))
-        result.loc[empty, "prediction"] = ""
-    write_table(result, output)
-    return len(result)

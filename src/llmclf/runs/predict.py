@@ -1,0 +1,188 @@
+"""``llmclf predict``: label the rows of a table with a finished run, at any size.
+
+The input is read in chunks of ``chunk_rows`` and the output written as it goes into a
+file beside the target, renamed into place at the end: memory holds one chunk whatever
+the number of rows, and a crash leaves no half-written output. Launched as several
+processes (``torchrun`` / ``accelerate launch``, e.g. one per GPU), the processes take
+turns at the chunks and the main one merges their parts into the one output, in order.
+On a Ray cluster, ``predict_ray`` runs the same labelling through Ray Data.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from llmclf.data import TableWriter, iter_table, read_texts, table_rows
+from llmclf.distributed import barrier, init_process_group, is_main_process, rank, world_size
+from llmclf.errors import LlmclfError
+from llmclf.methods.base import ClassifierBase
+from llmclf.runs.evaluate import data_config_for, load_classifier, prediction_frame
+
+log = logging.getLogger("llmclf")
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".tsv", ".parquet")
+CHUNK_ROWS = 4096  # rows read, predicted and written at a time
+
+
+def check_output_file(output: Path) -> None:
+    """Before anything is read: a table name we can write, not a folder, in a folder."""
+    if output.suffix.lower() not in TABLE_SUFFIXES:
+        raise LlmclfError(f"--output {output.name}: use a .csv, .jsonl, .tsv or .parquet name")
+    if output.is_dir():
+        raise LlmclfError(f"--output {output} is a folder: give a file name such as labelled.csv")
+    blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise LlmclfError(f"--output {output}: {blocked} is a file, not a folder")
+
+
+def label_rows(
+    classifier: ClassifierBase, frame: pd.DataFrame, columns: list[str], where: str
+) -> tuple[pd.DataFrame, int]:
+    """``frame`` with ``prediction`` and ``proba_<class>`` columns (and the method's extra
+    columns, e.g. an instruct run's raw answer), and how many rows had an empty text:
+    those get an empty prediction and no probabilities."""
+    texts = read_texts(frame, columns, where)
+    keep = [i for i, t in enumerate(texts) if t is not None]
+    schema = classifier.schema_
+    proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
+    if keep:
+        proba[keep] = classifier.predict_proba([texts[i] for i in keep])
+    decided = schema.decide(np.nan_to_num(proba))
+    result = prediction_frame(frame, schema, proba, decided)
+    if keep:
+        _, extra = classifier.prediction_extras()
+        for name, column in extra.items():
+            full = [None] * len(texts)
+            for row, value in zip(keep, column):
+                full[row] = value
+            result[name] = full
+    if len(keep) < len(texts):
+        result.loc[[i for i, t in enumerate(texts) if t is None], "prediction"] = ""
+    return result, len(texts) - len(keep)
+
+
+def count_empty(path: Path, columns: list[str], chunk_rows: int) -> int:
+    """Rows of ``path`` whose text is empty (one pass over the text columns only)."""
+    only = columns if path.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq") else None
+    return sum(
+        sum(t is None for t in read_texts(chunk, columns, str(path)))
+        for chunk in iter_table(path, chunk_rows, columns=only)
+    )
+
+
+def predict_file(
+    run: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    text_column: list[str] | None = None,
+    empty_text: str = "drop",
+    int8: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    **runtime,
+) -> int:
+    """Label every row of the table ``input`` with a finished run and write it to
+    ``output`` (.csv, .jsonl, .tsv or .parquet) with a ``prediction`` column and one
+    ``proba_<class>`` column per class, streaming ``chunk_rows`` rows at a time. Rows
+    with an empty text get an empty prediction (``empty_text="error"`` refuses them
+    before any model loads). Returns the number of rows written.
+
+    Under ``torchrun`` / ``accelerate launch`` each process labels every N-th chunk
+    (on its own GPU when there are GPUs) and the main process writes the one output.
+
+    Example:
+        >>> predict_file("runs/bbc", "articles.csv", "labelled.csv")  # doctest: +SKIP
+        426
+    """
+    input, output = Path(input), Path(output)
+    check_output_file(output)
+    columns = text_column or data_config_for(run).text_column
+    chunks = iter_table(input, chunk_rows)
+    first = next(chunks)  # a missing file, a bad format, a missing column: before loading
+    read_texts(first.head(1), columns, str(input))
+    empty = count_empty(input, columns, chunk_rows) if empty_text == "error" else 0
+    if empty:
+        raise LlmclfError(f"{input} has {empty} rows with an empty text")
+    processes = world_size()
+    if processes > 1:
+        init_process_group()
+        runtime = {**runtime, **_device_of_this_process(runtime)}
+    classifier = load_classifier(run, int8=int8, **runtime)
+    bar = tqdm(
+        total=table_rows(input),
+        desc="predict rows",
+        unit="row",
+        leave=False,
+        disable=not classifier.progress or not is_main_process(),
+    )
+    empties = 0
+
+    def labelled() -> Iterator[pd.DataFrame | None]:
+        """This process's chunks labelled; None in place of another process's chunk."""
+        nonlocal empties
+        for index, chunk in enumerate(chain([first], chunks)):
+            if index % processes != rank():
+                yield None
+                continue
+            frame, empty = label_rows(classifier, chunk, columns, str(input))
+            empties += empty
+            bar.update(len(chunk) * processes)
+            yield frame
+
+    if processes == 1:
+        with TableWriter(output) as writer:
+            for frame in labelled():
+                writer.write(frame)
+        written = writer.rows
+    else:
+        written = _merge_parts(labelled(), output)
+    bar.close()
+    if empties:
+        log.warning("%d rows have an empty text: their prediction is empty", empties)
+    return written
+
+
+def _device_of_this_process(runtime: dict) -> dict:
+    """One GPU per process, unless ``--device`` says otherwise."""
+    import torch
+
+    from llmclf.distributed import local_rank
+
+    if runtime.get("device") in (None, "auto") and torch.cuda.is_available():
+        return {"device": f"cuda:{local_rank() % torch.cuda.device_count()}"}
+    return {}
+
+
+def _merge_parts(frames: Iterator[pd.DataFrame | None], output: Path) -> int:
+    """Several processes: each writes its chunks (``frames``: None for another's) as
+    Parquet parts beside the output; after a barrier the main process merges them, in
+    chunk order, into the output and removes the parts."""
+    parts = output.with_name(f".{output.name}.parts")
+    if is_main_process():
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
+    barrier()
+    for index, frame in enumerate(frames):
+        if frame is not None:
+            with TableWriter(parts / f"chunk-{index:09d}.parquet") as writer:
+                writer.write(frame)
+    barrier()
+    written = 0
+    if is_main_process():
+        try:
+            with TableWriter(output) as writer:
+                for part in sorted(parts.glob("chunk-*.parquet")):
+                    writer.write(pd.read_parquet(part))
+            written = writer.rows
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+    barrier()
+    return written
