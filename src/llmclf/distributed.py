@@ -48,11 +48,15 @@ def unwrap(model):
 
 
 def init_process_group() -> None:
-    """Join the launcher's process group when no Trainer did (prediction): accelerate
-    picks the backend (NCCL on GPUs, gloo on CPUs) from the environment."""
-    from accelerate import PartialState
+    """Join the launcher's process group when no Trainer did (prediction), from the
+    environment torchrun / accelerate launch export: NCCL on GPUs, gloo on CPUs."""
+    import torch
 
-    PartialState()
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank() % torch.cuda.device_count())
+        torch.distributed.init_process_group(backend=backend)
 
 
 def barrier() -> None:
@@ -60,6 +64,4 @@ def barrier() -> None:
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        torch.distributed.barrier()

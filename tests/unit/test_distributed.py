@@ -188,3 +188,25 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, 
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 < metrics["resumed_from_step"] < metrics["train_steps"]
     assert_same_run(run, reference)
+
+
+def test_two_processes_predict_one_merged_output_in_input_order(tiny_llama, data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--model", tiny_llama, "--data", str(data), "--epochs", "1"]
+    assert main([*args, "--max-length", "32", "--dtype", "float32", "--output", str(run)]) == 0
+    texts, _ = make_texts(45, seed=9)
+    texts[10] = ""
+    pd.DataFrame({"id": range(45), "text": texts}).to_csv(tmp_path / "in.csv", index=False)
+    predict = ["predict", str(run), "--input", str(tmp_path / "in.csv"), "--chunk-rows", "4"]
+    assert main([*predict, "--output", str(tmp_path / "one.jsonl")]) == 0
+    result = run_torchrun(*predict, "--output", str(tmp_path / "two.jsonl"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote 45 predictions") == 1
+
+    one = pd.read_json(tmp_path / "one.jsonl", lines=True)
+    two = pd.read_json(tmp_path / "two.jsonl", lines=True)
+    assert list(two["id"]) == list(range(45))  # 12 chunks, alternating between processes
+    assert list(two["prediction"]) == list(one["prediction"])
+    probabilities = [c for c in one.columns if c.startswith("proba_")]
+    np.testing.assert_allclose(two[probabilities], one[probabilities], atol=1e-6)
+    assert not list(tmp_path.glob(".two*"))  # no parts left behind
