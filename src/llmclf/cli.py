@@ -301,9 +301,15 @@ def add_predict_parser(commands) -> None:
         "predict", help="label the texts of a file with a trained run", allow_abbrev=False
     )
     predict.add_argument("run", help="a run folder written by `llmclf train`")
-    predict.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
     predict.add_argument(
-        "--output", required=True, help="where to write: .csv, .jsonl, .tsv or .parquet"
+        "--input",
+        required=True,
+        help="CSV / TSV / JSONL / Parquet file of texts (with --ray: a glob or a folder)",
+    )
+    predict.add_argument(
+        "--output",
+        required=True,
+        help="where to write: .csv, .jsonl, .tsv or .parquet (with --ray: a new folder)",
     )
     add_config_option(predict)
     add_options(predict, DataConfig, only=("text_column", "empty_text"))
@@ -318,25 +324,63 @@ def add_predict_parser(commands) -> None:
         help="rows read, labelled and written at a time (default 4096): memory holds one "
         "chunk, whatever the size of the input",
     )
+    ray = predict.add_argument_group(
+        "Ray Data (pip install 'llmclf[ray]')",
+        "--ray labels the files --input names (a glob such as 'shards/*.parquet', or a "
+        "folder) on a Ray cluster and writes Parquet files into the folder --output, each "
+        "row with its row_id",
+    )
+    ray.add_argument("--ray", action="store_true", default=argparse.SUPPRESS, help="run on Ray")
+    ray.add_argument(
+        "--ray-address",
+        default=argparse.SUPPRESS,
+        help="an existing cluster, e.g. ray://head:10001 (default: RAY_ADDRESS, else a "
+        "local instance)",
+    )
+    ray.add_argument(
+        "--ray-workers",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="actors, each holding the classifier once (default 2)",
+    )
+    ray.add_argument(
+        "--ray-cpus-per-worker", type=float, default=argparse.SUPPRESS, help="(default 1)"
+    )
+    ray.add_argument(
+        "--ray-gpus-per-worker", type=float, default=argparse.SUPPRESS, help="(default 0)"
+    )
     predict.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from llmclf.runs.predict import CHUNK_ROWS, predict_file
+    from llmclf.runs.predict import CHUNK_ROWS, predict_file, predict_ray
 
     values = option_values(args)
     if values.get("chunk_rows", 1) < 1:
         raise LlmclfError(f"--chunk-rows must be at least 1, not {values['chunk_rows']}")
-    rows = predict_file(
-        values["run"],
-        values["input"],
-        values["output"],
+    common = dict(
         text_column=values.get("text_column"),
         empty_text=values.get("empty_text", "drop"),
         int8=values.get("int8", False),
         chunk_rows=values.get("chunk_rows", CHUNK_ROWS),
         **runtime_overrides(values),
     )
+    ray_options = sorted(k for k in values if k.startswith("ray_"))
+    if values.get("ray"):
+        rows = predict_ray(
+            values["run"],
+            values["input"],
+            values["output"],
+            workers=values.get("ray_workers", 2),
+            cpus_per_worker=values.get("ray_cpus_per_worker", 1.0),
+            gpus_per_worker=values.get("ray_gpus_per_worker", 0.0),
+            address=values.get("ray_address"),
+            **common,
+        )
+    elif ray_options:
+        raise LlmclfError(f"--{ray_options[0].replace('_', '-')} needs --ray")
+    else:
+        rows = predict_file(values["run"], values["input"], values["output"], **common)
     if is_main_process():
         print(f"wrote {rows} predictions to {values['output']}")
     return 0

@@ -10,6 +10,7 @@ On a Ray cluster, ``predict_ray`` runs the same labelling through Ray Data.
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 from collections.abc import Iterator
@@ -20,10 +21,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmclf.data import TableWriter, iter_table, read_texts, table_rows
+from llmclf.data import READERS, TableWriter, iter_table, read_texts, table_rows
 from llmclf.distributed import barrier, init_process_group, is_main_process, rank, world_size
 from llmclf.errors import LlmclfError
 from llmclf.methods.base import ClassifierBase
+from llmclf.run_folder import RunFolder, atomic_path
 from llmclf.runs.evaluate import data_config_for, load_classifier, prediction_frame
 
 log = logging.getLogger("llmclf")
@@ -186,3 +188,174 @@ def _merge_parts(frames: Iterator[pd.DataFrame | None], output: Path) -> int:
             shutil.rmtree(parts, ignore_errors=True)
     barrier()
     return written
+
+
+# ---------------------------------------------------------------------------------------
+# Ray Data: the same labelling across a cluster
+# ---------------------------------------------------------------------------------------
+
+ID_COLUMN = "row_id"
+READ_SUFFIXES = tuple(READERS)
+
+
+def input_files(pattern: str | Path) -> list[Path]:
+    """The files a path or glob pattern names, in sorted order (the order of the ids)."""
+    text = str(pattern)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text))
+        if not files:
+            raise LlmclfError(f"--input {text} matches no file")
+        return files
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in READ_SUFFIXES)
+        if not files:
+            raise LlmclfError(f"--input {path} holds no CSV, TSV, JSONL or Parquet file")
+        return files
+    return [path]
+
+
+def _shard_rows(path: str, columns: list[str], chunk_rows: int) -> tuple[int, int]:
+    """Rows and empty texts of one input file (a Ray task: the files are counted in
+    parallel, so every row gets its global id before any is labelled)."""
+    rows = empty = 0
+    only = columns if Path(path).suffix.lower() in (".csv", ".tsv", ".parquet", ".pq") else None
+    for chunk in iter_table(path, chunk_rows, columns=only):
+        rows += len(chunk)
+        empty += sum(t is None for t in read_texts(chunk, columns, path))
+    return rows, empty
+
+
+def read_shards(shard: pd.DataFrame, chunk_rows: int, id_column: str) -> Iterator[pd.DataFrame]:
+    """Ray Data: input files (rows of ``path``, ``offset``) -> their rows in chunks, each
+    row with its global ``id_column`` (its position across the files, in order)."""
+    for path, offset in zip(shard["path"], shard["offset"]):
+        start = int(offset)
+        for chunk in iter_table(path, chunk_rows):
+            if id_column not in chunk.columns:
+                chunk.insert(0, id_column, np.arange(start, start + len(chunk)))
+            start += len(chunk)
+            yield chunk
+
+
+class LabelRows:
+    """Ray Data actor: the run's classifier, loaded once per actor, labels batches of
+    rows exactly as ``llmclf predict`` labels a chunk."""
+
+    def __init__(self, run: str, columns: list[str], int8: bool, runtime: dict):
+        self.classifier = load_classifier(run, int8=int8, progress=False, **runtime)
+        self.columns = columns
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        labelled, _ = label_rows(self.classifier, frame, self.columns, "ray batch")
+        return labelled
+
+
+def predict_ray(
+    run: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    text_column: list[str] | None = None,
+    empty_text: str = "drop",
+    int8: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    workers: int = 2,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    **runtime,
+) -> int:
+    """Label every row of the files ``input`` names (a glob such as ``'shards/*.parquet'``
+    or a folder) through Ray Data and write Parquet files into the folder ``output``.
+
+    Each of ``workers`` Ray actors loads the classifier once and labels batches of
+    ``chunk_rows`` rows; every row keeps its input columns and gets a ``row_id`` (its
+    position across the sorted files, unless the input has that column already), so
+    ``sort_values("row_id")`` restores the input order. ``address``: an existing Ray
+    cluster (else ``RAY_ADDRESS``, else a local instance). The folder is written beside
+    the target and renamed into place when every row is labelled. Returns the rows.
+
+    Example:
+        >>> predict_ray("runs/bbc", "shards/*.parquet", "labelled/", workers=8)  # doctest: +SKIP
+        50000000
+    """
+    try:
+        import ray
+    except ImportError:
+        raise LlmclfError("--ray needs Ray Data: pip install 'llmclf[ray]'") from None
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise LlmclfError(f"--output {output} exists: give a new folder for the labelled shards")
+    files = input_files(input)
+    columns = text_column or data_config_for(run).text_column
+    for path in files:  # missing files, bad formats, a missing column: before Ray starts
+        read_texts(next(iter_table(path, chunk_rows)).head(1), columns, str(path))
+    if workers < 1:
+        raise LlmclfError(f"--ray-workers must be at least 1, not {workers}")
+    if RunFolder(run).unfinished:
+        raise LlmclfError(f"{run} is an unfinished run: continue it with llmclf train ... --resume")
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if started and address is None and workers * cpus_per_worker > cpus:
+            raise LlmclfError(
+                f"--ray-workers {workers} x --ray-cpus-per-worker {cpus_per_worker:g} asks for "
+                f"more than the {cpus:g} CPUs of this machine's Ray instance: ask for fewer"
+            )
+        count = ray.remote(_shard_rows)
+        counted = ray.get([count.remote(str(p), columns, chunk_rows) for p in files])
+        rows = [r for r, _ in counted]
+        empty = sum(e for _, e in counted)
+        if empty and empty_text == "error":
+            raise LlmclfError(f"{input} has {empty} rows with an empty text")
+        offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).tolist()
+        shards = ray.data.from_items(
+            [{"path": str(p), "offset": int(o)} for p, o in zip(files, offsets)],
+            override_num_blocks=len(files),
+        )
+        labelled = shards.map_batches(
+            read_shards,
+            fn_kwargs={"chunk_rows": chunk_rows, "id_column": ID_COLUMN},
+            batch_size=1,
+            batch_format="pandas",
+            # reading takes no CPU of the budget: the classifiers hold every CPU they ask
+            # for, and a read waiting for one of those would wait for ever
+            num_cpus=0,
+        ).map_batches(
+            LabelRows,
+            fn_constructor_args=(str(run), list(columns), int8, runtime),
+            batch_size=chunk_rows,
+            batch_format="pandas",
+            concurrency=workers,
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output) as partial:
+            labelled.write_parquet(str(partial.resolve()))
+    except ray.exceptions.RayError as exc:  # a mistake of ours, raised inside a worker
+        cause = _llmclf_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
+    finally:
+        if started:
+            ray.shutdown()
+    if empty:
+        log.warning("%d rows have an empty text: their prediction is empty", empty)
+    return int(sum(rows))
+
+
+def _llmclf_cause(exc: BaseException) -> LlmclfError | None:
+    """The LlmclfError a Ray worker raised, unwrapped from Ray's exceptions."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LlmclfError):
+            return LlmclfError(str(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
