@@ -362,8 +362,17 @@ def quantization_config(config: ModelConfig, dtype: torch.dtype, keep: list[str]
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
+        # FSDP (accelerate launch with an FSDP config) shards parameters of one dtype: the
+        # packed 4-bit weights are stored as the compute dtype, as PEFT's QLoRA + FSDP does
+        bnb_4bit_quant_storage=dtype if uses_fsdp() else torch.uint8,
         llm_int8_skip_modules=keep,
     )
+
+
+def uses_fsdp() -> bool:
+    """Whether ``accelerate launch`` runs this process under FSDP (it says so in the
+    environment of the processes it starts)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def truncated_config(source: str, num_layers: int, trust_remote_code: bool = False, **kwargs):

@@ -334,7 +334,7 @@ def add_predict_parser(commands) -> None:
     ray.add_argument(
         "--ray-address",
         default=argparse.SUPPRESS,
-        help="an existing cluster, e.g. ray://head:10001 (default: RAY_ADDRESS, else a "
+        help="an existing cluster: auto on one of its nodes, or ray://head:10001 (default: RAY_ADDRESS, else a "
         "local instance)",
     )
     ray.add_argument(
