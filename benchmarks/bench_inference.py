@@ -5,7 +5,11 @@ other, and their predictions are compared. On CPU the same run is also timed wit
 (int8 weights and activations: a different numeric model, so its agreement with the float
 predictions and its macro-F1 are reported beside its speed).
 
+On a GPU, for a run trained with --quantize 4bit, --pipeline-quantize 4bit loads the merged
+model in the same NF4 (bf16 compute) as llmclf's base, so both sides run 4-bit weights.
+
 Usage: python benchmarks/bench_inference.py RUN DATA_CSV [--batch-size 16] [--name NAME]
+           [--pipeline-quantize none|4bit] [--no-fp32]
 (RUN: a head run, e.g. the one bench_train.py wrote; DATA_CSV: its data, test split used)
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from common import (
+    RESULTS,
     WORK,
     machine,
     matmul_peak_gflops,
@@ -31,6 +36,7 @@ from common import (
 
 def merged_model(run: Path, folder: Path) -> Path:
     """The run's adapter merged into its base, saved as a plain transformers folder."""
+    import torch
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
@@ -38,8 +44,11 @@ def merged_model(run: Path, folder: Path) -> Path:
         return folder
     labels = json.loads((run / "labels.json").read_text())["classes"]
     tokenizer = AutoTokenizer.from_pretrained(run)
+    # on a GPU the merge runs there: an 8B base in bf16 is 16 GB of CPU work otherwise
+    device_map = {"": 0} if torch.cuda.is_available() else None
     model = AutoPeftModelForSequenceClassification.from_pretrained(
         run,
+        device_map=device_map,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={c: i for i, c in enumerate(labels)},
@@ -59,11 +68,23 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--pipeline-quantize",
+        choices=("none", "4bit"),
+        default="none",
+        help="load the pipeline's merged model in 4-bit NF4, like a --quantize 4bit run's base",
+    )
+    parser.add_argument(
+        "--no-fp32",
+        action="store_true",
+        help="skip llmclf at --dtype float32 beside the dtype --dtype auto chose",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import torch
     from sklearn.metrics import f1_score
-    from transformers import AutoConfig, pipeline
+    from transformers import AutoConfig, BitsAndBytesConfig, pipeline
 
     from llmclf.runs import load_classifier
 
@@ -77,8 +98,8 @@ def main() -> None:
         torch.bfloat16: matmul_peak_gflops(device, torch.bfloat16),
     }
 
-    def timed_predict(int8: bool, dtype: str = "auto") -> tuple[np.ndarray, float, int, object]:
-        """llmclf's predictions, seconds, max length and dtype, after a warm-up batch."""
+    def timed_predict(int8: bool, dtype: str = "auto") -> tuple[np.ndarray, float, object, object]:
+        """llmclf's predictions, seconds, model config and dtype, after a warm-up batch."""
         classifier = load_classifier(
             args.run, int8=int8, eval_batch_size=args.batch_size, device=device, dtype=dtype
         )
@@ -88,24 +109,37 @@ def main() -> None:
         predicted = np.array(classifier.predict(texts))
         seconds = time.perf_counter() - start
         dtype = next(classifier.model_.parameters()).dtype
-        return predicted, seconds, classifier.config_.model.max_length, dtype
+        return predicted, seconds, classifier.config_.model, dtype
 
-    ours, ours_seconds, max_length, dtype = timed_predict(int8=False)
-    int8 = device == "cpu"  # --int8 is a CPU feature
+    ours, ours_seconds, model_config, dtype = timed_predict(int8=False)
+    max_length = model_config.max_length
+    # --int8 is a CPU feature, for full-precision runs
+    int8 = device == "cpu" and model_config.quantize == "none"
     if int8:
         ours_int8, int8_seconds, _, _ = timed_predict(int8=True)
 
     fp32 = None
-    if dtype != torch.float32:  # --dtype auto chose another: llmclf in fp32 beside it
+    if dtype != torch.float32 and not args.no_fp32:  # auto chose another: fp32 beside it
         ours_fp32, fp32_seconds, _, _ = timed_predict(int8=False, dtype="float32")
         fp32 = (ours_fp32, fp32_seconds)
 
     def timed_pipeline(dtype=None):
         """The pipeline at ``dtype`` (None: its own default, what a user gets)."""
         kwargs = {} if dtype is None else {"dtype": dtype}
-        classify = pipeline(
-            "text-classification", model=str(merged), device=device, top_k=1, **kwargs
-        )
+        if args.pipeline_quantize == "4bit":  # a 4-bit model is placed when loaded, not moved
+            compute = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+            kwargs["model_kwargs"] = {
+                "quantization_config": BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=compute,
+                ),
+                "device_map": {"": 0 if device == "cuda" else "cpu"},
+            }
+        else:
+            kwargs["device"] = device
+        classify = pipeline("text-classification", model=str(merged), top_k=1, **kwargs)
         options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
         classify(texts[: args.batch_size], **options)  # warm-up
         start = time.perf_counter()
@@ -165,6 +199,7 @@ def main() -> None:
                 "max_length": max_length,
                 "dtype": str(dtype),
                 "device": device,
+                "pipeline_quantize": args.pipeline_quantize,
             },
             "real_tokens": sum(tokens),
             "matmul_peak_gflops": round(peak, 1),
@@ -176,6 +211,7 @@ def main() -> None:
             "fraction_of_matmul_peak": round(achieved / peak, 3),
             **extra,
         },
+        args.results_dir,
     )
 
 

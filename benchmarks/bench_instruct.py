@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import LLMCLF, WORK, bench_data, machine, read_split, run_timed, write_result
+from common import LLMCLF, RESULTS, WORK, data_file, machine, read_split, run_timed, write_result
+
+MODES = {
+    "score": ["--predict-mode", "score"],
+    "score_whole_prompts": ["--predict-mode", "score", "--no-share-prompt-prefix"],
+    "generate": ["--predict-mode", "generate"],
+}
 
 
 def naive_scores(clf, texts: list[str]) -> np.ndarray:
@@ -87,7 +93,9 @@ def prompt_composition(run: Path, texts: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default="20newsgroups")
+    parser.add_argument(
+        "--data", default="20newsgroups", help="a built-in set, or a CSV with a split column"
+    )
     parser.add_argument("--test", type=int, default=150)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -99,6 +107,14 @@ def main() -> None:
     parser.add_argument(
         "--reuse-texts", type=int, default=8, help="texts for the prompt-reuse comparison"
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="which decoders to time (score_whole_prompts: score without the shared prefix)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -107,11 +123,13 @@ def main() -> None:
 
     if args.run and args.train:
         raise SystemExit("give --run or --train, not both")
+    if "score" not in args.modes:
+        raise SystemExit("--modes needs score: the prompt figures are read from its run")
     name = args.name or f"instruct_{args.data}" + (f"_trained{args.train}" if args.train else "")
     training = None
     zero_shot = args.run is None and not args.train
     if args.train:
-        data = bench_data(args.data, args.train, args.validation, args.test)
+        data = data_file(args.data, args.train, args.validation, args.test)
         training = {"examples": args.train, "epochs": args.epochs}
         # llmclf's default (the prompts' shared prefix run once per batch), then without
         for label, extra in (
@@ -138,12 +156,11 @@ def main() -> None:
         )
         args.run = str(WORK / f"{name}-run-shared_prefix")
     else:
-        data = bench_data(args.data, 0, 0, args.test)
+        data = data_file(args.data, 0, 0, args.test)
+        args.test = len(read_split(data, "test"))  # a CSV's own test split decides
     results = {}
-    modes = (("score", ["--predict-mode", "score"]),
-             ("score_whole_prompts", ["--predict-mode", "score", "--no-share-prompt-prefix"]),
-             ("generate", ["--predict-mode", "generate"]))  # fmt: skip
-    for mode, options in modes:
+    for mode in args.modes:
+        options = MODES[mode]
         output = WORK / f"{name}-{mode}"
         shutil.rmtree(output, ignore_errors=True)
         if args.run:
@@ -163,9 +180,10 @@ def main() -> None:
             **({"unparsed_rate": metrics["unparsed_rate"]} if "unparsed_rate" in metrics else {}),
         }
         print(mode, results[mode])
-    results["prefix_sharing_score_speedup"] = round(
-        results["score_whole_prompts"]["seconds"] / results["score"]["seconds"], 2
-    )
+    if {"score", "score_whole_prompts"} <= set(results):
+        results["prefix_sharing_score_speedup"] = round(
+            results["score_whole_prompts"]["seconds"] / results["score"]["seconds"], 2
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_source(args.model))
     labels = sorted(set(__import__("pandas").read_csv(data)["label"]))
     label_tokens = [len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels]
@@ -174,11 +192,20 @@ def main() -> None:
     test_texts = list(read_split(data, "test")["text"])[: args.reuse_texts]
     reuse = prompt_reuse(WORK / f"{name}-score", test_texts) if args.reuse_texts else None
     print("prompt reuse", reuse)
+    speedup = {}
+    if {"score", "generate"} <= set(results):
+        ratio = results["generate"]["seconds"] / results["score"]["seconds"]
+        speedup["score_speedup_vs_generate"] = round(ratio, 2)
     write_result(
         name,
         {
             "machine": machine(),
-            "settings": {**vars(args), "zero_shot": zero_shot, "labels": len(labels)},
+            "settings": {
+                **vars(args),
+                "results_dir": str(args.results_dir),
+                "zero_shot": zero_shot,
+                "labels": len(labels),
+            },
             "training": training,
             "label_tokens_min_mean_max": [
                 min(label_tokens),
@@ -188,10 +215,9 @@ def main() -> None:
             **composition,
             **results,
             "prompt_reuse": reuse,
-            "score_speedup_vs_generate": round(
-                results["generate"]["seconds"] / results["score"]["seconds"], 2
-            ),
+            **speedup,
         },
+        args.results_dir,
     )
 
 

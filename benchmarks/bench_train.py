@@ -18,11 +18,13 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
 from common import (
     LLMCLF,
+    RESULTS,
     WORK,
-    bench_data,
+    data_file,
     machine,
     matmul_peak_gflops,
     model_flops_per_token,
@@ -36,7 +38,9 @@ from common import (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default="20newsgroups")
+    parser.add_argument(
+        "--data", default="20newsgroups", help="a built-in set, or a CSV with a split column"
+    )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--train", type=int, default=240, help="training examples")
     parser.add_argument("--validation", type=int, default=60)
@@ -57,6 +61,7 @@ def main() -> None:
         help="also time the recipe with bf16 weights and the Trainer's bf16=True (autocast)",
     )
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import torch
@@ -69,7 +74,11 @@ def main() -> None:
         f"_{args.epochs:g}ep" if args.epochs != 1 else ""
     )
     folder = model_source(args.model)  # a GGUF is converted (and cached) before timing
-    data = bench_data(args.data, args.train, args.validation, args.test)
+    data = data_file(args.data, args.train, args.validation, args.test)
+    if args.data.endswith(".csv"):  # the file's own splits decide the counts
+        args.train, args.validation, args.test = (
+            len(read_split(data, split)) for split in ("train", "validation", "test")
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     train_texts = list(read_split(data, "train")["text"])
     tokens = real_tokens(tokenizer, train_texts, args.max_length)
@@ -177,7 +186,12 @@ def main() -> None:
         name,
         {
             "machine": machine(),
-            "settings": {**vars(args), "device": device, "model_folder": str(folder)},
+            "settings": {
+                **vars(args),
+                "results_dir": str(args.results_dir),
+                "device": device,
+                "model_folder": str(folder),
+            },
             "real_tokens": real,
             "padded_tokens": padded,
             "matmul_peak_gflops": round(peak, 1),
@@ -197,6 +211,7 @@ def main() -> None:
             "fraction_of_matmul_peak": sides["llmclf"]["fraction_of_matmul_peak"],
             "variants": variants,
         },
+        args.results_dir,
     )
 
 

@@ -130,6 +130,15 @@ def bench_data(name: str, n_train: int, n_validation: int, n_test: int, seed: in
     return path
 
 
+def data_file(data: str, n_train: int, n_validation: int, n_test: int) -> Path:
+    """``data`` itself when it is a CSV with a ``split`` column (a machine without the
+    built-in sets' packages, such as the lent GPU's, gets one carried), else the
+    stratified sample of the built-in set of that name (``bench_data``)."""
+    if data.endswith(".csv"):
+        return Path(data).resolve()
+    return bench_data(data, n_train, n_validation, n_test)
+
+
 def read_split(path: Path, split: str):
     import pandas as pd
 
@@ -174,11 +183,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_result(name: str, values: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, values: dict, folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), **values}
     path.with_suffix(".partial").write_text(json.dumps(payload, indent=2) + "\n")
     path.with_suffix(".partial").replace(path)
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     return path

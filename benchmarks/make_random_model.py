@@ -6,6 +6,7 @@ heads, MLP 14336); the vocabulary and tokenizer are SmolLM2's (49,152 tokens, so
 embedding is 0.4B rather than 1B parameters). Weights are saved in bf16 (about 14 GiB).
 
 Usage: python benchmarks/make_random_model.py OUT [--shape llama-8b|llama-1b|tiny]
+           [--tokenizer DIR]  (a saved SmolLM2 tokenizer, where the built-in model is absent)
 Then:  python benchmarks/bench_train.py --model OUT --quantize 4bit --max-length 512
 """
 
@@ -43,6 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path)
     parser.add_argument("--shape", choices=SHAPES, default="llama-8b")
+    parser.add_argument(
+        "--tokenizer", default=None, help="a tokenizer folder (default: the built-in SmolLM2's)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -53,7 +57,7 @@ def main() -> None:
     if (args.output / "config.json").is_file():
         print(f"{args.output} exists")
         return
-    tokenizer = AutoTokenizer.from_pretrained(model_source("smollm2-135m"))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or model_source("smollm2-135m"))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=8192,

@@ -3,6 +3,7 @@ so the default test run needs no download."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -118,6 +119,26 @@ def save_tiny_llama(folder: Path, tokenizer, seed: int = 0, **overrides) -> Path
 
 def make_tiny_llama(folder: Path, seed: int = 0, pad: bool = True) -> Path:
     return save_tiny_llama(folder, make_tokenizer(pad=pad), seed, pad_token_id=3 if pad else None)
+
+
+@contextlib.contextmanager
+def decoder_forwards(device_type: str):
+    """Record ``(autocast enabled on device_type, output dtype)`` of every training-mode
+    forward of a Llama decoder stack (the base model's ``LlamaModel``) inside the block."""
+    import torch
+
+    seen: list[tuple[bool, object]] = []
+
+    def record(module, inputs, output):
+        if module.__class__.__name__ == "LlamaModel" and module.training:
+            enabled = torch.is_autocast_enabled(device_type)
+            seen.append((enabled, output.last_hidden_state.dtype))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 @pytest.fixture(scope="session")

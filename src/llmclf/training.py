@@ -54,7 +54,10 @@ class ClassifierTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        logits = self.forward_fn(model, inputs)
+        # accelerate puts its mixed-precision autocast around model.forward; a method's
+        # forward may call inner modules (the head pools the base model's hidden states)
+        with self.accelerator.autocast():
+            logits = self.forward_fn(model, inputs)
         loss = self.loss_fn(logits, labels)
         return (loss, {"logits": logits}) if return_outputs else loss
 

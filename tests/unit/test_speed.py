@@ -108,6 +108,21 @@ def test_bf16_training_keeps_the_trainable_weights_in_fp32(tiny_llama):
     assert clf.predict_proba(texts[:4]).dtype.kind == "f"
 
 
+def test_bf16_training_forwards_run_under_cpu_autocast(tiny_llama):
+    """The head's forward pools the base model's hidden states, not model.forward, which
+    is where accelerate puts the Trainer's autocast: the loss computation opens it too."""
+    from llmclf import HeadClassifier
+    from tests.conftest import decoder_forwards
+
+    texts, labels = make_texts(16, seed=2)
+    with decoder_forwards("cpu") as seen:
+        HeadClassifier(tiny_llama, dtype="bfloat16", epochs=1, batch_size=8, progress=False).fit(
+            texts, labels
+        )
+    assert seen and all(enabled for enabled, _ in seen)
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+
+
 def test_metrics_record_the_dtype_and_the_probe(tiny_llama, tmp_path):
     from llmclf.cli import main
 
