@@ -48,24 +48,24 @@ def dropout_free_bert(tmp_path_factory) -> str:
     return str(folder)
 
 
-def torchrun(*args, processes: int = 2, **popen) -> subprocess.Popen:
-    """``torchrun --standalone`` (a free rendezvous port) on ``llmclf.cli``."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "llmclf.cli",
-        *args,
-    ]
+LAUNCHERS = {
+    # a free rendezvous port
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"],
+    # its multi-GPU launcher on CPUs (llmclf gets --device cpu); a free port
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
+    + ["--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=0"],
+}
+
+
+def torchrun(*args, launcher: str = "torchrun", **popen) -> subprocess.Popen:
+    """Two processes of ``llmclf.cli`` under ``launcher``."""
+    command = [sys.executable, *LAUNCHERS[launcher], "-m", "llmclf.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, env=env, text=True, **popen)
 
 
-def run_torchrun(*args) -> subprocess.CompletedProcess:
-    process = torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_torchrun(*args, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    process = torchrun(*args, launcher=launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = process.communicate(timeout=600)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
@@ -97,15 +97,16 @@ def assert_same_run(got: Path, want: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "method,extra",
+    "method,extra,launcher",
     [
-        ("head", ["--lora-dropout", "0"]),
-        ("instruct", ["--lora-dropout", "0", "--max-length", "64"]),
-        ("encoder", []),
+        ("head", ["--lora-dropout", "0"], "torchrun"),
+        ("head", ["--lora-dropout", "0"], "accelerate"),
+        ("instruct", ["--lora-dropout", "0", "--max-length", "64"], "torchrun"),
+        ("encoder", [], "torchrun"),
     ],
 )
 def test_two_processes_train_what_one_trains_with_the_same_global_batch(
-    method, extra, tiny_llama, dropout_free_bert, data, tmp_path
+    method, extra, launcher, tiny_llama, dropout_free_bert, data, tmp_path
 ):
     model = dropout_free_bert if method == "encoder" else tiny_llama
     common = [
@@ -125,12 +126,14 @@ def test_two_processes_train_what_one_trains_with_the_same_global_batch(
         "0",
         "--dtype",
         "float32",
+        "--device",
+        "cpu",  # gloo on CPU, also where a GPU is visible
         "--learning-rate",
         "1e-3",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*common, "--batch-size", "8", "--output", str(one)]) == 0
-    result = run_torchrun(*common, "--batch-size", "4", "--output", str(two))
+    result = run_torchrun(*common, "--batch-size", "4", "--output", str(two), launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(two, one)
     assert json.loads((two / "metrics.json").read_text())["num_processes"] == 2
@@ -159,6 +162,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, 
         "4",
         "--dtype",
         "float32",
+        "--device",
+        "cpu",
     ]
     reference, run = tmp_path / "reference", tmp_path / "run"
     result = run_torchrun(*common, "--output", str(reference))
@@ -193,11 +198,13 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, 
 def test_two_processes_predict_one_merged_output_in_input_order(tiny_llama, data, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--model", tiny_llama, "--data", str(data), "--epochs", "1"]
-    assert main([*args, "--max-length", "32", "--dtype", "float32", "--output", str(run)]) == 0
+    args += ["--max-length", "32", "--dtype", "float32", "--device", "cpu"]
+    assert main([*args, "--output", str(run)]) == 0
     texts, _ = make_texts(45, seed=9)
     texts[10] = ""
     pd.DataFrame({"id": range(45), "text": texts}).to_csv(tmp_path / "in.csv", index=False)
     predict = ["predict", str(run), "--input", str(tmp_path / "in.csv"), "--chunk-rows", "4"]
+    predict += ["--device", "cpu"]
     assert main([*predict, "--output", str(tmp_path / "one.jsonl")]) == 0
     result = run_torchrun(*predict, "--output", str(tmp_path / "two.jsonl"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,6 +13,9 @@ from llmclf.cli import main
 from llmclf.runs.predict import predict_file
 from tests.conftest import make_texts
 
+# the ray extra (in dev, so make test runs these); a machine without it skips them
+pytest.importorskip("ray", reason="needs the ray extra: pip install 'llmclf[ray]'")
+
 
 @pytest.fixture(scope="module")
 def head_run(tiny_llama, tmp_path_factory) -> Path:
