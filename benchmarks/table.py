@@ -288,6 +288,46 @@ def serve_lines(r: dict) -> list[str]:
     ]
 
 
+def long_lines(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [
+        f"### Long texts: `--long-text` truncate vs head-tail vs chunks ({', '.join(r['datasets'])})",
+        "",
+        f"`llmclf train --method head --model {s['model']}`, {s['train']} training / "
+        f"{s['validation']} validation / {s['test']} test texts (stratified samples), "
+        f"{s['epochs']:g} epoch, batch {s['batch_size']} texts, --max-length {s['max_length']} "
+        f"per window, chunks: --max-chunks {s['max_chunks']}, stride {s['chunk_stride']}, "
+        f"--dtype {s['dtype']}. Each run is its own process (peak RSS its own); training "
+        "examples/s = training texts / training seconds (model loading and validation "
+        "included); test examples/s from `metrics.json`.",
+        "",
+    ]
+    for data, d in r["datasets"].items():
+        train, test = d["lengths"]["train"], d["lengths"]["test"]
+        out += [
+            f"**{data}**: {train['share_longer_than_one_window']:.0%} of the training texts and "
+            f"{test['share_longer_than_one_window']:.0%} of the test texts are longer than one "
+            f"window (median {test['median_tokens']} tokens); chunks reads "
+            f"{test['mean_windows']} windows per test text and the whole of "
+            f"{test['share_read_whole_by_chunks']:.0%} of them.",
+            "",
+            "| --long-text | test macro-F1 | vs truncate | train examples/s | test examples/s "
+            "| peak RSS MiB | train s per extra window | test s per extra window |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        base = d["rows"].get("truncate", {}).get("macro_f1")
+        for name, row in d["rows"].items():
+            delta = f"{row['macro_f1'] - base:+.4f}" if base is not None else ""
+            out.append(
+                f"| {name} | {row['macro_f1']} | {delta} | {row['train_examples_per_s']} | "
+                f"{row['test_examples_per_s']} | {row['peak_rss_mb']:,.0f} | "
+                f"{row.get('train_seconds_per_extra_window', '')} | "
+                f"{row.get('test_seconds_per_extra_window', '')} |"
+            )
+        out.append("")
+    return out
+
+
 def main() -> None:
     renderers = (
         ("train_", train_lines),
@@ -295,6 +335,7 @@ def main() -> None:
         ("instruct_", instruct_lines),
         ("layers_", layers_lines),
         ("serve_", serve_lines),
+        ("long_", long_lines),
     )
     lines: list[str] = []
     shown = None

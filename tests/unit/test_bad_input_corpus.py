@@ -106,6 +106,41 @@ CASES = [
     ("train-train-limit-zero", ["train", "--train-limit", "0", "--output", "o"], "--train-limit"),
     ("train-lr-word", ["train", "--learning-rate", "fast", "--output", "o"], "invalid float"),
     (
+        "train-chunk-stride-too-long",
+        [
+            "train",
+            "--long-text",
+            "chunks",
+            "--chunk-stride",
+            "64",
+            "--max-length",
+            "64",
+            "--output",
+            "o",
+        ],
+        "--chunk-stride 64 must be smaller than --max-length 64",
+    ),
+    (
+        "train-max-chunks-zero",
+        ["train", "--long-text", "chunks", "--max-chunks", "0", "--output", "o"],
+        "--max-chunks must be > 0",
+    ),
+    (
+        "train-chunks-instruct",
+        ["train", "--method", "instruct", "--long-text", "chunks", "--output", "o"],
+        "--long-text chunks applies to --method head and encoder, not instruct",
+    ),
+    (
+        "train-long-text-tfidf",
+        ["train", *TFIDF, "--long-text", "head-tail", "--data", "good.csv", "--output", "o"],
+        "--long-text does not apply to --method tfidf",
+    ),
+    (
+        "train-head-tail-ratio",
+        ["train", "--head-tail-ratio", "2", "--output", "o"],
+        "--head-tail-ratio must be between 0 and 1",
+    ),
+    (
         "train-option-of-another-method",
         ["train", *TFIDF, "--lora-r", "4", "--data", "good.csv", "--output", "o"],
         "--lora-r does not apply to --method tfidf",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import llmclf.backbone as backbone
-from llmclf.batching import pad_batch, run_batches, truncated_ids
+from llmclf.batching import pad_batch, run_batches
 from llmclf.catalog import MODELS
 from llmclf.config import (
     POSITIVE,
@@ -33,6 +33,19 @@ from llmclf.config import (
 )
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
+from llmclf.long_text import (
+    ATTENTION_MODULE,
+    LongTextConfig,
+    WindowCollator,
+    aggregate,
+    check_long_text,
+    chunk_attention,
+    chunk_windows,
+    fitted_ids,
+    group_windows,
+    run_window_batches,
+    window_dataset,
+)
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.run_folder import (
@@ -85,8 +98,10 @@ class EncoderClassifierConfig(MethodConfig):
     model: ModelConfig = section(ModelConfig)
     train: TrainConfig = section(TrainConfig)
     encoder: EncoderConfig = section(EncoderConfig)
+    long_text: LongTextConfig = section(LongTextConfig)
 
     def __post_init__(self) -> None:
+        check_long_text(self.long_text, self.model.max_length, "encoder")
         if self.model.quantize != "none":
             raise LlmclfError(
                 "--quantize does not apply to --method encoder: every weight is trained "
@@ -106,6 +121,35 @@ def encoder_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).logits.float()
+
+
+def encoder_chunk_logits(
+    model, batch: dict[str, torch.Tensor], aggregation: str = "mean"
+) -> torch.Tensor:
+    """[texts, num_classes] float32 logits of a BERT-style encoder over each text's
+    windows: each window's pooled [CLS] vector (the model's own pooler), aggregated, then
+    the model's own dropout and classifier. ``batch`` as ``long_text.window_batch`` makes it."""
+    pooled = model.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).pooler_output
+    features, mask = group_windows(pooled, batch["window_counts"])
+    vector = aggregate(features, mask, aggregation, getattr(model, ATTENTION_MODULE, None))
+    return model.classifier(model.dropout(vector)).float()
+
+
+def check_chunkable(model) -> None:
+    """Chunks need the pooled vector the classifier reads: BERT-style models (a pooler,
+    dropout, one linear classifier), such as minilm-l6."""
+    if not (
+        isinstance(getattr(model, "classifier", None), torch.nn.Linear)
+        and isinstance(getattr(model, "dropout", None), torch.nn.Dropout)
+        and getattr(model.base_model, "pooler", None) is not None
+    ):
+        raise LlmclfError(
+            f"--long-text chunks needs a BERT-style encoder (a pooler and one linear "
+            f"classifier, as minilm-l6 has); {type(model).__name__} is not one: use "
+            "--long-text head-tail"
+        )
 
 
 @dataclass
@@ -206,6 +250,7 @@ class EncoderClassifier(ClassifierBase):
             **self._layer_kwargs(source, config.encoder),
             **backbone.label_kwargs(schema),
         )
+        self._add_chunk_attention()
         self.device_ = backbone.resolve_device(config.model.device)
         self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
             config.model.dtype, self.device_, source
@@ -223,15 +268,24 @@ class EncoderClassifier(ClassifierBase):
         gold_of: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         """Train the built model on target rows with ``loss(logits, targets)``."""
-        train_set = token_dataset(self._encode(texts), targets)
-        eval_set = token_dataset(self._encode(eval_texts), eval_targets) if eval_texts else None
         dtype = torch.long if targets.dtype == np.int64 else torch.float32
+        pad_id = self.tokenizer_.pad_token_id
+        if self.config_.long_text.chunked:  # every window of a text, back-propagated
+            aggregation = self.config_.long_text.chunk_aggregation
+            dataset, collator = window_dataset, WindowCollator(pad_id, dtype)
+            encode = self._windows
+            forward = lambda model, batch: encoder_chunk_logits(model, batch, aggregation)  # noqa: E731
+        else:
+            dataset, collator, encode = token_dataset, TargetCollator(pad_id, dtype), self._encode
+            forward = encoder_logits
+        train_set = dataset(encode(texts), targets)
+        eval_set = dataset(encode(eval_texts), eval_targets) if eval_texts else None
         self.train_result_ = train_model(
             self.model_,
             train_set,
             eval_set,
-            TargetCollator(self.tokenizer_.pad_token_id, dtype),
-            forward=encoder_logits,
+            collator,
+            forward=forward,
             loss=loss,
             schema=schema,
             config=self.config_.train,
@@ -263,11 +317,44 @@ class EncoderClassifier(ClassifierBase):
 
     # -- inference ---------------------------------------------------------------------
 
+    def _add_chunk_attention(self) -> None:
+        """With chunks: check the architecture, and add the window scorer of attention
+        aggregation (saved in model.safetensors with the rest of the model)."""
+        long_text = self.config_.long_text
+        if not long_text.chunked:
+            return
+        check_chunkable(self.model_)
+        if long_text.chunk_aggregation == "attention":
+            scorer = chunk_attention(self.model_.config.hidden_size)
+            device = next(self.model_.parameters()).device
+            self.model_.add_module(ATTENTION_MODULE, scorer.to(device))
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return truncated_ids(self.tokenizer_, texts, self.config_.model.max_length)
+        config = self.config_
+        return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
+
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        config, long_text = self.config_, self.config_.long_text
+        return chunk_windows(
+            self.tokenizer_,
+            texts,
+            config.model.max_length,
+            long_text.chunk_stride,
+            long_text.max_chunks,
+        )
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         self.model_.eval()
+        if self.config_.long_text.chunked:
+            aggregation = self.config_.long_text.chunk_aggregation
+            return run_window_batches(
+                self._windows(texts),
+                lambda batch: encoder_chunk_logits(self.model_, batch, aggregation),
+                self.tokenizer_.pad_token_id,
+                self.config_.train.eval_batch_size,
+                self.device_,
+                progress=self.progress,
+            )
         return run_batches(
             self._encode(texts),
             lambda batch: encoder_logits(self.model_, batch),
@@ -313,6 +400,14 @@ class EncoderClassifier(ClassifierBase):
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification, str(folder), model_cfg, keep_full_precision=[]
         )
+        self._add_chunk_attention()
+        if hasattr(self.model_, ATTENTION_MODULE):  # not a transformers weight: read it here
+            from safetensors.torch import load_file
+
+            prefix = ATTENTION_MODULE + "."
+            weights = load_file(str(folder / "model.safetensors"))
+            scorer = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            getattr(self.model_, ATTENTION_MODULE).load_state_dict(scorer)
         self.model_.eval()
         self.device_ = backbone.resolve_device(model_cfg.device)
         self.dtype_, self.dtype_probe_ = backbone.choose_dtype(

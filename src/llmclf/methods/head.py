@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import llmclf.backbone as backbone
-from llmclf.batching import pad_batch, run_batches, truncated_ids
+from llmclf.batching import pad_batch, run_batches
 from llmclf.config import (
     POSITIVE,
     AdapterConfig,
@@ -31,6 +31,21 @@ from llmclf.config import (
 )
 from llmclf.distributed import is_wrapped, unwrap
 from llmclf.labels import LabelSchema
+from llmclf.long_text import (
+    ATTENTION_MODULE,
+    LongTextConfig,
+    WindowCollator,
+    WindowFeatureCollator,
+    aggregate,
+    check_long_text,
+    chunk_attention,
+    chunk_windows,
+    feature_groups,
+    fitted_ids,
+    group_windows,
+    run_window_batches,
+    window_dataset,
+)
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.features import FeatureCollator, cached_features, feature_key, feature_rows
@@ -80,6 +95,10 @@ class HeadClassifierConfig(MethodConfig):
     adapter: AdapterConfig = section(AdapterConfig)
     train: TrainConfig = section(TrainConfig)
     head: HeadConfig = section(HeadConfig)
+    long_text: LongTextConfig = section(LongTextConfig)
+
+    def __post_init__(self) -> None:
+        check_long_text(self.long_text, self.model.max_length, "head")
 
 
 def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
@@ -119,6 +138,23 @@ def head_logits(model, batch: dict[str, torch.Tensor], pooling: str = "last") ->
     return head(pooled.to(next(head.parameters()).dtype)).float()
 
 
+def chunk_head_logits(
+    model, batch: dict[str, torch.Tensor], pooling: str = "last", aggregation: str = "mean"
+) -> torch.Tensor:
+    """Logits of the head on each text's aggregated window vectors, [texts, num_classes].
+
+    Args:
+        batch: ``input_ids`` / ``attention_mask`` of every window, [windows, seq], and
+            ``window_counts`` [texts] (``long_text.window_batch``: a text's windows in a row).
+    """
+    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(seq_cls, HEAD_MODULE)
+    pooled = pooled_hidden(model, batch, pooling)
+    features, mask = group_windows(pooled, batch["window_counts"])
+    vector = aggregate(features, mask, aggregation, getattr(seq_cls, ATTENTION_MODULE, None))
+    return head(vector.to(next(head.parameters()).dtype)).float()
+
+
 @dataclass
 class PaddingCollator:
     """Right-pads ``input_ids`` per batch (dynamic padding) and stacks the labels."""
@@ -131,6 +167,10 @@ class PaddingCollator:
         dtype = torch.float32 if self.multi_label else torch.long
         batch["labels"] = torch.tensor(np.array([r["labels"] for r in rows]), dtype=dtype)
         return batch
+
+
+def _label_dtype(schema: LabelSchema) -> torch.dtype:
+    return torch.float32 if schema.multi_label else torch.long
 
 
 class HeadClassifier(ClassifierBase):
@@ -192,6 +232,15 @@ class HeadClassifier(ClassifierBase):
     def _lora_inputs(self, texts, targets, eval_texts, eval_targets, schema):
         """What the Trainer needs to train LoRA + head end to end on token ids."""
         pooling = self.config_.head.pooling
+        if self.config_.long_text.chunked:  # every window of a text, back-propagated
+            aggregation = self.config_.long_text.chunk_aggregation
+            train_set = window_dataset(self._windows(texts), targets)
+            eval_set = (
+                window_dataset(self._windows(eval_texts), eval_targets) if eval_texts else None
+            )
+            collator = WindowCollator(self.tokenizer_.pad_token_id, _label_dtype(schema))
+            forward = lambda model, batch: chunk_head_logits(model, batch, pooling, aggregation)  # noqa: E731
+            return self.model_, train_set, eval_set, collator, forward, self._optimizer()
         train_set = token_dataset(self._encode(texts), targets)
         eval_set = token_dataset(self._encode(eval_texts), eval_targets) if eval_texts else None
         collator = PaddingCollator(self.tokenizer_.pad_token_id, schema.multi_label)
@@ -199,18 +248,56 @@ class HeadClassifier(ClassifierBase):
         return self.model_, train_set, eval_set, collator, forward, self._optimizer()
 
     def _frozen_inputs(self, texts, targets, eval_texts, eval_targets, schema):
-        """What the Trainer needs to train the head alone on cached pooled features."""
+        """What the Trainer needs to train the head alone on cached pooled features (with
+        chunks: the head and the aggregation on every window's cached features)."""
         head = self._head()
         train = self.config_.train
-        train_set = feature_rows(self._features(texts), targets)
-        eval_set = feature_rows(self._features(eval_texts), eval_targets) if eval_texts else None
-        forward = lambda model, batch: model(batch["features"]).float()  # noqa: E731
+        if self.config_.long_text.chunked:
+            model, collator, forward = self._frozen_chunk_head(schema)
+            train_set = self._window_feature_rows(texts, targets)
+            eval_set = self._window_feature_rows(eval_texts, eval_targets) if eval_texts else None
+        else:
+            model, collator = head, FeatureCollator(schema.multi_label)
+            forward = lambda model, batch: model(batch["features"]).float()  # noqa: E731
+            train_set = feature_rows(self._features(self._encode(texts)), targets)
+            eval_set = (
+                feature_rows(self._features(self._encode(eval_texts)), eval_targets)
+                if eval_texts
+                else None
+            )
         optimizer = torch.optim.AdamW(
-            head.parameters(),
+            model.parameters(),
             lr=train.head_learning_rate or train.learning_rate,
             weight_decay=train.weight_decay,
         )
-        return head, train_set, eval_set, FeatureCollator(schema.multi_label), forward, optimizer
+        return model, train_set, eval_set, collator, forward, optimizer
+
+    def _frozen_chunk_head(self, schema: LabelSchema):
+        """The trainable part over cached window features: the head and, for attention,
+        the window scorer (the model's own modules, so training them trains the model)."""
+        seq_cls = self.model_
+        parts = {HEAD_MODULE: self._head()}
+        if hasattr(seq_cls, ATTENTION_MODULE):
+            parts[ATTENTION_MODULE] = getattr(seq_cls, ATTENTION_MODULE)
+        model = torch.nn.ModuleDict(parts)
+        aggregation = self.config_.long_text.chunk_aggregation
+
+        def forward(model, batch):
+            vector = aggregate(
+                batch["features"],
+                batch["feature_mask"],
+                aggregation,
+                getattr(model, ATTENTION_MODULE, None),
+            )
+            return model[HEAD_MODULE](vector).float()
+
+        return model, WindowFeatureCollator(_label_dtype(schema)), forward
+
+    def _window_feature_rows(self, texts: list[str], targets: np.ndarray) -> list[dict]:
+        windows = self._windows(texts)
+        features = self._features([w for ws in windows for w in ws])
+        groups = feature_groups(features, windows)
+        return [{"features": f, "labels": t} for f, t in zip(groups, targets)]
 
     def _build(self, schema: LabelSchema):
         """Load base + fresh head, then wrap in LoRA unless ``lora`` is none."""
@@ -221,8 +308,11 @@ class HeadClassifier(ClassifierBase):
             self.model_ = model
             model.requires_grad_(False)
             self._head().requires_grad_(True)
+            if hasattr(model, ATTENTION_MODULE):
+                getattr(model, ATTENTION_MODULE).requires_grad_(True)
         else:
-            self.model_ = backbone.add_lora(model, adapter, "SEQ_CLS")
+            extra = [ATTENTION_MODULE] if hasattr(model, ATTENTION_MODULE) else None
+            self.model_ = backbone.add_lora(model, adapter, "SEQ_CLS", modules_to_save=extra)
 
     def _load_base(self, schema: LabelSchema, tokenizer_source: str | None = None):
         """The base ``*ForSequenceClassification`` model with a fresh full-precision head."""
@@ -240,7 +330,7 @@ class HeadClassifier(ClassifierBase):
         self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
             model_cfg.dtype, self.device_, source
         )
-        return backbone.load_model(
+        model = backbone.load_model(
             AutoModelForSequenceClassification,
             source,
             model_cfg,
@@ -248,6 +338,13 @@ class HeadClassifier(ClassifierBase):
             num_layers=head_cfg.num_layers,
             **backbone.label_kwargs(schema, pad_token_id=self.tokenizer_.pad_token_id),
         )
+        long_text = self.config_.long_text
+        if long_text.chunked and long_text.chunk_aggregation == "attention":
+            # fresh here; trained with the head, and read back from the run on load
+            hidden = model.config.get_text_config().hidden_size
+            device = next(model.parameters()).device
+            model.add_module(ATTENTION_MODULE, chunk_attention(hidden).to(device))
+        return model
 
     def _head(self) -> torch.nn.Module:
         seq_cls = (
@@ -255,10 +352,9 @@ class HeadClassifier(ClassifierBase):
         )
         return getattr(seq_cls, HEAD_MODULE)
 
-    def _features(self, texts: list[str]) -> np.ndarray:
-        """Pooled features of ``texts`` from the frozen base, cached on disk."""
+    def _features(self, sequences: list[list[int]]) -> np.ndarray:
+        """Pooled features of token-id ``sequences`` from the frozen base, cached on disk."""
         config = self.config_
-        sequences = self._encode(texts)
         description = {
             "model": backbone.model_source(config.model.model),
             "pooling": config.head.pooling,
@@ -286,11 +382,32 @@ class HeadClassifier(ClassifierBase):
     # -- inference ---------------------------------------------------------------------
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return truncated_ids(self.tokenizer_, texts, self.config_.model.max_length)
+        config = self.config_
+        return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
+
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        config, long_text = self.config_, self.config_.long_text
+        return chunk_windows(
+            self.tokenizer_,
+            texts,
+            config.model.max_length,
+            long_text.chunk_stride,
+            long_text.max_chunks,
+        )
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         pooling = self.config_.head.pooling
         self.model_.eval()
+        if self.config_.long_text.chunked:
+            aggregation = self.config_.long_text.chunk_aggregation
+            return run_window_batches(
+                self._windows(texts),
+                lambda batch: chunk_head_logits(self.model_, batch, pooling, aggregation),
+                self.tokenizer_.pad_token_id,
+                self.config_.train.eval_batch_size,
+                self.device_,
+                progress=self.progress,
+            )
         return run_batches(
             self._encode(texts),
             lambda batch: head_logits(self.model_, batch, pooling),
@@ -306,9 +423,13 @@ class HeadClassifier(ClassifierBase):
         if self.frozen_:  # no adapter: the head's weights alone, loadable into the base model
             from safetensors.torch import save_file
 
-            weight = self._head().weight.detach().float().cpu().contiguous()
+            tensors = {f"{HEAD_MODULE}.weight": self._head().weight}
+            if hasattr(self.model_, ATTENTION_MODULE):  # the window scorer, saved with the head
+                for name, value in getattr(self.model_, ATTENTION_MODULE).state_dict().items():
+                    tensors[f"{ATTENTION_MODULE}.{name}"] = value
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
             with atomic_path(folder / HEAD_WEIGHTS) as partial:
-                save_file({f"{HEAD_MODULE}.weight": weight}, str(partial))
+                save_file(tensors, str(partial))
         else:
             self.model_.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)

@@ -76,6 +76,12 @@ def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 
     target = Path(output) if output else run / ONNX_FOLDER
     if target.exists() and any(target.iterdir()):
         raise LlmclfError(f"{target} already exists: delete it or choose another --output")
+    long_text = long_text_of(RunFolder(run).config())
+    if long_text != "truncate":
+        raise LlmclfError(
+            f"{run} was trained with --long-text {long_text}: the ONNX model reads one window "
+            "of --max-length tokens cut at the end, so only --long-text truncate runs export"
+        )
     clf = load_classifier(run, progress=False, device="cpu", dtype="float32")
     if not isinstance(clf, EncoderClassifier):
         raise LlmclfError(
@@ -104,6 +110,11 @@ def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 
         write_json(partial / EXPORT_INFO, info)
     info["folder"] = str(target)
     return info
+
+
+def long_text_of(config: dict) -> str:
+    """A run's ``--long-text`` (runs before it existed truncate)."""
+    return (config.get("long_text") or {}).get("long_text", "truncate")
 
 
 def _export_graph(clf, path: Path, opset: int) -> None:
@@ -178,6 +189,11 @@ def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------
 
 MERGED_FOLDER = "merged"
+HEAD_TAIL_NOTE = (
+    "trained with --long-text head-tail: plain transformers truncates the end of a long "
+    "text, so cut long texts yourself (llmclf.long_text.head_tail_ids) to get the run's "
+    "predictions; texts within --max-length are unaffected"
+)
 MERGED_ATOL = 1e-3  # largest |logit difference| accepted between the folder and llmclf
 
 
@@ -216,6 +232,13 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
             f"{run} pools with --pooling {pooling}: transformers' sequence classifiers read the "
             "last token only, so only --pooling last runs export to a plain folder"
         )
+    long_text = long_text_of(config)
+    if long_text == "chunks":
+        raise LlmclfError(
+            f"{run} reads texts in windows (--long-text chunks): a plain "
+            "*ForSequenceClassification reads one window and has no aggregation, so a chunked "
+            "run does not export (see docs/long-text.md)"
+        )
     overrides = {"quantize": "none"} if method == "head" else {}
     clf = load_classifier(run, progress=False, device="cpu", dtype="float32", **overrides)
     model = clf.model_
@@ -233,6 +256,9 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
         clf.schema_.save(partial)
         write_calibration(partial, {"temperature": clf.temperature_})
         info = {"format": "merged", "method": method, "source_run": str(run.resolve())}
+        if long_text == "head-tail":
+            info["long_text"] = HEAD_TAIL_NOTE
+            log.warning("%s", HEAD_TAIL_NOTE)
         info["parity"] = check_merged(clf, partial, _check_texts(run))
         write_json(partial / EXPORT_INFO, info)
     info["folder"] = str(target)
@@ -251,9 +277,13 @@ def check_merged(clf, folder: Path, texts: list[str]) -> dict:
     ).eval()
     limit = clf.config_.model.max_length
     with torch.no_grad():
-        batch = tokenizer(
-            texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        )
+        if clf.config_.long_text.long_text == "head-tail":  # the run's cut, made before
+            ids = clf._encode(texts)
+            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        else:
+            batch = tokenizer(
+                texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            )
         plain = model(**batch).logits.float().numpy()
     ours = clf.predict_logits(texts)
     diff = float(np.abs(plain - ours).max())

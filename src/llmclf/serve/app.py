@@ -30,6 +30,7 @@ import numpy as np
 
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
+from llmclf.long_text import tokens_read
 
 log = logging.getLogger("llmclf")
 
@@ -106,13 +107,18 @@ def served_run(name: str, classifier, folder: Path | None = None) -> ServedRun:
     config = getattr(classifier, "config_", None)
     model_cfg = getattr(config, "model", None)
     base = getattr(model_cfg, "model", None)
+    tokenizer = getattr(classifier, "tokenizer_", None)
+    limit = getattr(model_cfg, "max_length", None)
+    long_text = getattr(config, "long_text", None)
+    if long_text is not None and limit and tokenizer is not None:  # chunks read more
+        limit = tokens_read(long_text, limit, tokenizer.num_special_tokens_to_add())
     return ServedRun(
         name=name,
         classifier=classifier,
         method=getattr(classifier, "method", "") or type(classifier).__name__,
         base_model=str(base) if base is not None else None,
-        max_length=getattr(model_cfg, "max_length", None),
-        tokenizer=getattr(classifier, "tokenizer_", None),
+        max_length=limit,
+        tokenizer=tokenizer,
     )
 
 

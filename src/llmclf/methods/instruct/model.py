@@ -33,6 +33,7 @@ from llmclf.config import (
 from llmclf.distributed import unwrap
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
+from llmclf.long_text import LongTextConfig, check_long_text
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.instruct.batches import (
     IGNORE_INDEX,
@@ -144,8 +145,10 @@ class InstructClassifierConfig(MethodConfig):
     adapter: AdapterConfig = section(AdapterConfig)
     train: TrainConfig = section(TrainConfig)
     instruct: InstructConfig = section(InstructConfig)
+    long_text: LongTextConfig = section(LongTextConfig)
 
     def __post_init__(self) -> None:
+        check_long_text(self.long_text, self.model.max_length, "instruct")
         if self.adapter.lora == "none":
             raise LlmclfError(
                 "--lora none (frozen features, head only) is for --method head: the instruct "
@@ -291,7 +294,9 @@ class InstructClassifier(ClassifierBase):
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         budget = self._prompt_budget()
-        return [self.format_.prompt_ids(t, budget) for t in texts]
+        long_text = self.config_.long_text
+        ratio = long_text.head_tail_ratio if long_text.long_text == "head-tail" else 1.0
+        return [self.format_.prompt_ids(t, budget, ratio) for t in texts]
 
     def _answer_dataset(self, texts: list[str], sets: list[tuple[int, ...]]):
         """Rows of prompt + answer tokens; only the answer tokens carry labels."""

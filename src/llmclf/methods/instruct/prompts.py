@@ -11,8 +11,9 @@ plain format), the label words (several joined by ", "), and the tokens that clo
 turn (``<|im_end|>``, EOS, ...). Those closing tokens are part of every scored answer, so
 ``tech`` and ``technology`` are different answers, not a prefix of one another.
 
-Texts too long for ``max_length`` are cut inside the prompt (the end of the text goes),
-never the instruction after the text or the answer.
+Texts too long for ``max_length`` are cut inside the prompt (the end of the text goes, or
+its middle with ``--long-text head-tail``), never the instructions, the label list or the
+answer.
 """
 
 from __future__ import annotations
@@ -225,9 +226,11 @@ class PromptFormat:
                 "or shorten --prompt-template"
             )
 
-    def prompt_ids(self, text: str, max_tokens: int) -> list[int]:
+    def prompt_ids(self, text: str, max_tokens: int, head_ratio: float = 1.0) -> list[int]:
         """Token ids of the prompt for ``text``, at most ``max_tokens`` of them: when too
-        long, the end of the text is cut, never the instruction around it."""
+        long, the text is cut, never the instruction or the label list around it. The text
+        keeps its first ``head_ratio`` share of the tokens left for it and its last ones
+        for the rest (1.0: the end of the text goes; ``--long-text head-tail``: a share)."""
         text = text.strip()
         encoded = self.tokenizer(
             self.before + text + self.after, add_special_tokens=False, return_offsets_mapping=True
@@ -237,12 +240,15 @@ class PromptFormat:
             return ids
         start, stop = len(self.before), len(self.before) + len(text)
         in_text = [s < stop and e > start for s, e in encoded["offset_mapping"]]
-        keep = max(0, sum(in_text) - (len(ids) - max_tokens))
+        total = sum(in_text)
+        keep = max(0, total - (len(ids) - max_tokens))
+        head = int(round(keep * head_ratio))
+        cut_from, cut_to = head, total - (keep - head)  # text tokens [cut_from, cut_to) go
         kept, seen = [], 0
         for token, is_text in zip(ids, in_text):
             if is_text:
                 seen += 1
-                if seen > keep:
+                if cut_from < seen <= cut_to:
                     continue
             kept.append(token)
         return kept
