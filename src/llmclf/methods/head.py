@@ -147,7 +147,7 @@ def chunk_head_logits(
         batch: ``input_ids`` / ``attention_mask`` of every window, [windows, seq], and
             ``window_counts`` [texts] (``long_text.window_batch``: a text's windows in a row).
     """
-    seq_cls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seq_cls = _sequence_classifier(model)  # also inside DDP's wrapper
     head = getattr(seq_cls, HEAD_MODULE)
     pooled = pooled_hidden(model, batch, pooling)
     features, mask = group_windows(pooled, batch["window_counts"])
