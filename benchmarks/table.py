@@ -328,6 +328,56 @@ def long_lines(r: dict) -> list[str]:
     return out
 
 
+def scale_lines(r: dict) -> list[str]:
+    """bench_scale.py: memory against rows (streamed predict, training), Ray rows/s."""
+    out = ["### Scale: memory against rows, and one Ray worker", ""]
+    if "stream" in r:
+        out += [
+            "`llmclf predict` of a TF-IDF run (bbc-news) on short rows, each command its own "
+            "process (peak RSS includes the imported libraries):",
+            "",
+            "| rows | --chunk-rows | seconds | rows/s | peak RSS MiB |",
+            "|---|---|---|---|---|",
+        ]
+        for key, row in r["stream"].items():
+            n, how = key.split("_", 1)
+            chunk = "4096 (streamed)" if how == "streamed" else f"{int(n):,} (one chunk)"
+            out.append(
+                f"| {int(n):,} | {chunk} | {row['seconds']} | {row['rows_per_s']:,.0f} | "
+                f"{row['peak_rss_mb']:,.0f} |"
+            )
+        out.append("")
+    if "train" in r:
+        out += [
+            "`llmclf train` on 20newsgroups (`--train-limit`, 1 epoch, 256 tokens, a tiny "
+            "random Llama with SmolLM2's tokenizer, fp32): the memory that grows is the data's.",
+            "",
+            "| training examples | seconds | peak RSS MiB |",
+            "|---|---|---|",
+        ]
+        for n, row in r["train"].items():
+            out.append(f"| {int(n):,} | {row['seconds']} | {row['peak_rss_mb']:,.0f} |")
+        out.append("")
+    if "ray" in r:
+        ray = r["ray"]
+        out += [
+            f"SmolLM2 head run (train_20newsgroups_256_bf16) labelling {ray['rows']} "
+            "20newsgroups test texts; wall time of the whole command (Ray's start included):",
+            "",
+            "| how | seconds | rows/s | peak RSS MiB (driver) |",
+            "|---|---|---|---|",
+            f"| llmclf predict | {ray['predict']['seconds']} | {ray['predict']['rows_per_s']} | "
+            f"{ray['predict']['peak_rss_mb']:,.0f} |",
+            f"| --ray --ray-workers 1 --ray-cpus-per-worker 2 | "
+            f"{ray['ray_one_worker']['seconds']} | {ray['ray_one_worker']['rows_per_s']} | "
+            f"{ray['ray_one_worker']['peak_rss_mb']:,.0f} |",
+            "",
+            f"Same predictions: {ray['same_predictions']}.",
+            "",
+        ]
+    return out
+
+
 def main() -> None:
     renderers = (
         ("train_", train_lines),
@@ -336,6 +386,7 @@ def main() -> None:
         ("layers_", layers_lines),
         ("serve_", serve_lines),
         ("long_", long_lines),
+        ("scale", scale_lines),
     )
     lines: list[str] = []
     shown = None

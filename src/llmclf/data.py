@@ -185,8 +185,9 @@ class TableWriter:
     the first chunk is taken as text).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, header: bool = True):
         self.path = Path(path)
+        self.header = header  # CSV / TSV: a header line before the first row
         self.kind = READERS.get(self.path.suffix.lower())
         if self.kind not in ("csv", "tsv", "jsonl", "parquet"):
             raise LlmclfError(
@@ -207,7 +208,7 @@ class TableWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if self.kind in ("csv", "tsv"):
             sep = "," if self.kind == "csv" else "\t"
-            frame.to_csv(self._file, sep=sep, index=False, header=self.rows == 0)
+            frame.to_csv(self._file, sep=sep, index=False, header=self.header and self.rows == 0)
         elif self.kind == "jsonl":
             text = frame.to_json(orient="records", lines=True, force_ascii=False)
             self._file.write(text if text.endswith("\n") else text + "\n")

@@ -205,15 +205,20 @@ def test_two_processes_predict_one_merged_output_in_input_order(tiny_llama, data
     pd.DataFrame({"id": range(45), "text": texts}).to_csv(tmp_path / "in.csv", index=False)
     predict = ["predict", str(run), "--input", str(tmp_path / "in.csv"), "--chunk-rows", "4"]
     predict += ["--device", "cpu"]
-    assert main([*predict, "--output", str(tmp_path / "one.jsonl")]) == 0
-    result = run_torchrun(*predict, "--output", str(tmp_path / "two.jsonl"))
+    assert main([*predict, "--output", str(tmp_path / "one.csv")]) == 0
+    result = run_torchrun(*predict, "--output", str(tmp_path / "two.csv"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote 45 predictions") == 1
 
-    one = pd.read_json(tmp_path / "one.jsonl", lines=True)
-    two = pd.read_json(tmp_path / "two.jsonl", lines=True)
+    one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
+    two = pd.read_csv(tmp_path / "two.csv", keep_default_na=False)  # one header line
     assert list(two["id"]) == list(range(45))  # 12 chunks, alternating between processes
     assert list(two["prediction"]) == list(one["prediction"])
+    assert two.loc[10, "prediction"] == ""
     probabilities = [c for c in one.columns if c.startswith("proba_")]
-    np.testing.assert_allclose(two[probabilities], one[probabilities], atol=1e-6)
+    np.testing.assert_allclose(
+        two[probabilities].replace("", np.nan).astype(float),
+        one[probabilities].replace("", np.nan).astype(float),
+        atol=1e-6,
+    )
     assert not list(tmp_path.glob(".two*"))  # no parts left behind

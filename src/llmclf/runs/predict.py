@@ -165,29 +165,50 @@ def _device_of_this_process(runtime: dict) -> dict:
 
 def _merge_parts(frames: Iterator[pd.DataFrame | None], output: Path) -> int:
     """Several processes: each writes its chunks (``frames``: None for another's) as
-    Parquet parts beside the output; after a barrier the main process merges them, in
-    chunk order, into the output and removes the parts."""
+    parts in the output's format beside it; after a barrier the main process joins them
+    in chunk order into the output (text formats byte for byte, the header once; Parquet
+    through one writer) and removes the parts."""
     parts = output.with_name(f".{output.name}.parts")
     if is_main_process():
         shutil.rmtree(parts, ignore_errors=True)
         parts.mkdir(parents=True)
     barrier()
+    rows = 0
     for index, frame in enumerate(frames):
         if frame is not None:
-            with TableWriter(parts / f"chunk-{index:09d}.parquet") as writer:
+            name = parts / f"chunk-{index:09d}{output.suffix}"
+            with TableWriter(name, header=index == 0) as writer:
                 writer.write(frame)
+            rows += writer.rows
     barrier()
-    written = 0
     if is_main_process():
         try:
-            with TableWriter(output) as writer:
-                for part in sorted(parts.glob("chunk-*.parquet")):
-                    writer.write(pd.read_parquet(part))
-            written = writer.rows
+            names = sorted(parts.glob(f"chunk-*{output.suffix}"))
+            if output.suffix.lower() == ".parquet":
+                with TableWriter(output) as writer:
+                    for name in names:
+                        writer.write(pd.read_parquet(name))
+            else:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(output) as partial, partial.open("wb") as joined:
+                    for name in names:
+                        with name.open("rb") as part:
+                            shutil.copyfileobj(part, joined)
         finally:
             shutil.rmtree(parts, ignore_errors=True)
     barrier()
-    return written
+    return _all_rows(rows)
+
+
+def _all_rows(rows: int) -> int:
+    """The rows every process wrote, summed."""
+    import torch
+
+    nccl = torch.distributed.get_backend() == "nccl"  # its tensors live on the GPU
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
+    total = torch.tensor([rows], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 # ---------------------------------------------------------------------------------------
