@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--variant", action="append", default=None, choices=list(VARIANTS))
+    parser.add_argument("--name", default="long_text", help="results file name")
     args = parser.parse_args()
     datasets = args.data or ["bbc-news", "20newsgroups"]
     variants = args.variant or list(VARIANTS)
@@ -90,7 +91,7 @@ def main() -> None:
         }
         rows = {}
         for variant in variants:
-            run = WORK / "long" / f"{data}-{variant.replace(' ', '-')}"
+            run = WORK / args.name / f"{data}-{variant.replace(' ', '-')}"
             shutil.rmtree(run, ignore_errors=True)
             command = [
                 *LLMCLF,
@@ -115,7 +116,7 @@ def main() -> None:
                 "--output",
                 str(run),
             ]
-            wall = run_timed(command, WORK / "long" / f"{run.name}.log")
+            wall = run_timed(command, WORK / args.name / f"{run.name}.log")
             m = json.loads((run / "metrics.json").read_text())
             rows[variant] = {
                 "macro_f1": round(m["macro_f1"], 4),
@@ -149,7 +150,7 @@ def main() -> None:
                 )
                 row["macro_f1_minus_truncate"] = round(row["macro_f1"] - base["macro_f1"], 4)
         result["datasets"][data] = {"lengths": lengths, "rows": rows}
-        write_result("long_text", result)  # after each data set: a partial run keeps them
+        write_result(args.name, result)  # after each data set: a partial run keeps them
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ def long_lines(r: dict) -> list[str]:
         "",
         f"`llmclf train --method head --model {s['model']}`, {s['train']} training / "
         f"{s['validation']} validation / {s['test']} test texts (stratified samples), "
-        f"{s['epochs']:g} epoch, batch {s['batch_size']} texts, --max-length {s['max_length']} "
+        f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''}, batch {s['batch_size']} texts, --max-length {s['max_length']} "
         f"per window, chunks: --max-chunks {s['max_chunks']}, stride {s['chunk_stride']}, "
         f"--dtype {s['dtype']}. Each run is its own process (peak RSS its own); training "
         "examples/s = training texts / training seconds (model loading and validation "

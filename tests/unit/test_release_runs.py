@@ -32,6 +32,8 @@ def test_release_run_gives_the_same_probabilities(release, name):
     expected = EXPECTED["runs"][name]
     clf = load_classifier(name, progress=False)
     assert list(clf.classes_) == expected["classes"]
+    long_text = getattr(clf.config_, "long_text", None)  # tfidf has none
+    assert long_text is None or long_text.long_text == "truncate"  # before --long-text
     proba = clf.predict_proba(EXPECTED["texts"])
     np.testing.assert_allclose(proba, np.array(expected["proba"]), atol=1e-5)
     assert list(clf.predict(EXPECTED["texts"])) == expected["predict"]

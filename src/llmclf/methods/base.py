@@ -325,6 +325,8 @@ class ClassifierBase(Predictor):
         folder = RunFolder(path)
         names = cls.config_class.option_names()
         stored = {k: v for k, v in flatten(folder.config()).items() if k in names}
+        if "long_text" in names and "long_text" not in folder.config():
+            stored["long_text"] = "truncate"  # how runs from before --long-text read texts
         # a model's own code runs only when this user says so, never because a run said so
         stored.pop("trust_remote_code", None)
         ignored = runtime_names(DataConfig, ModelConfig, TrainConfig) - names

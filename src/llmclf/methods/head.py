@@ -259,11 +259,9 @@ class HeadClassifier(ClassifierBase):
         else:
             model, collator = head, FeatureCollator(schema.multi_label)
             forward = lambda model, batch: model(batch["features"]).float()  # noqa: E731
-            train_set = feature_rows(self._features(self._encode(texts)), targets)
+            train_set = feature_rows(self._features(texts), targets)
             eval_set = (
-                feature_rows(self._features(self._encode(eval_texts)), eval_targets)
-                if eval_texts
-                else None
+                feature_rows(self._features(eval_texts), eval_targets) if eval_texts else None
             )
         optimizer = torch.optim.AdamW(
             model.parameters(),
@@ -295,7 +293,7 @@ class HeadClassifier(ClassifierBase):
 
     def _window_feature_rows(self, texts: list[str], targets: np.ndarray) -> list[dict]:
         windows = self._windows(texts)
-        features = self._features([w for ws in windows for w in ws])
+        features = self._sequence_features([w for ws in windows for w in ws])
         groups = feature_groups(features, windows)
         return [{"features": f, "labels": t} for f, t in zip(groups, targets)]
 
@@ -352,7 +350,11 @@ class HeadClassifier(ClassifierBase):
         )
         return getattr(seq_cls, HEAD_MODULE)
 
-    def _features(self, sequences: list[list[int]]) -> np.ndarray:
+    def _features(self, texts: list[str]) -> np.ndarray:
+        """Pooled features of ``texts`` (one window each) from the frozen base, cached."""
+        return self._sequence_features(self._encode(texts))
+
+    def _sequence_features(self, sequences: list[list[int]]) -> np.ndarray:
         """Pooled features of token-id ``sequences`` from the frozen base, cached on disk."""
         config = self.config_
         description = {
