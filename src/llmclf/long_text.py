@@ -367,3 +367,22 @@ def fitted_ids(tokenizer, texts: list[str], max_length: int, config: LongTextCon
     if config.long_text == "head-tail":
         return head_tail_ids(tokenizer, texts, max_length, config.head_tail_ratio)
     return truncated_ids(tokenizer, texts, max_length)
+
+
+class LongTextTokens:
+    """The token ids of a method with a ``long_text`` section (head, encoder): each
+    text fitted to ``--max-length`` as ``--long-text`` says, or cut into windows."""
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        config = self.config_
+        return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
+
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        config, long_text = self.config_, self.config_.long_text
+        return chunk_windows(
+            self.tokenizer_,
+            texts,
+            config.model.max_length,
+            long_text.chunk_stride,
+            long_text.max_chunks,
+        )

@@ -36,12 +36,11 @@ from llmclf.labels import LabelSchema
 from llmclf.long_text import (
     ATTENTION_MODULE,
     LongTextConfig,
+    LongTextTokens,
     WindowCollator,
     aggregate,
     check_long_text,
     chunk_attention,
-    chunk_windows,
-    fitted_ids,
     group_windows,
     run_window_batches,
     window_dataset,
@@ -168,7 +167,7 @@ class TargetCollator:
         return batch
 
 
-class EncoderClassifier(ClassifierBase):
+class EncoderClassifier(LongTextTokens, ClassifierBase):
     """A BERT-class encoder fine-tuned end to end for classification.
 
     Options are the fields of ``EncoderClassifierConfig``'s sections; unset ones take
@@ -328,20 +327,6 @@ class EncoderClassifier(ClassifierBase):
             scorer = chunk_attention(self.model_.config.hidden_size)
             device = next(self.model_.parameters()).device
             self.model_.add_module(ATTENTION_MODULE, scorer.to(device))
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        config = self.config_
-        return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
-
-    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
-        config, long_text = self.config_, self.config_.long_text
-        return chunk_windows(
-            self.tokenizer_,
-            texts,
-            config.model.max_length,
-            long_text.chunk_stride,
-            long_text.max_chunks,
-        )
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         self.model_.eval()

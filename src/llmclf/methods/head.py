@@ -34,14 +34,13 @@ from llmclf.labels import LabelSchema
 from llmclf.long_text import (
     ATTENTION_MODULE,
     LongTextConfig,
+    LongTextTokens,
     WindowCollator,
     WindowFeatureCollator,
     aggregate,
     check_long_text,
     chunk_attention,
-    chunk_windows,
     feature_groups,
-    fitted_ids,
     group_windows,
     run_window_batches,
     window_dataset,
@@ -173,7 +172,7 @@ def _label_dtype(schema: LabelSchema) -> torch.dtype:
     return torch.float32 if schema.multi_label else torch.long
 
 
-class HeadClassifier(ClassifierBase):
+class HeadClassifier(LongTextTokens, ClassifierBase):
     """A causal LM with a linear head on its final-token (or mean) hidden state.
 
     Options are the fields of ``HeadClassifierConfig``'s sections (the same names as the
@@ -382,20 +381,6 @@ class HeadClassifier(ClassifierBase):
         )
 
     # -- inference ---------------------------------------------------------------------
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        config = self.config_
-        return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
-
-    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
-        config, long_text = self.config_, self.config_.long_text
-        return chunk_windows(
-            self.tokenizer_,
-            texts,
-            config.model.max_length,
-            long_text.chunk_stride,
-            long_text.max_chunks,
-        )
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         pooling = self.config_.head.pooling
