@@ -51,18 +51,38 @@ def run_batches(
     padding_side: str = "right",
 ) -> np.ndarray:
     """Apply ``forward`` to length-sorted padded batches; rows come back in input order."""
+    return run_grouped(
+        list(length_sorted_batches([len(s) for s in sequences], batch_size)),
+        lambda rows: pad_batch([sequences[i] for i in rows], pad_id, padding_side),
+        forward,
+        len(sequences),
+        device,
+        progress,
+        description,
+    )
+
+
+@torch.inference_mode()
+def run_grouped(
+    batches: list[list[int]],
+    make_batch: Callable[[list[int]], dict[str, torch.Tensor]],
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    rows: int,
+    device: torch.device,
+    progress: bool = True,
+    description: str = "predict",
+) -> np.ndarray:
+    """``forward`` over ``make_batch(indices)`` for each group of row indices in
+    ``batches``; the ``rows`` results come back in input order."""
     out: np.ndarray | None = None
-    bar = tqdm(total=len(sequences), desc=description, unit="ex", disable=not progress, leave=False)
-    for rows in length_sorted_batches([len(s) for s in sequences], batch_size):
-        batch = {
-            k: v.to(device)
-            for k, v in pad_batch([sequences[i] for i in rows], pad_id, padding_side).items()
-        }
+    bar = tqdm(total=rows, desc=description, unit="ex", disable=not progress, leave=False)
+    for indices in batches:
+        batch = {k: v.to(device) for k, v in make_batch(indices).items()}
         result = forward(batch).float().cpu().numpy()
         if out is None:
-            out = np.zeros((len(sequences), *result.shape[1:]), dtype=np.float32)
-        out[rows] = result
-        bar.update(len(rows))
+            out = np.zeros((rows, *result.shape[1:]), dtype=np.float32)
+        out[indices] = result
+        bar.update(len(indices))
     bar.close()
     return out if out is not None else np.zeros((0,), dtype=np.float32)
 

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from llmclf.batching import pad_batch, truncated_ids
+from llmclf.batching import pad_batch, run_grouped, truncated_ids
 from llmclf.config import NON_NEGATIVE, POSITIVE, flag, option, validate
 from llmclf.errors import LlmclfError
 
@@ -325,19 +324,14 @@ def run_window_batches(
         size += len(windows[i])
     if current:
         batches.append(current)
-    out: np.ndarray | None = None
-    bar = tqdm(total=len(windows), desc="predict", unit="ex", disable=not progress, leave=False)
-    for rows in batches:
-        batch = {
-            k: v.to(device) for k, v in window_batch([windows[i] for i in rows], pad_id).items()
-        }
-        result = forward(batch).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(windows), *result.shape[1:]), dtype=np.float32)
-        out[rows] = result
-        bar.update(len(rows))
-    bar.close()
-    return out if out is not None else np.zeros((0,), dtype=np.float32)
+    return run_grouped(
+        batches,
+        lambda rows: window_batch([windows[i] for i in rows], pad_id),
+        forward,
+        len(windows),
+        device,
+        progress,
+    )
 
 
 def feature_groups(features: np.ndarray, windows: list[list[list[int]]]) -> list[np.ndarray]:
