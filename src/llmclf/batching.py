@@ -3,23 +3,66 @@ back in input order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+# What one forward call costs beyond its tokens, in padded-token equivalents: the grouping
+# below cuts a batch where the padding saved outweighs this. Measured on CPU (SmolLM2-135M,
+# bf16, 2-core Xeon): ~30-40 ms per call plus ~0.24 ms per padded token, so ~128 tokens;
+# the served/offline throughput it gives barely moves between 64 and 512. On a GPU a
+# forward of a few thousand tokens costs about what a small one does, so padding is cheap
+# and fewer calls win (a reasoned default, not measured here).
+FORWARD_OVERHEAD_TOKENS = {"cpu": 128, "cuda": 4096, "mps": 1024}
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Row indices in batches of similar length, longest first (fails fast on memory).
+
+def forward_overhead_tokens(device: torch.device | str | None) -> int:
+    """The per-call overhead ``length_sorted_batches`` weighs padding against."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    return FORWARD_OVERHEAD_TOKENS.get(kind, FORWARD_OVERHEAD_TOKENS["cpu"])
+
+
+def length_sorted_batches(
+    lengths: list[int], batch_size: int, overhead_tokens: float = math.inf
+) -> list[list[int]]:
+    """Row indices in batches of at most ``batch_size``, of similar length, longest first
+    (fails fast on memory).
+
+    The rows are sorted by length and cut where it is cheapest: a batch costs
+    ``overhead_tokens`` plus its padded tokens (rows × its longest row), and the cuts
+    minimise the sum (dynamic programming, O(rows × batch_size)). ``inf`` weighs a call
+    above any padding: the fewest batches, each as little padded as that allows. A mixed
+    handful (what a server gathers from concurrent requests) splits into a few groups of
+    like lengths instead of padding every short text to the longest.
 
     Example:
-        >>> list(length_sorted_batches([3, 9, 1, 8], 2))
+        >>> length_sorted_batches([3, 9, 1, 8], 2)
         [[1, 3], [0, 2]]
+        >>> length_sorted_batches([256, 250, 30, 20], 4, overhead_tokens=128)
+        [[0, 1], [2, 3]]
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    width = [max(int(lengths[i]), 1) for i in order]
+    count = len(order)
+    # inf: fewest batches first, then least padding (a call outweighs every token)
+    overhead = overhead_tokens if math.isfinite(overhead_tokens) else sum(width) * batch_size + 1
+    best = [0.0] + [float("inf")] * count  # best[j]: cheapest cost of the first j rows
+    start_of = [0] * (count + 1)
+    for end in range(1, count + 1):
+        for start in range(max(0, end - batch_size), end):
+            cost = best[start] + overhead + (end - start) * width[start]
+            if cost < best[end]:
+                best[end], start_of[end] = cost, start
+    cuts, end = [], count
+    while end > 0:
+        cuts.append((start_of[end], end))
+        end = start_of[end]
+    return [order[a:b] for a, b in reversed(cuts)]
 
 
 def pad_batch(
@@ -49,10 +92,15 @@ def run_batches(
     progress: bool = True,
     description: str = "predict",
     padding_side: str = "right",
+    overhead_tokens: float | None = None,
 ) -> np.ndarray:
-    """Apply ``forward`` to length-sorted padded batches; rows come back in input order."""
+    """Apply ``forward`` to length-sorted padded batches of at most ``batch_size`` rows
+    (cut by ``length_sorted_batches``; ``overhead_tokens`` None is the device's
+    ``forward_overhead_tokens``); rows come back in input order."""
+    if overhead_tokens is None:
+        overhead_tokens = forward_overhead_tokens(device)
     return run_grouped(
-        list(length_sorted_batches([len(s) for s in sequences], batch_size)),
+        length_sorted_batches([len(s) for s in sequences], batch_size, overhead_tokens),
         lambda rows: pad_batch([sequences[i] for i in rows], pad_id, padding_side),
         forward,
         len(sequences),

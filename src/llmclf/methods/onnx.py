@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from llmclf.batching import length_sorted_batches, pad_batch, truncated_ids
+from llmclf.batching import (
+    forward_overhead_tokens,
+    length_sorted_batches,
+    pad_batch,
+    truncated_ids,
+)
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import Predictor
@@ -50,7 +55,8 @@ class OnnxClassifier(Predictor):
         ids = truncated_ids(self.tokenizer_, texts, self.max_length_)
         pad = self.tokenizer_.pad_token_id
         out = np.zeros((len(ids), self.schema_.num_classes), dtype=np.float32)
-        for rows in length_sorted_batches([len(x) for x in ids], self.batch_size):
+        lengths = [len(x) for x in ids]  # onnxruntime on CPU: a CPU forward's overhead
+        for rows in length_sorted_batches(lengths, self.batch_size, forward_overhead_tokens("cpu")):
             batch = pad_batch([ids[i] for i in rows], pad)
             feed = {name: tensor.numpy() for name, tensor in batch.items()}
             out[rows] = self.session_.run(["logits"], {k: feed[k] for k in self.input_names_})[0]

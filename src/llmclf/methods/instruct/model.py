@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import llmclf.backbone as backbone
-from llmclf.batching import run_batches
+from llmclf.batching import forward_overhead_tokens, run_batches
 from llmclf.config import (
     POSITIVE,
     AdapterConfig,
@@ -458,6 +458,8 @@ class InstructClassifier(ClassifierBase):
             progress=self.progress,
             description="generate",
             padding_side="left",
+            # every batch runs one forward per new token: splitting it costs that many
+            overhead_tokens=forward_overhead_tokens(self.device_) * (new_tokens + 1),
         ).astype(np.int64)
         return [self._answer_text(row, set(stops)) for row in tokens]
 
