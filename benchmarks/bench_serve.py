@@ -40,6 +40,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def batch_sums(metrics: str) -> dict[str, float]:
+    """The server's batch counters from its Prometheus text (one model served)."""
+    keys = ("llmclf_batch_size_sum", "llmclf_batch_size_count", "llmclf_batch_seconds_sum")
+    return {
+        line.split(" ")[0].split("{")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith(keys)
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -94,6 +104,14 @@ def main() -> None:
         default=10_000_000,
         help="the server's limit: above any text of the data, so every request is valid",
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the server process only (repeat), e.g. "
+        "OMP_NUM_THREADS=1 to leave a core to the HTTP side",
+    )
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
@@ -111,6 +129,7 @@ def main() -> None:
          "--eval-batch-size", str(args.server_eval_batch_size or args.max_batch_size),
          "--max-chars-per-text", str(args.max_chars_per_text)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, **dict(pair.split("=", 1) for pair in args.server_env)},
     )  # fmt: skip
     try:
         deadline = time.time() + 600
@@ -128,19 +147,16 @@ def main() -> None:
         asyncio.run(load(url, longest, args.clients, len(longest), 300))
         asyncio.run(load(url, texts, args.clients, 4 * args.clients, 120))
         rss_start = rss_mb(server.pid)
+        before = batch_sums(httpx.get(url + "/metrics").text)
         latencies, statuses, wall = asyncio.run(
             load(url, texts, args.clients, args.requests, args.seconds)
         )
         rss_end = rss_mb(server.pid)
-        metrics = httpx.get(url + "/metrics").text
+        after = batch_sums(httpx.get(url + "/metrics").text)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    sums = {
-        line.split(" ")[0].split("{")[0]: float(line.split(" ")[1])
-        for line in metrics.splitlines()
-        if line.startswith("llmclf_batch_size_sum") or line.startswith("llmclf_batch_size_count")
-    }
+    sums = {key: after[key] - before.get(key, 0.0) for key in after}
     answered = len(latencies)
     served = answered / wall
 
@@ -182,6 +198,8 @@ def main() -> None:
                 / max(sums.get("llmclf_batch_size_count", 1), 1),
                 2,
             ),
+            # the fraction of the timed wall the model was computing a batch
+            "model_busy_fraction": round(sums.get("llmclf_batch_seconds_sum", 0) / wall, 3),
         },
     )
     print(f"served {served:.1f} texts/s vs offline {offline:.1f} ({served / offline:.2f}x)")
