@@ -230,7 +230,8 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
     if method == "head" and pooling != "last":
         raise LlmclfError(
             f"{run} pools with --pooling {pooling}: transformers' sequence classifiers read the "
-            "last token only, so only --pooling last runs export to a plain folder"
+            "last input token's hidden state (no mean, max or learned pooling token), so only "
+            "--pooling last runs export to a plain folder; predict with llmclf instead"
         )
     long_text = long_text_of(config)
     if long_text == "chunks":
