@@ -166,6 +166,19 @@ def test_the_merged_export_refuses_the_pooling_by_name(runs, pooling, tmp_path, 
     assert f"--pooling {pooling}" in err and len(err.strip().splitlines()) == 1
 
 
+def test_serve_loads_max_and_token_runs_and_answers_as_predict(runs):
+    pytest.importorskip("fastapi")
+    from llmclf.runs import load_classifier
+    from llmclf.serve.app import load_runs
+
+    texts, _ = make_texts(5, seed=7)
+    served = load_runs([runs / "max", runs / "token"], dtype="float32")
+    for run in served:
+        logits = np.stack([row[0] for row in run.run_batch(texts)])
+        offline = load_classifier(runs / run.name, progress=False, dtype="float32")
+        np.testing.assert_allclose(logits, offline.predict_logits(texts), atol=1e-6)
+
+
 def test_int8_prediction_works_with_the_learned_token(runs):
     pytest.importorskip("torchao")
     from llmclf.runs import load_classifier
@@ -246,3 +259,33 @@ def test_token_pooling_trains_on_a_four_bit_base(tiny_llama, tmp_path):
     # a reloaded 4-bit base differs from the trained one by ~1e-3 in the logits with
     # --pooling last too (the trained model went through prepare_model_for_kbit_training)
     np.testing.assert_allclose(loaded.predict_logits(texts), clf.predict_logits(texts), atol=1e-2)
+
+
+def test_token_pooling_goes_through_ddps_forward(tiny_llama, monkeypatch):
+    """Under DDP (one gloo process here) the logits are the unwrapped model's and the
+    learned token gets its gradient through the wrapper's forward."""
+    import socket
+
+    import torch.distributed as dist
+
+    from llmclf.batching import pad_batch
+    from llmclf.methods.head import head_logits
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    clf = built(tiny_llama, pooling="token", **FAST)
+    batch = pad_batch(clf._encode(make_texts(6)[0]), clf.tokenizer_.pad_token_id)
+    model = clf.model_.eval()
+    with torch.no_grad():
+        plain = head_logits(model, batch, "token")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        wrapped = head_logits(torch.nn.parallel.DistributedDataParallel(model), batch, "token")
+        wrapped.sum().backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(wrapped.detach(), plain, atol=1e-6, rtol=0)
+    assert token_of(clf).grad.abs().sum() > 0

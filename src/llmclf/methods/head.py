@@ -129,8 +129,10 @@ def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") 
     inputs.update(attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     if is_wrapped(model):
         # several processes: through DDP's forward (it arms the gradient all-reduce),
-        # keeping only the final hidden state (transformers ties it to last_hidden_state)
-        hidden = model(**inputs, output_hidden_states=[-1]).hidden_states[-1]
+        # keeping only the final hidden state (transformers ties it to last_hidden_state);
+        # its unused logits warn that they cannot find padding in inputs_embeds (token)
+        with backbone.quiet_transformers():
+            hidden = model(**inputs, output_hidden_states=[-1]).hidden_states[-1]
     else:
         hidden = _sequence_classifier(model).base_model(**inputs).last_hidden_state
     return pool(hidden, mask)

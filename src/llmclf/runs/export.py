@@ -204,7 +204,7 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
     ``config.json``. ``AutoModelForSequenceClassification.from_pretrained(folder)`` then
     gives llmclf's logits, checked before the folder is kept; that is what vLLM
     (``--task classify``), text-embeddings-inference and ``pipeline("text-classification")``
-    load. Head runs with ``--pooling last`` (4-bit ones are merged into a full-precision
+    load. Head runs with ``--pooling last`` (mean, max and token are refused; 4-bit ones are merged into a full-precision
     base), frozen-head runs and encoder runs; calibration (a temperature) and multi-label
     thresholds stay in ``labels.json`` / ``calibration.json`` beside it, which plain
     transformers ignores.
