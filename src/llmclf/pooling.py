@@ -1,7 +1,9 @@
 """Pure tensor functions that turn per-token hidden states into one vector per text.
 
 They read only the attention mask, never token ids, so they are right whatever the
-padding side and whether or not the pad token equals the EOS token.
+padding side and whether or not the pad token equals the EOS token. ``append_token``
+builds the input of ``--pooling token``: a learned vector after each row's last real
+token, whose final hidden state ``pool_last`` then reads.
 """
 
 from __future__ import annotations
@@ -40,7 +42,57 @@ def pool_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-POOLERS = {"last": pool_last, "mean": pool_mean}
+def pool_max(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over the hidden states of the real tokens. [batch, seq, dim] ->
+    [batch, dim]; a padded position never wins, whatever its value.
+
+    Example:
+        >>> hidden = torch.tensor([[[1.0, 5.0], [3.0, 0.0], [9.0, 9.0]]])
+        >>> pool_max(hidden, torch.tensor([[1, 1, 0]]))
+        tensor([[3., 5.]])
+    """
+    padded = attention_mask.unsqueeze(-1) == 0
+    return hidden.masked_fill(padded, float("-inf")).amax(dim=1)
+
+
+POOLERS = {"last": pool_last, "mean": pool_mean, "max": pool_max}
+
+
+def append_token(
+    embeds: torch.Tensor, attention_mask: torch.Tensor, token: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert ``token`` right after each row's last real token: at index = the number of
+    real tokens under right padding (the padding moves one place right), at the end under
+    left padding. The mask gains a real position there, so ``last_token_index`` of the new
+    mask is the token's index and ``position_ids`` gives it the position after the text.
+
+    Args:
+        embeds: [batch, seq, dim] input embeddings.
+        attention_mask: [batch, seq] of 0/1.
+        token: [dim], cast to ``embeds``' dtype.
+
+    Returns:
+        [batch, seq + 1, dim] embeddings and their [batch, seq + 1] mask.
+
+    Example:
+        >>> embeds = torch.tensor([[[1.0], [2.0], [0.0]], [[0.0], [3.0], [4.0]]])
+        >>> mask = torch.tensor([[1, 1, 0], [0, 1, 1]])  # right and left padding
+        >>> out, mask = append_token(embeds, mask, torch.tensor([9.0]))
+        >>> out.squeeze(-1), mask
+        (tensor([[1., 2., 9., 0.],
+                [0., 3., 4., 9.]]), tensor([[1, 1, 1, 0],
+                [0, 1, 1, 1]]))
+    """
+    seq = embeds.shape[1]
+    insert = (last_token_index(attention_mask) + 1).unsqueeze(1)  # [batch, 1]
+    positions = torch.arange(seq + 1, device=embeds.device).unsqueeze(0)  # [1, seq + 1]
+    # new position j reads old position j before the token and j - 1 after it
+    source = (positions - (positions > insert).long()).clamp(max=seq - 1)
+    is_token = positions == insert
+    gathered = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    out = torch.where(is_token.unsqueeze(-1), token.to(embeds.dtype), gathered)
+    mask = torch.where(is_token, 1, attention_mask.gather(1, source))
+    return out, mask.to(attention_mask.dtype)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

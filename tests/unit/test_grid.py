@@ -68,7 +68,7 @@ def test_unknown_methods_and_options_fail_before_anything_trains(tmp_path, tiny_
     path = grid_file(tmp_path, tiny_llama, data, methods={"head": {"poolin": ["last"]}})
     with pytest.raises(LlmclfError, match="method head has no option poolin"):
         run_grid(path)
-    path = grid_file(tmp_path, tiny_llama, data, methods={"head": {"pooling": ["last", "max"]}})
+    path = grid_file(tmp_path, tiny_llama, data, methods={"head": {"pooling": ["last", "maxx"]}})
     with pytest.raises(LlmclfError, match="--pooling must be one of"):
         run_grid(path)
     assert not (tmp_path / "grid").exists()

@@ -3,7 +3,8 @@
 The model is transformers' own ``AutoModelForSequenceClassification`` (its ``score``
 layer is the head) wrapped by PEFT with ``task_type="SEQ_CLS"``, so a saved run is a
 plain PEFT adapter folder. llmclf pools with the attention mask (``pooling.py``) rather
-than with the pad id, which keeps left padding and pad == eos right.
+than with the pad id, which keeps left padding and pad == eos right; ``--pooling token``
+reads a learned token appended to each text (``pool_token.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llmclf.config import (
     validate,
 )
 from llmclf.distributed import is_wrapped, unwrap
+from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.long_text import (
     ATTENTION_MODULE,
@@ -48,7 +50,8 @@ from llmclf.long_text import (
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.features import FeatureCollator, cached_features, feature_key, feature_rows
-from llmclf.pooling import POOLERS, position_ids
+from llmclf.methods.pool_token import POOL_TOKEN_MODULE, pool_token, token_inputs
+from llmclf.pooling import POOLERS, pool_last, position_ids
 from llmclf.run_folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -71,8 +74,11 @@ class HeadConfig:
 
     pooling: str = option(
         "last",
-        "last = hidden state of the final real token (an EOS is appended); mean = mean over real tokens",
-        choices=("last", "mean"),
+        "last = hidden state of the final real token (an EOS is appended); mean = mean over "
+        "real tokens; max = per-dimension max over real tokens; token = a learned token "
+        "([CLS]-like, trained and saved with the head) appended after the text, read there "
+        "(needs --lora on). Only last exports to a plain transformers folder",
+        choices=("last", "mean", "max", "token"),
     )
     class_weights: str = class_weights_option()
     num_layers: int | None = option(
@@ -98,6 +104,11 @@ class HeadClassifierConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_long_text(self.long_text, self.model.max_length, "head")
+        if self.head.pooling == "token" and self.adapter.lora == "none":
+            raise LlmclfError(
+                "--pooling token learns a token that the whole model reads, so --lora none "
+                "cannot cache its features: use --lora on, or --pooling last, mean or max"
+            )
 
 
 def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") -> torch.Tensor:
@@ -106,22 +117,25 @@ def pooled_hidden(model, batch: dict[str, torch.Tensor], pooling: str = "last") 
     Args:
         model: a ``*ForSequenceClassification`` model, PEFT-wrapped or not.
         batch: ``input_ids`` and ``attention_mask``, [batch, seq], padded on either side.
-        pooling: ``last`` (final real token) or ``mean`` (over real tokens).
+        pooling: ``last`` (final real token), ``mean`` / ``max`` (over real tokens) or
+            ``token`` (the model's learned ``pool_token``, appended after the real tokens).
     """
     mask = batch["attention_mask"]
-    inputs = dict(
-        input_ids=batch["input_ids"],
-        attention_mask=mask,
-        position_ids=position_ids(mask),
-        use_cache=False,
-    )
+    if pooling == "token":
+        embeds, mask = token_inputs(_sequence_classifier(model), batch["input_ids"], mask)
+        inputs, pool = {"inputs_embeds": embeds}, pool_last  # the token is the last real one
+    else:
+        inputs, pool = {"input_ids": batch["input_ids"]}, POOLERS[pooling]
+    inputs.update(attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     if is_wrapped(model):
         # several processes: through DDP's forward (it arms the gradient all-reduce),
-        # keeping only the final hidden state (transformers ties it to last_hidden_state)
-        hidden = model(**inputs, output_hidden_states=[-1]).hidden_states[-1]
+        # keeping only the final hidden state (transformers ties it to last_hidden_state);
+        # its unused logits warn that they cannot find padding in inputs_embeds (token)
+        with backbone.quiet_transformers():
+            hidden = model(**inputs, output_hidden_states=[-1]).hidden_states[-1]
     else:
         hidden = _sequence_classifier(model).base_model(**inputs).last_hidden_state
-    return POOLERS[pooling](hidden, mask)
+    return pool(hidden, mask)
 
 
 def _sequence_classifier(model):
@@ -173,7 +187,8 @@ def _label_dtype(schema: LabelSchema) -> torch.dtype:
 
 
 class HeadClassifier(LongTextTokens, ClassifierBase):
-    """A causal LM with a linear head on its final-token (or mean) hidden state.
+    """A causal LM with a linear head on a pooled hidden state (final token, mean, max or
+    a learned appended token).
 
     Options are the fields of ``HeadClassifierConfig``'s sections (the same names as the
     CLI flags, with underscores); ``config_`` holds them resolved after ``fit`` / ``load``.
@@ -307,9 +322,11 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             self._head().requires_grad_(True)
             if hasattr(model, ATTENTION_MODULE):
                 getattr(model, ATTENTION_MODULE).requires_grad_(True)
-        else:
-            extra = [ATTENTION_MODULE] if hasattr(model, ATTENTION_MODULE) else None
-            self.model_ = backbone.add_lora(model, adapter, "SEQ_CLS", modules_to_save=extra)
+        else:  # the learned modules besides the head train and are saved with it
+            extra = [m for m in (ATTENTION_MODULE, POOL_TOKEN_MODULE) if hasattr(model, m)]
+            self.model_ = backbone.add_lora(
+                model, adapter, "SEQ_CLS", modules_to_save=extra or None
+            )
 
     def _load_base(self, schema: LabelSchema, tokenizer_source: str | None = None):
         """The base ``*ForSequenceClassification`` model with a fresh full-precision head."""
@@ -341,6 +358,8 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             hidden = model.config.get_text_config().hidden_size
             device = next(model.parameters()).device
             model.add_module(ATTENTION_MODULE, chunk_attention(hidden).to(device))
+        if head_cfg.pooling == "token":  # fresh here too; a loaded run's is read back
+            model.add_module(POOL_TOKEN_MODULE, pool_token(model, self.tokenizer_.eos_token_id))
         return model
 
     def _head(self) -> torch.nn.Module:
@@ -375,9 +394,11 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with a higher learning rate for the freshly initialised head."""
+        """AdamW with a higher learning rate for the freshly initialised head (and the
+        pooling token of ``--pooling token``, trained as part of the head)."""
+        head_parts = (f".{HEAD_MODULE}.", f".{POOL_TOKEN_MODULE}.")
         return head_and_body_optimizer(
-            self.model_, lambda name: f".{HEAD_MODULE}." in name, self.config_.train
+            self.model_, lambda name: any(part in name for part in head_parts), self.config_.train
         )
 
     # -- inference ---------------------------------------------------------------------

@@ -204,7 +204,7 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
     ``config.json``. ``AutoModelForSequenceClassification.from_pretrained(folder)`` then
     gives llmclf's logits, checked before the folder is kept; that is what vLLM
     (``--task classify``), text-embeddings-inference and ``pipeline("text-classification")``
-    load. Head runs with ``--pooling last`` (4-bit ones are merged into a full-precision
+    load. Head runs with ``--pooling last`` (mean, max and token are refused; 4-bit ones are merged into a full-precision
     base), frozen-head runs and encoder runs; calibration (a temperature) and multi-label
     thresholds stay in ``labels.json`` / ``calibration.json`` beside it, which plain
     transformers ignores.
@@ -230,7 +230,8 @@ def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
     if method == "head" and pooling != "last":
         raise LlmclfError(
             f"{run} pools with --pooling {pooling}: transformers' sequence classifiers read the "
-            "last token only, so only --pooling last runs export to a plain folder"
+            "last input token's hidden state (no mean, max or learned pooling token), so only "
+            "--pooling last runs export to a plain folder; predict with llmclf instead"
         )
     long_text = long_text_of(config)
     if long_text == "chunks":
