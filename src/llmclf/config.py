@@ -198,6 +198,19 @@ class DataConfig:
     train_limit: int | None = option(
         None, "train on a stratified sample of this many examples", bound=POSITIVE
     )
+    validation_limit: int | None = option(
+        None,
+        "select epochs, tune thresholds and calibrate on a stratified sample of this many "
+        "validation examples (the same sample whenever the run's data is read again)",
+        bound=POSITIVE,
+    )
+    test_limit: int | None = option(
+        None,
+        "test on a stratified sample of this many test examples (the same sample whenever "
+        "the run's data is read again: evaluate, calibrate, compare); a large test split "
+        "(20newsgroups: 7,528) costs more than a small training budget",
+        bound=POSITIVE,
+    )
     empty_text: str = option(
         "drop",
         "rows with an empty or missing text: drop them with a warning, or stop with an error",

@@ -410,7 +410,9 @@ def examples_by_split(
     config: DataConfig, multi_label: bool | None = None, split_files: bool = True
 ) -> tuple[dict[str, Examples], bool]:
     """Every split as ``Examples``; multi-label is detected from the training labels.
-    ``split_files``: as ``load_frames``."""
+    ``split_files``: as ``load_frames``. ``validation_limit`` / ``test_limit`` cut those
+    splits to a stratified sample (``sample``), the same one on every read; ``train_limit``
+    is applied by the callers that train."""
     frames = load_frames(config, split_files)
     if multi_label is None:
         first = frames.get("train", next(iter(frames.values())))
@@ -418,6 +420,10 @@ def examples_by_split(
     out = {}
     for name, frame in frames.items():
         out[name] = to_examples(frame, config, multi_label, where=f"{config.data} [{name}]")
+    limits = {"validation": config.validation_limit, "test": config.test_limit}
+    for name, limit in limits.items():
+        if limit and name in out:  # the same stratified sample every time the data is read
+            out[name] = sample(out[name], limit, config.split_seed, multi_label)
     return out, multi_label
 
 

@@ -202,3 +202,22 @@ def test_an_empty_split_cell_is_named(tmp_path):
     data["split"] = ["train", "", "test", "train", "train", "test"]
     with pytest.raises(LlmclfError, match=r"'split' column is empty in 1 of 6 rows \(data rows 2,"):
         examples_by_split(DataConfig(data=write(tmp_path, "d.csv", data)))
+
+
+def test_test_and_validation_limits_take_the_same_stratified_sample_on_every_read(tmp_path):
+    path = tmp_path / "d.csv"
+    data = frame(300)
+    data["split"] = ["train"] * 100 + ["validation"] * 50 + ["test"] * 150
+    data.to_csv(path, index=False)
+    whole, _ = examples_by_split(DataConfig(data=str(path)))
+    config = DataConfig(data=str(path), validation_limit=9, test_limit=30)
+    splits, _ = examples_by_split(config)
+    again, _ = examples_by_split(config)
+    assert len(splits["train"]) == len(whole["train"]) == 100  # train_limit's business
+    assert len(splits["validation"]) == 9 and len(splits["test"]) == 30
+    assert splits["test"].texts == again["test"].texts  # evaluate / compare see the same rows
+    assert set(splits["test"].texts) <= set(whole["test"].texts)
+    counts = {lab: splits["test"].labels.count(lab) for lab in "abc"}
+    assert counts == {"a": 10, "b": 10, "c": 10}
+    with pytest.raises(LlmclfError, match="--test-limit must be"):
+        DataConfig(data=str(path), test_limit=0)

@@ -98,6 +98,7 @@ def distill_run(
         >>> distill_run("runs/demo", {"model": "minilm-l6"}, DataConfig("bbc-news"),
         ...             DistillConfig(temperature=2.0), "runs/student")  # doctest: +SKIP
     """
+    wall_start = time.perf_counter()
     output = Path(output)
     student = EncoderClassifier(progress=progress, **student_options(teacher_run, options))
     student_config = student.resolve_config()  # a bad option fails before anything loads
@@ -162,6 +163,7 @@ def distill_run(
             "teacher_run": str(Path(teacher_run).resolve()),
             "labelled_examples": len(train),
             "unlabeled_examples": len(unlabeled),
+            "wall_seconds": round(time.perf_counter() - wall_start, 2),
         }
     )
     keep = student_config.train.keep_checkpoints

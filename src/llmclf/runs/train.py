@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +54,7 @@ def train_run(
     Example:
         >>> train_run("head", {"epochs": 2}, DataConfig("bbc-news"), "runs/bbc")  # doctest: +SKIP
     """
+    start = time.perf_counter()
     classifier = method_class(method)(progress=progress, **options)
     config = classifier.resolve_config()  # a bad option fails before any data loads
     train_cfg = getattr(config, "train", None)
@@ -97,6 +99,8 @@ def train_run(
     metrics.update({"method": method, "data": data_config.data, "split": "test"})
     if warnings:
         metrics["warnings"] = warnings
+    # data + model loading, training and testing: what a cell of a grid costs (this process)
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     keep = bool(train_cfg and train_cfg.keep_checkpoints)
     write_run(classifier, folder.path, data_config, metrics, predictions, keep_checkpoints=keep)
     return metrics
@@ -193,6 +197,7 @@ def zero_shot_run(
 ) -> dict:
     """Evaluate the untrained model answering ``method``'s prompts on one split and write
     a run folder (loadable by ``predict``) with the same metrics.json as a trained run."""
+    start = time.perf_counter()
     classes = method_classes()
     cls = method_class(method)
     if not hasattr(cls, "zero_shot"):
@@ -220,6 +225,7 @@ def zero_shot_run(
     metrics, predictions = evaluate_examples(classifier, examples, where)
     metrics.update(accounting(classifier, 0))
     metrics.update({"method": method, "zero_shot": True, "data": data_config.data, "split": split})
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
     write_run(
         classifier,
         folder.path,
