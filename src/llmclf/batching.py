@@ -3,8 +3,11 @@ back in input order."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +22,79 @@ from tqdm.auto import tqdm
 FORWARD_OVERHEAD_TOKENS = {"cpu": 128, "cuda": 4096, "mps": 1024}
 
 
+@dataclass(frozen=True)
+class ShapeBuckets:
+    """A bounded set of batch shapes: every batch is padded to a width that is a multiple
+    of ``width_multiple`` and to a row count from ``rows`` (repeating its last row, whose
+    result is dropped).
+
+    Why: on CPU the bf16 kernels keep memory for every batch shape they have seen (about
+    2 MiB per new row count of one linear layer, measured on a Xeon with AMX). A server
+    sees arbitrary shapes, so its memory grows with its uptime; bounded shapes bound it,
+    as captured batch sizes do in vLLM. ``warm_up`` runs each shape once.
+
+    Example:
+        >>> buckets = ShapeBuckets.for_batch_size(12, width_multiple=32)
+        >>> buckets.rows, buckets.padded_rows(5), buckets.padded_width(33)
+        ((1, 2, 4, 8, 12), 8, 64)
+    """
+
+    width_multiple: int = 32
+    rows: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+    def __post_init__(self):
+        if self.width_multiple < 1:
+            raise ValueError(f"width_multiple must be at least 1, not {self.width_multiple}")
+        if not self.rows or min(self.rows) < 1 or list(self.rows) != sorted(set(self.rows)):
+            raise ValueError(f"rows must be increasing positive counts, not {self.rows}")
+
+    @classmethod
+    def for_batch_size(cls, batch_size: int, width_multiple: int = 32) -> ShapeBuckets:
+        """Powers of two below ``batch_size``, and ``batch_size`` itself."""
+        rows = [1 << k for k in range(batch_size.bit_length()) if 1 << k < batch_size]
+        return cls(width_multiple, (*rows, batch_size))
+
+    def padded_rows(self, count: int) -> int:
+        """The smallest bucket that holds ``count`` rows (``count`` above the largest)."""
+        return next((r for r in self.rows if r >= count), count)
+
+    def padded_width(self, width: int) -> int:
+        return -(-max(width, 1) // self.width_multiple) * self.width_multiple
+
+    def shapes(self, longest: int, batch_size: int) -> list[tuple[int, int]]:
+        """Every (rows, width) a batch of at most ``batch_size`` rows of at most
+        ``longest`` tokens can be padded to, largest first."""
+        rows = sorted({self.padded_rows(r) for r in range(1, batch_size + 1)}, reverse=True)
+        widths = range(self.padded_width(longest), 0, -self.width_multiple)
+        return [(r, w) for r in rows for w in widths]
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    buckets: ShapeBuckets
+    warm_up: bool
+
+
+_BOUNDED: ContextVar[_Bounded | None] = ContextVar("llmclf_bounded_shapes", default=None)
+
+
+@contextlib.contextmanager
+def bounded_shapes(buckets: ShapeBuckets | None, warm_up: bool = False) -> Iterator[None]:
+    """Inside, ``run_batches`` pads every batch to ``buckets`` (``None``: exact shapes);
+    with ``warm_up``, it first runs every shape of ``buckets.shapes`` once, from the
+    longest sequence it is given (a server calls this once per model at start-up).
+
+    Example:
+        >>> with bounded_shapes(ShapeBuckets(32, (1, 2, 4))):  # doctest: +SKIP
+        ...     classifier.predict_proba(texts)
+    """
+    token = _BOUNDED.set(_Bounded(buckets, warm_up) if buckets is not None else None)
+    try:
+        yield
+    finally:
+        _BOUNDED.reset(token)
+
+
 def forward_overhead_tokens(device: torch.device | str | None) -> int:
     """The per-call overhead ``length_sorted_batches`` weighs padding against."""
     kind = torch.device(device).type if device is not None else "cpu"
@@ -26,7 +102,10 @@ def forward_overhead_tokens(device: torch.device | str | None) -> int:
 
 
 def length_sorted_batches(
-    lengths: list[int], batch_size: int, overhead_tokens: float = math.inf
+    lengths: list[int],
+    batch_size: int,
+    overhead_tokens: float = math.inf,
+    buckets: ShapeBuckets | None = None,
 ) -> list[list[int]]:
     """Row indices in batches of at most ``batch_size``, of similar length, longest first
     (fails fast on memory).
@@ -36,7 +115,8 @@ def length_sorted_batches(
     minimise the sum (dynamic programming, O(rows × batch_size)). ``inf`` weighs a call
     above any padding: the fewest batches, each as little padded as that allows. A mixed
     handful (what a server gathers from concurrent requests) splits into a few groups of
-    like lengths instead of padding every short text to the longest.
+    like lengths instead of padding every short text to the longest. With ``buckets``, a
+    batch costs the shape it is padded to.
 
     Example:
         >>> length_sorted_batches([3, 9, 1, 8], 2)
@@ -49,13 +129,16 @@ def length_sorted_batches(
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     width = [max(int(lengths[i]), 1) for i in order]
     count = len(order)
+    rows_of = buckets.padded_rows if buckets is not None else (lambda n: n)
+    if buckets is not None:
+        width = [buckets.padded_width(w) for w in width]
     # inf: fewest batches first, then least padding (a call outweighs every token)
     overhead = overhead_tokens if math.isfinite(overhead_tokens) else sum(width) * batch_size + 1
     best = [0.0] + [float("inf")] * count  # best[j]: cheapest cost of the first j rows
     start_of = [0] * (count + 1)
     for end in range(1, count + 1):
         for start in range(max(0, end - batch_size), end):
-            cost = best[start] + overhead + (end - start) * width[start]
+            cost = best[start] + overhead + rows_of(end - start) * width[start]
             if cost < best[end]:
                 best[end], start_of[end] = cost, start
     cuts, end = [], count
@@ -66,10 +149,11 @@ def length_sorted_batches(
 
 
 def pad_batch(
-    sequences: list[list[int]], pad_id: int, side: str = "right"
+    sequences: list[list[int]], pad_id: int, side: str = "right", width: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Pad token-id lists into ``input_ids`` and ``attention_mask`` tensors."""
-    width = max(len(s) for s in sequences)
+    """Pad token-id lists into ``input_ids`` and ``attention_mask`` tensors, at least
+    ``width`` wide."""
+    width = max(width, *(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -96,12 +180,29 @@ def run_batches(
 ) -> np.ndarray:
     """Apply ``forward`` to length-sorted padded batches of at most ``batch_size`` rows
     (cut by ``length_sorted_batches``; ``overhead_tokens`` None is the device's
-    ``forward_overhead_tokens``); rows come back in input order."""
+    ``forward_overhead_tokens``); rows come back in input order. Inside
+    ``bounded_shapes``, batches are padded to its buckets."""
     if overhead_tokens is None:
         overhead_tokens = forward_overhead_tokens(device)
+    bounded = _BOUNDED.get()
+    buckets = bounded.buckets if bounded is not None else None
+    if bounded is not None and bounded.warm_up and sequences:
+        longest = max(sequences, key=len)
+        for rows, width in buckets.shapes(len(longest), batch_size):
+            batch = pad_batch([fitted(longest, width)] * rows, pad_id, padding_side)
+            forward({k: v.to(device) for k, v in batch.items()})
+
+    def make_batch(rows: list[int]) -> dict[str, torch.Tensor]:
+        chosen = [sequences[i] for i in rows]
+        if buckets is None:
+            return pad_batch(chosen, pad_id, padding_side)
+        chosen += [chosen[-1]] * (buckets.padded_rows(len(chosen)) - len(chosen))
+        width = buckets.padded_width(max(len(s) for s in chosen))
+        return pad_batch(chosen, pad_id, padding_side, width)
+
     return run_grouped(
-        length_sorted_batches([len(s) for s in sequences], batch_size, overhead_tokens),
-        lambda rows: pad_batch([sequences[i] for i in rows], pad_id, padding_side),
+        length_sorted_batches([len(s) for s in sequences], batch_size, overhead_tokens, buckets),
+        make_batch,
         forward,
         len(sequences),
         device,
@@ -121,18 +222,32 @@ def run_grouped(
     description: str = "predict",
 ) -> np.ndarray:
     """``forward`` over ``make_batch(indices)`` for each group of row indices in
-    ``batches``; the ``rows`` results come back in input order."""
+    ``batches``; the ``rows`` results come back in input order (a batch may hold rows
+    past its indices, as padding: their results are dropped)."""
     out: np.ndarray | None = None
     bar = tqdm(total=rows, desc=description, unit="ex", disable=not progress, leave=False)
     for indices in batches:
         batch = {k: v.to(device) for k, v in make_batch(indices).items()}
-        result = forward(batch).float().cpu().numpy()
+        result = forward(batch)[: len(indices)].float().cpu().numpy()
         if out is None:
             out = np.zeros((rows, *result.shape[1:]), dtype=np.float32)
         out[indices] = result
         bar.update(len(indices))
     bar.close()
     return out if out is not None else np.zeros((0,), dtype=np.float32)
+
+
+def fitted(sequence: list[int], width: int) -> list[int]:
+    """``sequence`` made exactly ``width`` long, keeping its end (where the pooled token,
+    or a prompt's answer cue, is): cut from the front, or its first token repeated.
+
+    Example:
+        >>> fitted([5, 6, 7], 2), fitted([5, 6, 7], 5)
+        ([6, 7], [5, 5, 5, 6, 7])
+    """
+    if len(sequence) >= width:
+        return list(sequence[len(sequence) - width :])
+    return [sequence[0]] * (width - len(sequence)) + list(sequence)
 
 
 def truncated_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -774,6 +774,19 @@ def add_serve_parser(commands) -> None:
         help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: "
         "$LLMCLF_API_KEY; none: open)",
     )
+    serve.add_argument(
+        "--shape-multiple",
+        type=int,
+        default=32,
+        help="pad each batch to a width that is a multiple of this and to a row count from "
+        "a short list, so memory stays flat (default 32; 0: exact shapes)",
+    )
+    serve.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each batch shape once before the port opens (default: on)",
+    )
     add_options(serve, ModelConfig, only=("device", "dtype", "trust_remote_code"))
     add_options(serve, TrainConfig, only=("eval_batch_size",))
     add_int8_option(serve)
@@ -795,6 +808,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_texts_per_request=values["max_texts_per_request"],
         max_chars_per_text=values["max_chars_per_text"],
         api_key=values["api_key"] or None,
+        shape_multiple=values["shape_multiple"],
+        warm_up=values["warm_up"],
         int8=values.get("int8", False),
         **overrides,
     )

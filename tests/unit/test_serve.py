@@ -252,6 +252,36 @@ def test_concurrent_requests_share_batches_and_each_caller_gets_its_own_rows(run
     assert "http_request_duration_seconds_bucket" in metrics and "llmclf_queue_depth" in metrics
 
 
+def test_batches_run_at_shapes_the_warm_up_ran_and_answers_do_not_change(runs):
+    """Bounded shapes (the server's memory stays flat): the warm-up runs every (rows,
+    width) bucket once before the app exists, every later batch has one of those shapes,
+    and the answers are the offline ones."""
+    classifier = load_classifier(runs / "head", dtype="float32", eval_batch_size=8)
+    shapes = []
+    classifier.model_.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: shapes.append(tuple(args[0].shape))
+    )
+    app = create_app({"head": classifier}, max_wait_ms=50, shape_multiple=8)
+    # 8 rows at most: buckets 1, 2, 4, 8; --max-length 16: widths 8, 16; then the
+    # warm-up's own two texts, at one of those
+    warm = sorted((r, w) for r in (1, 2, 4, 8) for w in (8, 16))
+    assert sorted(shapes[:8]) == warm and shapes[8:] == [(2, 16)]
+    texts, _ = make_texts(20, seed=4)
+    texts = [t * (1 + i % 3) for i, t in enumerate(texts)]  # of several lengths
+    expected = load_classifier(runs / "head", dtype="float32").predict_proba(texts)
+    with running(app) as address, ThreadPoolExecutor(20) as pool:
+        answers = list(
+            pool.map(lambda t: post(address, "/v1/classify", {"input": t}).json(), texts)
+        )
+    served = shapes[9:]
+    assert served and set(served) <= set(warm)
+    got = np.array([a["data"][0]["probs"] for a in answers])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    shapes.clear()
+    create_app({"head": classifier}, shape_multiple=0)
+    assert shapes == [], "shape_multiple=0 still warmed up"
+
+
 def test_an_api_key_guards_everything_but_health(runs):
     app = create_app([runs / "tf"], api_key="s3cret")
     with running(app) as address:
@@ -317,6 +347,7 @@ def test_a_taken_port_is_refused_before_any_model_loads(runs, capsys, monkeypatc
         (["--name", "a", "--name", "b"], "2 --name values for 1 runs"),
         (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
         (["--max-wait-ms", "-1"], "--max-wait-ms must be >= 0"),
+        (["--shape-multiple", "-1"], "--shape-multiple must be >= 0"),
     ],
 )
 def test_bad_serve_options_get_one_line(runs, capsys, args, fragment):

@@ -6,6 +6,10 @@ FastAPI + uvicorn serve; ``batched`` (mixedbread's dynamic batcher) merges concu
 requests into model batches of up to ``max_batch_size`` texts, waiting at most
 ``max_wait_ms``; the batch runs in the server's one model thread (torch releases the GIL),
 each caller gets its own rows back, and the classifier sorts every batch by length itself.
+Batches are padded to a bounded set of shapes (``batching.ShapeBuckets``; a width that is a
+multiple of ``shape_multiple``, a row count from a short list), each run once at start-up,
+so the server's memory stays flat however long it runs: the CPU kernels keep memory per
+shape they have seen.
 ``prometheus-fastapi-instrumentator`` counts requests by status and times them.
 
 Example:
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from llmclf.batching import ShapeBuckets, bounded_shapes
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
 from llmclf.long_text import tokens_read
@@ -43,6 +48,7 @@ DEFAULTS = {
     "max_wait_ms": 5.0,
     "max_texts_per_request": 64,
     "max_chars_per_text": 100_000,
+    "shape_multiple": 32,
 }
 
 
@@ -73,6 +79,7 @@ class ServedRun:
     base_model: str | None
     max_length: int | None
     tokenizer: Any = None
+    shapes: ShapeBuckets | None = None  # None: every batch at its exact shape
     processor: Any = field(default=None, repr=False)
 
     @property
@@ -97,16 +104,32 @@ class ServedRun:
         }
 
     def run_batch(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
-        """Logits and token count of each text (a worker thread runs this)."""
-        logits = self.classifier.predict_logits(texts)
+        """Logits and token count of each text (the model thread runs this)."""
+        with bounded_shapes(self.shapes):
+            logits = self.classifier.predict_logits(texts)
         if self.tokenizer is not None:
             counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True).input_ids]
         else:  # TF-IDF: words, as its analyzer splits them roughly
             counts = [len(text.split()) for text in texts]
         return list(zip(logits, counts))
 
+    def warm_up(self) -> bool:
+        """Run every batch shape this run can be served at once, from two texts longer
+        than its token limit (two: an instruct run shares their prompt's prefix, as in
+        any batch); False for runs without token batches (TF-IDF) or bounded shapes."""
+        if self.shapes is None or self.tokenizer is None:
+            return False
+        words = 4 * (self.max_length or 512) + 16
+        with bounded_shapes(self.shapes, warm_up=True):
+            self.classifier.predict_logits(["word " * words, "text " * words])
+        return True
 
-def served_run(name: str, classifier, folder: Path | None = None) -> ServedRun:
+
+def served_run(
+    name: str, classifier, folder: Path | None = None, shape_multiple: int | None = None
+) -> ServedRun:
+    """``shape_multiple``: pad batches to widths that are multiples of it and to row
+    counts from a short list (``ShapeBuckets.for_batch_size``); None or 0: exact shapes."""
     config = getattr(classifier, "config_", None)
     model_cfg = getattr(config, "model", None)
     base = getattr(model_cfg, "model", None)
@@ -115,6 +138,10 @@ def served_run(name: str, classifier, folder: Path | None = None) -> ServedRun:
     long_text = getattr(config, "long_text", None)
     if long_text is not None and limit and tokenizer is not None:  # chunks read more
         limit = tokens_read(long_text, limit, tokenizer.num_special_tokens_to_add())
+    train_cfg = getattr(config, "train", None)
+    shapes = None
+    if shape_multiple and train_cfg is not None:
+        shapes = ShapeBuckets.for_batch_size(int(train_cfg.eval_batch_size), int(shape_multiple))
     return ServedRun(
         name=name,
         classifier=classifier,
@@ -122,16 +149,20 @@ def served_run(name: str, classifier, folder: Path | None = None) -> ServedRun:
         base_model=str(base) if base is not None else None,
         max_length=limit,
         tokenizer=tokenizer,
+        shapes=shapes,
     )
 
 
 def load_runs(
     runs: Sequence[str | Path] | Mapping[str, Any],
     names: Sequence[str] | None = None,
+    shape_multiple: int | None = DEFAULTS["shape_multiple"],
+    warm_up: bool = True,
     **overrides,
 ) -> list[ServedRun]:
-    """Load every run (paths, or ``{name: path or fitted classifier}``) before serving.
-    Names default to the run folders' names; an instruct run is served in score mode."""
+    """Load every run (paths, or ``{name: path or fitted classifier}``) before serving,
+    and with ``warm_up`` run each of its batch shapes once (see ``served_run``). Names
+    default to the run folders' names; an instruct run is served in score mode."""
     from llmclf.runs import load_classifier
 
     if isinstance(runs, Mapping):
@@ -163,7 +194,14 @@ def load_runs(
             classifier = load_classifier(run, progress=False, **{**overrides, **extra})
         else:
             classifier = run
-        served.append(served_run(name, classifier))
+        served.append(served_run(name, classifier, shape_multiple=shape_multiple))
+        if warm_up:
+            start = time.perf_counter()
+            if served[-1].warm_up():
+                log.info(
+                    "%r: ran each batch shape once in %.1f s (--no-warm-up skips this)",
+                    name, time.perf_counter() - start,
+                )  # fmt: skip
     return served
 
 
@@ -239,10 +277,15 @@ def create_app(
     max_texts_per_request: int = DEFAULTS["max_texts_per_request"],
     max_chars_per_text: int = DEFAULTS["max_chars_per_text"],
     api_key: str | None = None,
+    shape_multiple: int | None = DEFAULTS["shape_multiple"],
+    warm_up: bool = True,
     **overrides,
 ):
-    """A FastAPI app serving ``runs`` (every model is loaded before this returns).
+    """A FastAPI app serving ``runs`` (every model is loaded, and with ``warm_up`` has run
+    each of its batch shapes, before this returns).
 
+    ``shape_multiple``: batches are padded to widths that are multiples of it and to row
+    counts from a short list, so memory stays bounded (None or 0: exact shapes).
     ``overrides`` go to each run's loader (``device``, ``dtype``, ``eval_batch_size``,
     ``int8``). With ``api_key``, every endpoint but ``/health`` and the static page and
     docs needs ``Authorization: Bearer <api_key>``.
@@ -267,13 +310,18 @@ def create_app(
             raise LlmclfError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     if max_wait_ms < 0:
         raise LlmclfError(f"--max-wait-ms must be >= 0, not {max_wait_ms}")
+    if shape_multiple is not None and int(shape_multiple) < 0:
+        raise LlmclfError(f"--shape-multiple must be >= 0 (0: exact shapes), not {shape_multiple}")
     # Every torch call of the server (loading, the dtype probe, every batch of every run)
     # happens in this one thread. Each thread that runs torch ops gets its own OpenMP team,
     # and once libgomp manages more threads than there are CPUs it stops spinning between
     # parallel regions: batches computed in a second thread ran 23 % slower on 2 cores.
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmclf-model")
     served = {
-        run.name: run for run in model_thread.submit(load_runs, runs, names, **overrides).result()
+        run.name: run
+        for run in model_thread.submit(
+            load_runs, runs, names, shape_multiple, warm_up, **overrides
+        ).result()
     }
     default = next(iter(served))
 
