@@ -251,7 +251,10 @@ def claim_section(claim: Claim, figures: dict[str, str]) -> list[str]:
             f"{check.ece_after:.4f} after temperature scaling (T = "
             f"{', '.join(f'{t:.2f}' for t in check.temperatures)}), gain interval "
             f"[{check.gain_interval[0]:+.4f}, {check.gain_interval[1]:+.4f}] "
-            f"({check.confidence:.1%} intervals).",
+            f"({check.confidence:.1%} intervals). The binned ECE of a resample is biased "
+            "upwards (a resample's bins hold fewer distinct rows), so its percentile interval "
+            "can sit above the point estimate: against an upper bound such as 0.15 that errs "
+            "on the cautious side.",
         ]
     for key in {1: ["lora-budget"], 2: ["lora-budget"]}.get(claim.number, []):
         if key in figures:

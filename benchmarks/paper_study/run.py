@@ -96,7 +96,8 @@ def _core_cells(grid: Grid, method: str, extra: dict) -> list[Path]:
 def step_calibrate(grid: Grid) -> None:
     """Temperature scaling of every finished head cell, fitted on validation (claim 6)."""
     for folder in _core_cells(grid, "head", {"pooling": "last"}):
-        if not RunFolder(folder).calibration():
+        # every saved run has a calibration.json (temperature 1); a fitted one says where
+        if "fitted_on" not in RunFolder(folder).calibration():
             log.info("calibrating %s", folder.name)
             calibrate_run(folder)
 
@@ -178,16 +179,24 @@ def collect(study: Study) -> list[dict]:
     """A record of every finished run in every grid's output folder, written under
     ``study.results``; returns all records there."""
     grids_of: dict[Path, list[str]] = {}
+    collected = []
     for grid in study.grids:
         try:
             cells = expand(read_grid(grid.path), grid_output(grid))
         except LlmclfError as exc:  # a grid whose options this llmclf lacks
             log.warning("grid %s not collected: %s", grid.name, str(exc).splitlines()[0])
             continue
+        collected.append(grid)
         for cell in cells:
             grids_of.setdefault(cell.folder.resolve(), []).append(grid.name)
-        for folder in finished_runs(grid_output(grid)):  # steps' runs too
-            grids_of.setdefault(folder.resolve(), []).append(grid.name)
+    # the steps' runs (zero-shot, distilled) belong to the grid whose steps made them;
+    # grids share output folders, so a run no grid lists as a cell is a step's
+    cells_of_grids = set(grids_of)
+    for grid in collected:
+        if grid.steps:
+            for folder in finished_runs(grid_output(grid)):
+                if folder.resolve() not in cells_of_grids:
+                    grids_of.setdefault(folder.resolve(), []).append(grid.name)
     for folder, grids in grids_of.items():
         if RunFolder(folder).finished:
             write_record(cell_record(folder, sorted(set(grids))), study.results)
@@ -229,9 +238,12 @@ def run_study(study: Study, report_only: bool = False, only: set[str] | None = N
         return render(study)
     timing = run_grids(study, only)
     path = study.results / TIMING
-    if only and path.is_file():  # the grids not run now keep their last times
-        earlier = read_json(path).get("grids", {})
-        timing["grids"] = {**earlier, **timing["grids"]}
+    if only and path.is_file():  # the grids not run now keep their last times, and the
+        earlier = read_json(path)  # total stays that of the last whole study
+        timing["grids"] = {**earlier.get("grids", {}), **timing["grids"]}
+        for key in ("total_seconds", "finished"):
+            if key in earlier:
+                timing[key] = earlier[key]
     records = collect(study)
     timing = grid_costs(study, records, timing)
     study.results.mkdir(parents=True, exist_ok=True)
