@@ -148,6 +148,7 @@ def main() -> None:
                 "train_seconds": metrics["train_seconds"],
                 "test_macro_f1_score_mode": round(metrics["macro_f1"], 4),
                 "trainable_params": metrics["trainable_params"],
+                "dtype": metrics.get("dtype"),
             }
             print("train", label, training[label])
         training["prefix_sharing_train_speedup"] = round(
@@ -177,6 +178,7 @@ def main() -> None:
             "accuracy": round(metrics["accuracy"], 4),
             "seconds": metrics["eval_seconds"],
             "examples_per_s": metrics["eval_examples_per_s"],
+            "dtype": metrics.get("eval_dtype", metrics.get("dtype")),
             **({"unparsed_rate": metrics["unparsed_rate"]} if "unparsed_rate" in metrics else {}),
         }
         print(mode, results[mode])
@@ -206,6 +208,7 @@ def main() -> None:
                 "zero_shot": zero_shot,
                 "labels": len(labels),
             },
+            "dtype": results[args.modes[0]]["dtype"],
             "training": training,
             "label_tokens_min_mean_max": [
                 min(label_tokens),

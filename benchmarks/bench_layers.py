@@ -65,6 +65,7 @@ def main() -> None:
                 "trainable_params": metrics["trainable_params"],
                 "total_params": metrics["total_params"],
                 "peak_rss_mb": metrics["peak_rss_mb"],
+                "dtype": metrics.get("dtype"),
                 "wall_seconds": round(wall, 1),
             }
         )

@@ -96,6 +96,7 @@ def stream_part(work: Path) -> dict:
                 work / f"predict-{n}-{label}.log",
             )
             figures["rows_per_s"] = round(n / figures["seconds"], 1)
+            figures["dtype"] = "none (TF-IDF + logistic regression, no torch)"
             out[f"{n}_{label}"] = figures
             print(n, label, figures, flush=True)
     return out
@@ -122,6 +123,7 @@ def train_part(work: Path) -> dict:
         metrics = json.loads((run / "metrics.json").read_text())
         figures["train_examples"] = metrics["train_examples"]
         figures["train_tokens_per_s"] = metrics.get("train_tokens_per_s")
+        figures["dtype"] = metrics.get("dtype")
         out[str(n)] = figures
         print("train", n, figures, flush=True)
     return out
@@ -139,7 +141,8 @@ def ray_part(work: Path) -> dict:
     for i in range(4):  # 4 shards of 75
         test.iloc[i * 75 : (i + 1) * 75].to_parquet(shards / f"part-{i}.parquet")
     test.to_parquet(work / "ray-all.parquet")
-    out: dict = {"rows": len(test)}
+    dtype = json.loads((run / "metrics.json").read_text()).get("dtype")
+    out: dict = {"rows": len(test), "dtype": dtype}
     target = work / "ray-plain.parquet"
     target.unlink(missing_ok=True)
     plain = measured(

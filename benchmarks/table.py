@@ -206,6 +206,7 @@ def instruct_lines(r: dict) -> list[str]:
         row("macro-F1", "macro_f1"),
         row("accuracy", "accuracy"),
         row("unparsed answers", "unparsed_rate", "{:.1%}"),
+        *([row("dtype", "dtype")] if any("dtype" in r[c] for c, _ in columns) else []),
         "",
         f"`score_speedup_vs_generate` **{r['score_speedup_vs_generate']}**"
         + (
@@ -255,14 +256,14 @@ def layers_lines(r: dict) -> list[str]:
         "validation and test splits. `--lora-layers K` keeps all blocks and puts LoRA on the "
         "last K only.",
         "",
-        "| variant | test macro-F1 | train s | test examples/s | trainable | total params |",
-        "|---|---|---|---|---|---|",
+        "| variant | test macro-F1 | train s | test examples/s | trainable | total params | dtype |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         out.append(
             f"| {row['variant']} | {row['macro_f1']} | {row['train_seconds']} | "
             f"{row['test_examples_per_s']} | {row['trainable_params']:,} | "
-            f"{row['total_params']:,} |"
+            f"{row['total_params']:,} | {row.get('dtype', '-')} |"
         )
     return [*out, ""]
 
@@ -350,7 +351,8 @@ def scale_lines(r: dict) -> list[str]:
     if "train" in r:
         out += [
             "`llmclf train` on 20newsgroups (`--train-limit`, 1 epoch, 256 tokens, a tiny "
-            "random Llama with SmolLM2's tokenizer, fp32): the memory that grows is the data's.",
+            "random Llama with SmolLM2's tokenizer, `--dtype float32`): the memory that grows "
+            "is the data's.",
             "",
             "| training examples | seconds | peak RSS MiB |",
             "|---|---|---|",
@@ -361,7 +363,8 @@ def scale_lines(r: dict) -> list[str]:
     if "ray" in r:
         ray = r["ray"]
         out += [
-            f"SmolLM2 head run (train_20newsgroups_256_bf16) labelling {ray['rows']} "
+            f"SmolLM2 head run (train_20newsgroups_256_bf16, {ray.get('dtype', 'bfloat16')}) "
+            f"labelling {ray['rows']} "
             "20newsgroups test texts; wall time of the whole command (Ray's start included):",
             "",
             "| how | seconds | rows/s | peak RSS MiB (driver) |",
@@ -378,6 +381,37 @@ def scale_lines(r: dict) -> list[str]:
     return out
 
 
+def threads_lines(r: dict) -> list[str]:
+    """bench_threads.py: the threads torch and the tokenizers run with, and the price of
+    tokenization, collation and torch's thread count next to the model."""
+    t = r["training_process"]["threads"]
+    out = [
+        "### Threads: torch and the tokenizers during training and prediction",
+        "",
+        f"A training process (`llmclf train`, {r['training_process']['dtype']}): torch "
+        f"{t['torch_threads']} threads ({t['torch_interop_threads']} inter-op) on "
+        f"{t['usable_cpus']} usable CPUs, CPU quota {t['cpu_quota'] or 'none'}, tokenizers' "
+        f"parallelism {t['tokenizers_parallelism']}. Prediction of the {r['default']['texts']} "
+        f"test texts of `{r['settings']['run']}` ({r['dtype']}), each setting its own "
+        "process, timed after a warm-up:",
+        "",
+        "| setting | torch threads | tokenizers | predict s | examples/s | vs default | "
+        "tokenize s | tokenize share | collate ms / batch | same predictions |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in r.items():
+        if not isinstance(f, dict) or "predict_seconds" not in f:
+            continue
+        out.append(
+            f"| {name} | {f['threads']['torch_threads']} | "
+            f"{f['threads']['tokenizers_parallelism']} | {f['predict_seconds']} | "
+            f"{f['predict_examples_per_s']} | {f['predict_speed_vs_default']}x | "
+            f"{f['tokenize_seconds']} | {f['tokenize_share_of_predict']:.2%} | "
+            f"{f['collate_seconds_per_batch'] * 1000:.2f} | {f['same_predictions_as_default']} |"
+        )
+    return [*out, ""]
+
+
 def main() -> None:
     renderers = (
         ("train_", train_lines),
@@ -387,6 +421,7 @@ def main() -> None:
         ("serve_", serve_lines),
         ("long_", long_lines),
         ("scale", scale_lines),
+        ("threads", threads_lines),
     )
     lines: list[str] = []
     shown = None

@@ -41,7 +41,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
     On MPS, operations the backend lacks fall back to the CPU when
     ``PYTORCH_ENABLE_MPS_FALLBACK=1`` is set before Python starts (llmclf sets it for its
-    own process if it is unset, which works when torch has not yet used MPS)."""
+    own process if it is unset, which works when torch has not yet used MPS). On the CPU,
+    torch's threads are cut to a container's CPU quota (``speed.fit_threads_to_quota``)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise LlmclfError("--device cuda was asked for but no CUDA GPU is visible")
     if name == "mps" and not mps_available():
@@ -55,6 +56,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda", PartialState().local_process_index)
     if name == "mps":
         os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    if name == "cpu":
+        speed.fit_threads_to_quota()  # a container's CPU quota, not the host's cores
     return torch.device(name)
 
 
@@ -451,8 +454,24 @@ def load_adapter_for_inference(base, folder: str):
     separate, since merging into NF4 weights would round it away."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base, folder)
-    if getattr(base, "hf_quantizer", None) is None:
+    return merge_for_inference(PeftModel.from_pretrained(base, folder))
+
+
+def merge_for_inference(model):
+    """A LoRA model made ready to predict: over a full-precision base the adapter is merged
+    into the weights (PEFT ``merge_adapter``; the adapter weights themselves stay as they
+    are, so it can still be saved and unmerged); over a 4-bit base it stays separate.
+
+    A model just trained predicts through this too, so its test metrics are those of the
+    saved run loaded again, and in bf16 the LoRA matmuls (fp32 weights) stop costing time:
+    the demo's 426 test articles ran at 15.9 examples/s unmerged vs 25.1 merged on a
+    2-core AMX Xeon."""
+    from peft import PeftModel
+
+    if (
+        isinstance(model, PeftModel)
+        and getattr(model.get_base_model(), "hf_quantizer", None) is None
+    ):
         model.merge_adapter()
     return model
 

@@ -157,3 +157,60 @@ def cpu_probe(hidden: int, intermediate: int, cache: Path | None = None) -> Dtyp
     )
     _measured[key] = probe
     return probe
+
+
+def cgroup_cpus(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """The CPUs a container's quota allows (cgroup v2 ``cpu.max``: ``quota period``), or
+    None without a quota. torch counts the host's cores, not the quota."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        quota, period = path.read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; the core count elsewhere)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def fit_threads_to_quota(quota_path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """Under a container CPU quota smaller than torch's thread count (torch counts the
+    host's cores), set torch's threads to the quota, so that its threads do not take turns
+    on fewer CPUs than they are. ``OMP_NUM_THREADS`` set by the user is left alone. Returns
+    the thread count set, or None when nothing changed."""
+    quota = cgroup_cpus(quota_path)
+    if quota is None or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    wanted = max(1, int(quota))  # a fractional CPU gets its whole-CPU floor, at least 1
+    if wanted >= torch.get_num_threads():
+        return None
+    log.info(
+        "this container's CPU quota is %g CPUs: torch set to %d threads (was %d; "
+        "OMP_NUM_THREADS overrides)",
+        quota,
+        wanted,
+        torch.get_num_threads(),
+    )
+    torch.set_num_threads(wanted)
+    return wanted
+
+
+def thread_settings() -> dict:
+    """The CPU parallelism this process runs with, for ``metrics.json``: torch's intra-op
+    and inter-op threads, the CPUs it may use (and a container's quota), and the
+    tokenizers' own thread pool (on unless ``TOKENIZERS_PARALLELISM`` turns it off)."""
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "usable_cpus": usable_cpus(),
+        "cpu_quota": cgroup_cpus(),
+        "tokenizers_parallelism": (
+            "on (default)"
+            if parallelism is None
+            else ("off" if parallelism.lower() in ("0", "false", "off", "no") else "on")
+        ),
+    }

@@ -91,6 +91,22 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
     assert loaded.predict(texts) == fitted.predict(texts)
 
 
+def test_a_just_trained_bf16_model_predicts_as_its_saved_run_loaded_again(tiny_llama, tmp_path):
+    """After fit the adapter is merged into the (bf16) base, as a loaded run's is: the
+    test metrics written by `llmclf train` are what a user of the saved run gets, and the
+    fp32 LoRA matmuls no longer run beside the bf16 base."""
+    from peft.tuners.lora import LoraLayer
+
+    texts, labels = make_texts(40, seed=3)
+    clf = HeadClassifier(tiny_llama, progress=False, dtype="bfloat16", **FAST).fit(texts, labels)
+    layers = [m for m in clf.model_.modules() if isinstance(m, LoraLayer)]
+    assert layers and all(layer.merged for layer in layers)
+    trained = clf.predict_proba(texts)
+    clf.save(tmp_path / "run")
+    loaded = HeadClassifier.load(tmp_path / "run", progress=False)
+    np.testing.assert_array_equal(loaded.predict_proba(texts), trained)
+
+
 def test_plain_peft_load_gives_the_same_logits(fitted, tmp_path):
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer

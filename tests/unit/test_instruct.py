@@ -161,6 +161,11 @@ def test_accounting_counts_lora_only(fitted):
 
 
 def test_save_load_gives_identical_predictions(fitted, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    # merged after fit, as a loaded run is: the same numbers either way
+    layers = [m for m in fitted.model_.modules() if isinstance(m, LoraLayer)]
+    assert layers and all(layer.merged for layer in layers)
     texts, _ = make_texts(12, seed=3)
     folder = fitted.save(tmp_path / "run")
     loaded = InstructClassifier.load(folder, progress=False)

@@ -136,3 +136,52 @@ def test_metrics_record_the_dtype_and_the_probe(tiny_llama, tmp_path):
     assert metrics["dtype"] == "float32"  # conftest's probe: bf16 at half speed
     assert metrics["dtype_probe"]["chosen"] == "float32"
     assert metrics["dtype_probe"]["speedup_bf16_vs_fp32"] == 0.5
+    assert metrics["eval_dtype"] == "float32"
+    # the parallelism it trained and evaluated with
+    for threads in (metrics["threads"], metrics["eval_threads"]):
+        assert threads["torch_threads"] == torch.get_num_threads()
+        assert threads["usable_cpus"] >= 1
+        assert threads["tokenizers_parallelism"] in ("on (default)", "on", "off")
+
+
+@pytest.mark.parametrize(
+    "content, cpus", [("200000 100000\n", 2.0), ("50000 100000", 0.5), ("max 100000", None)]
+)
+def test_a_containers_cpu_quota_is_read(tmp_path, content, cpus):
+    (tmp_path / "cpu.max").write_text(content)
+    assert speed.cgroup_cpus(tmp_path / "cpu.max") == cpus
+    assert speed.cgroup_cpus(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "quota, omp, expected",
+    [
+        ("100000 100000", None, 1),  # 1 CPU of quota: torch cut to 1 thread
+        ("50000 100000", None, 1),  # half a CPU: still 1 thread
+        ("100000 100000", "2", None),  # the user's OMP_NUM_THREADS wins
+        ("max 100000", None, None),  # no quota
+        ("6400000 100000", None, None),  # a quota above torch's count: unchanged
+    ],
+)
+def test_torch_threads_are_cut_to_the_cpu_quota(tmp_path, monkeypatch, quota, omp, expected):
+    (tmp_path / "cpu.max").write_text(quota)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert speed.fit_threads_to_quota(tmp_path / "cpu.max") == expected
+        assert torch.get_num_threads() == (expected or 2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_tokenizers_parallelism_is_reported_as_set(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    assert speed.thread_settings()["tokenizers_parallelism"] == "on (default)"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    assert speed.thread_settings()["tokenizers_parallelism"] == "off"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    assert speed.thread_settings()["tokenizers_parallelism"] == "on"

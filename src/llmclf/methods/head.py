@@ -237,7 +237,7 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             optimizer=optimizer,
             token_inputs=not self.frozen_,
         )
-        self.model_.eval()
+        self.model_ = backbone.merge_for_inference(self.model_).eval()
         if schema.multi_label:
             schema.thresholds = self._thresholds(
                 config.head.threshold, eval_texts, eval_labels, schema

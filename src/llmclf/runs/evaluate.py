@@ -34,6 +34,7 @@ from llmclf.run_folder import (
     write_json,
     write_predictions,
 )
+from llmclf.speed import thread_settings
 
 log = logging.getLogger("llmclf")
 
@@ -116,6 +117,10 @@ def evaluate_examples(
     )
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
+    dtype = getattr(classifier, "dtype_", None)
+    if dtype is not None:  # the precision it predicted in (a run loads in its own)
+        metrics["eval_dtype"] = str(dtype).removeprefix("torch.")
+    metrics["eval_threads"] = thread_settings()
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
     figures, columns = classifier.prediction_extras()
     metrics.update(figures)

@@ -35,6 +35,7 @@ from llmclf.run_folder import (
     write_predictions,
 )
 from llmclf.runs.evaluate import evaluate_examples, evaluation_split
+from llmclf.speed import thread_settings
 from llmclf.training import check_tracker, peak_gpu_mb, peak_rss_mb
 
 log = logging.getLogger("llmclf")
@@ -140,6 +141,7 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         # the processes that trained it together (torchrun / accelerate launch); 1 alone
         "num_processes": world_size(),
+        "threads": thread_settings(),
     }
     if result is not None:
         if result.tracking is not None:

@@ -283,7 +283,7 @@ class InstructClassifier(ClassifierBase):
             dtype=self.dtype_,
             progress=self.progress,
         )
-        self.model_.eval()
+        self.model_ = backbone.merge_for_inference(self.model_).eval()
         if schema.multi_label:
             schema.thresholds = self._thresholds(
                 config.instruct.threshold, eval_texts, eval_labels, schema
