@@ -48,7 +48,10 @@ def naive_scores(clf, texts: list[str]) -> np.ndarray:
             ids[j, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
             mask[j, : len(prompt) + len(answer)] = 1
         with torch.no_grad():
-            logprobs = clf.model_(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+            # in fp32, as llmclf's scorer does (a bf16 log-softmax over the vocabulary
+            # alone is off by up to ~0.06 per token)
+            logits = clf.model_(input_ids=ids, attention_mask=mask).logits
+            logprobs = logits.float().log_softmax(-1)
         for j, answer in enumerate(answers):
             steps = torch.arange(len(answer)) + len(prompt) - 1
             out[i, j] = logprobs[j, steps, torch.tensor(answer)].sum().item()

@@ -101,8 +101,9 @@ def main() -> None:
         settings[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(name, {k: v for k, v in settings[name].items() if k != "predicted"})
     base = settings["default"]
+    reference = base["predicted"]
     for figures in settings.values():
-        figures["same_predictions_as_default"] = figures.pop("predicted") == base["predicted"]
+        figures["same_predictions_as_default"] = figures.pop("predicted") == reference
         figures["predict_speed_vs_default"] = round(
             base["predict_seconds"] / figures["predict_seconds"], 3
         )

@@ -289,6 +289,24 @@ def serve_lines(r: dict) -> list[str]:
     ]
 
 
+def used_dtypes(r: dict) -> str:
+    """The dtypes the runs of a results file computed in (what ``auto`` chose)."""
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "dtype" and isinstance(item, str) and item != "auto":
+                    found.add(item)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk({k: v for k, v in r.items() if k != "settings"})
+    return ", ".join(sorted(found)) or "not recorded"
+
+
 def long_lines(r: dict) -> list[str]:
     s = r["settings"]
     out = [
@@ -298,7 +316,8 @@ def long_lines(r: dict) -> list[str]:
         f"{s['validation']} validation / {s['test']} test texts (stratified samples), "
         f"{s['epochs']:g} epoch{'s' if s['epochs'] != 1 else ''}, batch {s['batch_size']} texts, --max-length {s['max_length']} "
         f"per window, chunks: --max-chunks {s['max_chunks']}, stride {s['chunk_stride']}, "
-        f"--dtype {s['dtype']}. Each run is its own process (peak RSS its own); training "
+        f"--dtype {s['dtype']} ({used_dtypes(r)}). Each run is its own process (peak RSS "
+        "its own); training "
         "examples/s = training texts / training seconds (model loading and validation "
         "included); test examples/s from `metrics.json`.",
         "",
@@ -412,7 +431,9 @@ def threads_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
-def main() -> None:
+def render(results=RESULTS) -> list[str]:
+    """The generated part of BENCHMARKS.md: every results file in ``results``, each
+    after the machine it ran on."""
     renderers = (
         ("train_", train_lines),
         ("inference_", inference_lines),
@@ -425,14 +446,19 @@ def main() -> None:
     )
     lines: list[str] = []
     shown = None
-    for prefix, render in renderers:
-        for path in sorted(RESULTS.glob(f"{prefix}*.json")):
+    for prefix, lines_of in renderers:
+        for path in sorted(results.glob(f"{prefix}*.json")):
             result = json.loads(path.read_text())
             if result["machine"] != shown:  # each result says the machine it ran on
                 lines += machine_lines(result["machine"])
                 shown = result["machine"]
-            lines += render(result)
+            lines += lines_of(result)
             lines += [f"(from `benchmarks/results/{path.name}`, {result['date']})", ""]
+    return lines
+
+
+def main() -> None:
+    lines = render()
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)

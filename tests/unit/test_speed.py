@@ -185,3 +185,32 @@ def test_the_tokenizers_parallelism_is_reported_as_set(monkeypatch):
     assert speed.thread_settings()["tokenizers_parallelism"] == "off"
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     assert speed.thread_settings()["tokenizers_parallelism"] == "on"
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"LLMCLF_TUNE_MALLOC": "0"}, False),  # the user's opt-out
+        ({"MALLOC_ARENA_MAX": "2"}, False),  # the user tunes malloc themselves
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, False),
+    ],
+)
+def test_malloc_is_left_alone_where_the_user_says_so(monkeypatch, env, expected):
+    monkeypatch.setattr(speed, "_malloc_tuned", None)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert speed.tune_malloc() is expected
+
+
+def test_malloc_is_tuned_once_with_glibc(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(speed, "_malloc_tuned", None)
+    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("LLMCLF_TUNE_MALLOC", raising=False)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert speed.tune_malloc() is glibc  # mallopt accepted both settings
+    monkeypatch.setenv("LLMCLF_TUNE_MALLOC", "0")
+    assert speed.tune_malloc() is glibc  # decided once per process

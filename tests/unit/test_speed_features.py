@@ -130,6 +130,8 @@ def test_lora_layers_adapts_the_last_blocks_and_backward_stops_below(tiny_llama,
     assert lora and all(".layers.1." in n for n in lora)
 
     # in training mode block 0 runs without autograd: nothing below block 1 keeps activations
+    # (fit leaves the adapter merged for prediction; training runs it unmerged)
+    clf.model_.unmerge_adapter()
     needs_grad = {}
     blocks = clf.model_.get_base_model().model.layers
     hooks = [
