@@ -32,19 +32,25 @@ def machine() -> dict:
 
     cpu = platform.processor() or platform.machine()
     flags = ""
+    ids = {}  # x86 CPU family and model: "AMD EPYC" alone names several generations
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and cpu in ("", platform.machine()):
+                cpu = value
+            if key in ("cpu family", "model"):
+                ids.setdefault(key, value)
+            if key == "flags":
+                flags = f" {value} "
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "avx512": " avx512f" in flags,
+        "avx512": " avx512f " in flags,
         "amx": " amx_tile" in flags,
+        "avx512_bf16": " avx512_bf16 " in flags,
+        "cpu_id": " ".join(f"{k.split()[-1]} {v}" for k, v in ids.items()) or None,
         "memory_gib": round(memory_gib, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

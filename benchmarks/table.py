@@ -15,9 +15,11 @@ BEGIN, END = "<!-- begin generated: benchmarks/table.py -->", "<!-- end generate
 
 def machine_lines(m: dict) -> list[str]:
     gpu = m["gpu"] or "none"
+    cpu_id = f" (CPU {m['cpu_id']})" if m.get("cpu_id") else ""  # recorded from 2026-12-03 on
+    bf16 = f", AVX-512 bf16 {'yes' if m['avx512_bf16'] else 'no'}" if "avx512_bf16" in m else ""
     return [
-        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-        f"{m['memory_gib']} GiB RAM, AVX-512 {'yes' if m['avx512'] else 'no'}, "
+        f"Machine: {m['cpu']}{cpu_id}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"{m['memory_gib']} GiB RAM, AVX-512 {'yes' if m['avx512'] else 'no'}{bf16}, "
         f"AMX {'yes' if m['amx'] else 'no'}, GPU {gpu}; Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}.",
         "",

@@ -119,8 +119,14 @@ def contrasts_table(contrasts: list[Contrast]) -> list[str]:
 
 
 def sweep_figure(records: list[dict], ds: Datasets) -> bytes | None:
+    """The LoRA-budget figure as PNG bytes (None without sweep runs)."""
+    figure = sweep_plot(records, ds)
+    return None if figure is None else to_png(figure)
+
+
+def sweep_plot(records: list[dict], ds: Datasets):
     """Test F1 against trainable parameters (log x): head and instruct over the LoRA
-    sweep, with the baselines as horizontal lines."""
+    sweep, with the baselines as dotted horizontal lines, each named in the legend."""
     methods = {m: sweep_runs(records, ds.single, m) for m in ("head", "instruct")}
     if not any(methods.values()):
         return None
@@ -160,7 +166,7 @@ def sweep_figure(records: list[dict], ds: Datasets) -> bytes | None:
         and seed_of(r) in (42, None)
     ]
     for index, (name, value) in enumerate(sorted(set(baselines))):
-        ax.axhline(value, color=colour(index + 2), linestyle=":", linewidth=1)
+        ax.axhline(value, color=colour(index + 2), linestyle=":", linewidth=1, label=name)
         ax.text(ax.get_xlim()[0], value, f" {name}", fontsize=7, va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
@@ -168,7 +174,7 @@ def sweep_figure(records: list[dict], ds: Datasets) -> bytes | None:
     ax.set_title(f"LoRA budget sweep on {ds.single} (seed 42)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return to_png(figure)
+    return figure
 
 
 def forest_figure(claims: list[Claim]) -> bytes | None:

@@ -107,8 +107,9 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=argparse.SUPPRESS,
         help="CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
-        "instruct runs over a full-precision base): 1.4-2x faster here, probabilities "
-        "change slightly (see BENCHMARKS.md)",
+        "instruct runs over a full-precision base): 1.1-2x faster than float32 on the CPUs "
+        "measured, but slower than bf16 where --dtype auto picks it (0.79x on a Zen 4); "
+        "probabilities change slightly (see BENCHMARKS.md)",
     )
 
 

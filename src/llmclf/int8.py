@@ -2,9 +2,11 @@
 scale per output channel) and int8 activations quantized on the fly (one scale per token),
 through torchao's dynamic quantization. The matmuls then run on the CPU's int8 units: on
 this project's 2-core machines prediction ran 1.08x (Intel Xeon) to 1.4-2x (AMD EPYC) faster
-than float32, at a small change in the probabilities (measured in BENCHMARKS.md; the eager
-activation quantization is what limits it). The head, the LM head and the embeddings stay in
-full precision. A quantized model can only predict: it cannot be trained or saved.
+than float32, but 0.79x the bf16 path on an AMD EPYC Zen 4 where --dtype auto picks bf16, at
+a small change in the probabilities (measured in BENCHMARKS.md; the eager activation
+quantization is what limits it). The head, the LM head, the embeddings and a chunked run's
+window scorer stay in full precision. A quantized model can only predict: it cannot be
+trained or saved.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import torch
 
 from llmclf.backbone import HEADS
 from llmclf.errors import LlmclfError
+from llmclf.long_text import ATTENTION_MODULE
 
 # modules that stay in full precision: classification heads, the LM head (tied to the
-# embeddings), and the unused LoRA matrices of a merged adapter
-KEEP_FULL_PRECISION = (*HEADS, "lora_")
+# embeddings), a chunked run's window scorer (trained like the head), and the unused LoRA
+# matrices of a merged adapter
+KEEP_FULL_PRECISION = (*HEADS, ATTENTION_MODULE, "lora_")
 
 
 def _kept(name: str) -> bool:

@@ -443,3 +443,27 @@ def test_a_chunked_run_is_refused_by_the_export_in_one_line(chunked_head, tmp_pa
     err = capsys.readouterr().err
     assert "reads texts in windows (--long-text chunks)" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "merged").exists()
+
+
+def test_int8_quantizes_a_chunked_run_but_keeps_its_window_scorer(chunked_head, tmp_path):
+    from llmclf.runs import load_classifier
+
+    texts, _ = long_texts(12, seed=5)
+    run = chunked_head.save(tmp_path / "run")
+    full = load_classifier(run, progress=False)
+    fast = load_classifier(run, int8=True, progress=False)
+    model = fast.model_.base_model.model
+    blocks = [
+        m
+        for n, m in model.model.layers.named_modules()
+        if type(m) is torch.nn.Linear and "lora_" not in n
+    ]
+    assert blocks and all(type(m.weight).__name__ == "Int8Tensor" for m in blocks)
+    scorers = [
+        m
+        for n, m in model.named_modules()
+        if "chunk_attention" in n and isinstance(m, torch.nn.Linear)
+    ]
+    assert scorers and all(m.weight.dtype == torch.float32 for m in scorers)
+    assert type(scorers[0].weight).__name__ != "Int8Tensor"
+    np.testing.assert_allclose(fast.predict_proba(texts), full.predict_proba(texts), atol=0.05)

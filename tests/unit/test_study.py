@@ -3,12 +3,14 @@ micro study (a tiny random-weight model on a few examples) rendered end to end."
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from benchmarks.paper_study import claims as C
+from benchmarks.paper_study.render import sweep_plot
 from benchmarks.paper_study.results import read_records
 from benchmarks.paper_study.run import Grid, Study, run_study
 from llmclf.evaluation.stats import holm
@@ -174,3 +176,8 @@ def test_micro_study_renders_an_experiments_report_and_re_renders_from_records(
     # re-rendered from the checked-in records alone: the same report
     Path(report).unlink()
     assert run_study(study, report_only=True).read_text() == text
+    # the LoRA-budget figure names its dotted baseline lines in the legend
+    figure = sweep_plot(records, study.datasets)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["head, all-linear", "tfidf"]
+    plt.close(figure)
