@@ -30,27 +30,19 @@ def machine() -> dict:
     """CPU model, cores, memory, GPU and library versions of this machine."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    ids = {}  # x86 CPU family and model: "AMD EPYC" alone names several generations
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name" and cpu in ("", platform.machine()):
-                cpu = value
-            if key in ("cpu family", "model"):
-                ids.setdefault(key, value)
-            if key == "flags":
-                flags = f" {value} "
+    from llmclf.speed import cpu_info
+
+    cpu = cpu_info()
+    flags = cpu["flags"]
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
-        "cpu": cpu,
+        "cpu": cpu["name"],
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "avx512": " avx512f " in flags,
-        "amx": " amx_tile" in flags,
-        "avx512_bf16": " avx512_bf16 " in flags,
-        "cpu_id": " ".join(f"{k.split()[-1]} {v}" for k, v in ids.items()) or None,
+        "avx512": "avx512f" in flags,
+        "amx": "amx_tile" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "cpu_id": cpu["id"],  # x86 family and model: "AMD EPYC" alone names several generations
         "memory_gib": round(memory_gib, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -167,7 +167,6 @@ def sweep_plot(records: list[dict], ds: Datasets):
     ]
     for index, (name, value) in enumerate(sorted(set(baselines))):
         ax.axhline(value, color=colour(index + 2), linestyle=":", linewidth=1, label=name)
-        ax.text(ax.get_xlim()[0], value, f" {name}", fontsize=7, va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"test {primary_name(next(r for rs in methods.values() for r in rs))}")

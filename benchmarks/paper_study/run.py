@@ -7,7 +7,6 @@ checked-in records. Every step is resumable: finished cells and steps are skippe
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,16 +253,9 @@ def run_study(study: Study, report_only: bool = False, only: set[str] | None = N
 def _machine() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in info.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores"
+    from llmclf.speed import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 __all__ = ["Grid", "Study", "default_study", "run_study", "select"]

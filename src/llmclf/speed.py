@@ -66,13 +66,34 @@ class DtypeProbe:
         }
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's processor elsewhere)."""
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict:
+    """The first CPU's model name, x86 family and model ("AMD EPYC" alone names a Zen 3 and
+    a Zen 4 alike) and flags, from ``/proc/cpuinfo``; elsewhere the platform's processor,
+    no id and no flags."""
+    name, ids, flags = None, {}, ""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        for line in path.read_text().splitlines():
+            if not line.strip() and name:  # the end of the first processor's block
+                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                name = value
+            elif key in ("cpu family", "model"):
+                ids[key.split()[-1]] = value
+            elif key == "flags":
+                flags = value
+    return {
+        "name": name or platform.processor() or platform.machine(),
+        "id": " ".join(f"{k} {v}" for k, v in ids.items()) or None,
+        "flags": set(flags.split()),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its family and model where known, e.g. ``AMD EPYC (family
+    25 model 17)``: what the probe's cache tells machines apart by."""
+    info = cpu_info()
+    return f"{info['name']} ({info['id']})" if info["id"] else info["name"]
 
 
 def machine_key(shape: tuple[int, int, int]) -> str:

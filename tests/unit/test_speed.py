@@ -66,6 +66,35 @@ def test_the_probe_runs_once_per_machine_and_shape(monkeypatch, tmp_path):
     assert len(json.loads((tmp_path / speed.PROBE_FILE).read_text())) == 3
 
 
+CPUINFO = """processor\t: {n}
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: {model}
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f avx512_bf16
+
+"""
+
+
+def test_two_cpus_of_one_name_but_another_model_are_different_machines(monkeypatch, tmp_path):
+    """ "AMD EPYC" names a Zen 3 (bf16 30x slower here) and a Zen 4 (3x faster): the probe's
+    cache tells them apart by family and model, read from the first processor's block."""
+    zen3, zen4 = tmp_path / "zen3", tmp_path / "zen4"
+    zen3.write_text(CPUINFO.format(n=0, model=1) + CPUINFO.format(n=1, model=1))
+    zen4.write_text(CPUINFO.format(n=0, model=17) + CPUINFO.format(n=1, model=99))
+    info = speed.cpu_info(zen4)
+    assert info["name"] == "AMD EPYC" and info["id"] == "family 25 model 17"
+    assert {"avx512f", "avx512_bf16"} <= info["flags"] and "amx_tile" not in info["flags"]
+    assert speed.cpu_info(tmp_path / "absent")["id"] is None  # not Linux: name only
+
+    keys, real = {}, speed.cpu_info
+    for machine in (zen3, zen4):
+        monkeypatch.setattr(speed, "cpu_info", lambda path=machine: real(path))
+        keys[machine.name] = speed.machine_key((256, 576, 1536))
+    assert "AMD EPYC (family 25 model 1)" in keys["zen3"]
+    assert "AMD EPYC (family 25 model 17)" in keys["zen4"]
+
+
 def test_a_garbled_cache_file_is_measured_over(monkeypatch, tmp_path):
     monkeypatch.setattr(speed, "_measured", {})
     (tmp_path / speed.PROBE_FILE).write_text("{not json")
