@@ -95,6 +95,13 @@ def bounded_shapes(buckets: ShapeBuckets | None, warm_up: bool = False) -> Itera
         _BOUNDED.reset(token)
 
 
+def active_bounds() -> tuple[ShapeBuckets | None, bool]:
+    """The ``bounded_shapes`` in force: its buckets (None: exact shapes) and whether to
+    warm up first (for batchers other than ``run_batches``, e.g. chunked texts' windows)."""
+    bounded = _BOUNDED.get()
+    return (bounded.buckets, bounded.warm_up) if bounded is not None else (None, False)
+
+
 def forward_overhead_tokens(device: torch.device | str | None) -> int:
     """The per-call overhead ``length_sorted_batches`` weighs padding against."""
     kind = torch.device(device).type if device is not None else "cpu"
@@ -184,9 +191,8 @@ def run_batches(
     ``bounded_shapes``, batches are padded to its buckets."""
     if overhead_tokens is None:
         overhead_tokens = forward_overhead_tokens(device)
-    bounded = _BOUNDED.get()
-    buckets = bounded.buckets if bounded is not None else None
-    if bounded is not None and bounded.warm_up and sequences:
+    buckets, warm_up = active_bounds()
+    if warm_up and sequences:
         longest = max(sequences, key=len)
         for rows, width in buckets.shapes(len(longest), batch_size):
             batch = pad_batch([fitted(longest, width)] * rows, pad_id, padding_side)

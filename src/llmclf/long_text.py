@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmclf.batching import pad_batch, run_grouped, truncated_ids
+from llmclf.batching import active_bounds, fitted, pad_batch, run_grouped, truncated_ids
 from llmclf.config import NON_NEGATIVE, POSITIVE, flag, option, validate
 from llmclf.errors import LlmclfError
 
@@ -264,10 +264,13 @@ def aggregate(
 # ---------------------------------------------------------------------------------------
 
 
-def window_batch(rows_windows: list[list[list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Every window of these texts, right-padded in one batch, and ``window_counts``."""
+def window_batch(
+    rows_windows: list[list[list[int]]], pad_id: int, width: int = 0
+) -> dict[str, torch.Tensor]:
+    """Every window of these texts, right-padded in one batch (at least ``width`` wide),
+    and ``window_counts``."""
     flat = [w for windows in rows_windows for w in windows]
-    batch = pad_batch(flat, pad_id)
+    batch = pad_batch(flat, pad_id, width=width)
     batch["window_counts"] = torch.tensor([len(w) for w in rows_windows], dtype=torch.long)
     return batch
 
@@ -313,7 +316,32 @@ def run_window_batches(
 ) -> np.ndarray:
     """``forward`` over batches of at most ``batch_size`` windows (a text's windows stay
     together; a text with more gets a batch of its own), texts of similar length together;
-    [texts, ...] rows back in input order."""
+    [texts, ...] rows back in input order.
+
+    Inside ``batching.bounded_shapes`` (a server), each batch's windows are padded to a
+    bucket: the width to its multiple, the window count to a bucket's row count by one
+    extra text of copies whose result is dropped; with its warm-up, every such shape runs
+    once first. So a served chunked run, like a plain one, holds kernels for a bounded set
+    of shapes."""
+    buckets, warm_up = active_bounds()
+    if warm_up and windows:
+        longest = max((w for ws in windows for w in ws), key=len)
+        with torch.inference_mode():
+            for rows, width in buckets.shapes(len(longest), batch_size):
+                batch = window_batch([[fitted(longest, width)] * rows], pad_id)
+                forward({k: v.to(device) for k, v in batch.items()})
+
+    def make_batch(rows: list[int]) -> dict[str, torch.Tensor]:
+        texts = [windows[i] for i in rows]
+        if buckets is None:
+            return window_batch(texts, pad_id)
+        count = sum(len(ws) for ws in texts)
+        extra = buckets.padded_rows(count) - count
+        if extra:  # after the real texts: run_grouped drops its row
+            texts = [*texts, [texts[-1][-1]] * extra]
+        width = buckets.padded_width(max(len(w) for ws in texts for w in ws))
+        return window_batch(texts, pad_id, width)
+
     order = sorted(range(len(windows)), key=lambda i: -sum(len(w) for w in windows[i]))
     batches, current, size = [], [], 0
     for i in order:
@@ -324,14 +352,7 @@ def run_window_batches(
         size += len(windows[i])
     if current:
         batches.append(current)
-    return run_grouped(
-        batches,
-        lambda rows: window_batch([windows[i] for i in rows], pad_id),
-        forward,
-        len(windows),
-        device,
-        progress,
-    )
+    return run_grouped(batches, make_batch, forward, len(windows), device, progress)
 
 
 def feature_groups(features: np.ndarray, windows: list[list[list[int]]]) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from llmclf import EncoderClassifier, HeadClassifier, LlmclfError
 from llmclf.backbone import load_tokenizer
+from llmclf.batching import ShapeBuckets, bounded_shapes
 from llmclf.cli import main
 from llmclf.long_text import (
     LongTextConfig,
@@ -25,6 +26,7 @@ from llmclf.long_text import (
     group_windows,
     head_tail_ids,
     head_tail_split,
+    run_window_batches,
     tokens_read,
 )
 from tests.conftest import FILLER, WORDS, make_texts
@@ -300,6 +302,69 @@ def test_one_step_trains_lora_head_and_scorer_through_every_window(tiny_llama):
     assert any("lora_B" in n for n in changed)
     assert any("chunk_attention.modules_to_save" in n for n in changed)
     assert any("score.modules_to_save" in n for n in changed)
+
+
+def window_sums(seen):
+    """A forward that records each batch's shape and gives each text its real-token count
+    over its windows and its largest id (a text's own token)."""
+
+    def forward(batch):
+        seen.append(tuple(batch["input_ids"].shape))
+        assert len(batch["input_ids"]) == int(batch["window_counts"].sum())
+        real = batch["attention_mask"].sum(dim=1).float()
+        top = batch["input_ids"].max(dim=1).values.float()
+        features, mask = group_windows(torch.stack([real, top], dim=1), batch["window_counts"])
+        return torch.stack([features[..., 0].sum(dim=1), features[..., 1].max(dim=1).values], 1)
+
+    return forward
+
+
+@SETTINGS
+@given(
+    counts=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=4), min_size=1, max_size=12),
+    batch_size=st.integers(1, 9),
+    multiple=st.sampled_from([1, 8, 32]),
+)
+def test_served_windows_are_padded_to_buckets_and_each_text_keeps_its_result(
+    counts, batch_size, multiple
+):
+    windows = [[[t + 1] * n for n in lengths] for t, lengths in enumerate(counts)]
+    buckets = ShapeBuckets.for_batch_size(batch_size, multiple)
+    seen = []
+    with bounded_shapes(buckets):
+        out = run_window_batches(
+            windows, window_sums(seen), 0, batch_size, torch.device("cpu"), False
+        )
+    np.testing.assert_array_equal(out[:, 0], [sum(lengths) for lengths in counts])
+    np.testing.assert_array_equal(out[:, 1], np.arange(1, len(counts) + 1))
+    # a text with more windows than a batch holds gets its own batch, at its own count
+    assert all((r in buckets.rows or r > batch_size) and w % multiple == 0 for r, w in seen)
+    seen.clear()  # outside the context: exact shapes again
+    exact = run_window_batches(
+        windows, window_sums(seen), 0, batch_size, torch.device("cpu"), False
+    )
+    np.testing.assert_array_equal(exact, out)
+    assert sum(r for r, _ in seen) == sum(len(lengths) for lengths in counts)
+
+
+def test_the_window_warm_up_runs_every_shape_then_the_real_texts():
+    windows = [[[5, 6, 9], [7, 9]], [[5, 6, 7, 8, 9, 9, 9, 9, 9, 9]]]  # longest window: 10
+    buckets = ShapeBuckets.for_batch_size(4, width_multiple=4)
+    seen = []
+    with bounded_shapes(buckets, warm_up=True):
+        out = run_window_batches(windows, window_sums(seen), 0, 4, torch.device("cpu"), False)
+    warm = buckets.shapes(10, 4)
+    assert seen[: len(warm)] == warm
+    assert len(seen) > len(warm) and set(seen[len(warm) :]) <= set(warm)
+    np.testing.assert_array_equal(out, [[5, 9], [10, 9]])
+
+
+def test_a_chunked_run_predicts_the_same_inside_bounded_shapes(chunked_head):
+    texts, _ = long_texts(7, seed=5)
+    exact = chunked_head.predict_logits(texts)
+    with bounded_shapes(ShapeBuckets.for_batch_size(8, width_multiple=8), warm_up=True):
+        bucketed = chunked_head.predict_logits(texts)
+    np.testing.assert_allclose(bucketed, exact, atol=1e-5)
 
 
 def test_chunked_head_save_load_gives_identical_predictions(chunked_head, tmp_path):
