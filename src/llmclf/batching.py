@@ -102,6 +102,21 @@ def active_bounds() -> tuple[ShapeBuckets | None, bool]:
     return (bounded.buckets, bounded.warm_up) if bounded is not None else (None, False)
 
 
+@torch.inference_mode()
+def warm_up_shapes(
+    buckets: ShapeBuckets,
+    longest: int,
+    batch_size: int,
+    make_batch: Callable[[int, int], dict[str, torch.Tensor]],
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    device: torch.device,
+) -> None:
+    """``forward`` once on ``make_batch(rows, width)`` for every shape of
+    ``buckets.shapes(longest, batch_size)``, largest first (a server's start-up)."""
+    for rows, width in buckets.shapes(longest, batch_size):
+        forward({k: v.to(device) for k, v in make_batch(rows, width).items()})
+
+
 def forward_overhead_tokens(device: torch.device | str | None) -> int:
     """The per-call overhead ``length_sorted_batches`` weighs padding against."""
     kind = torch.device(device).type if device is not None else "cpu"
@@ -194,9 +209,14 @@ def run_batches(
     buckets, warm_up = active_bounds()
     if warm_up and sequences:
         longest = max(sequences, key=len)
-        for rows, width in buckets.shapes(len(longest), batch_size):
-            batch = pad_batch([fitted(longest, width)] * rows, pad_id, padding_side)
-            forward({k: v.to(device) for k, v in batch.items()})
+        warm_up_shapes(
+            buckets,
+            len(longest),
+            batch_size,
+            lambda rows, width: pad_batch([fitted(longest, width)] * rows, pad_id, padding_side),
+            forward,
+            device,
+        )
 
     def make_batch(rows: list[int]) -> dict[str, torch.Tensor]:
         chosen = [sequences[i] for i in rows]

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmclf.batching import active_bounds, fitted, pad_batch, run_grouped, truncated_ids
+from llmclf.batching import (
+    active_bounds,
+    fitted,
+    pad_batch,
+    run_grouped,
+    truncated_ids,
+    warm_up_shapes,
+)
 from llmclf.config import NON_NEGATIVE, POSITIVE, flag, option, validate
 from llmclf.errors import LlmclfError
 
@@ -326,10 +333,14 @@ def run_window_batches(
     buckets, warm_up = active_bounds()
     if warm_up and windows:
         longest = max((w for ws in windows for w in ws), key=len)
-        with torch.inference_mode():
-            for rows, width in buckets.shapes(len(longest), batch_size):
-                batch = window_batch([[fitted(longest, width)] * rows], pad_id)
-                forward({k: v.to(device) for k, v in batch.items()})
+        warm_up_shapes(
+            buckets,
+            len(longest),
+            batch_size,
+            lambda rows, width: window_batch([[fitted(longest, width)] * rows], pad_id),
+            forward,
+            device,
+        )
 
     def make_batch(rows: list[int]) -> dict[str, torch.Tensor]:
         texts = [windows[i] for i in rows]
