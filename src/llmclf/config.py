@@ -44,11 +44,13 @@ def option(
     check: Callable[[str, Any], None] | None = None,
     runtime: bool = False,
     predict_time: bool = False,
+    repeat: bool = False,
 ):
     """A dataclass field carrying its CLI help text and what values it takes.
 
     ``bound`` is ``POSITIVE`` (> 0), ``NON_NEGATIVE`` (≥ 0) or ``FRACTION`` ([0, 1));
-    ``check(flag, value)`` raises ``LlmclfError`` for a bad value.
+    ``check(flag, value)`` raises ``LlmclfError`` for a bad value. ``repeat``: a list
+    option given as ``--name a --name b`` rather than ``--name a b``.
     """
     metadata = {
         "help": help,
@@ -57,7 +59,35 @@ def option(
         "check": check,
         "runtime": runtime,
         "predict_time": predict_time,
+        "repeat": repeat,
     }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def same_as(cls: type, name: str, default: Any = dataclasses.MISSING, help: str | None = None):
+    """The option ``name`` of the section ``cls`` again, for another options class: its
+    type rules, help and default are written once, where the section declares them
+    (``default`` / ``help`` change them for this use only).
+
+    Example:
+        >>> @dataclass
+        ... class Example:
+        ...     device: str = same_as(ModelConfig, "device")
+        >>> Example().device
+        'auto'
+    """
+    source = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if source is None:
+        raise TypeError(f"{cls.__name__} has no option {name}")
+    metadata = dict(source.metadata)
+    if help is not None:
+        metadata["help"] = help
+    if default is dataclasses.MISSING:
+        if source.default_factory is not dataclasses.MISSING:
+            return field(default_factory=source.default_factory, metadata=metadata)
+        default = source.default
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -375,6 +405,41 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------
 # A method's config: its sections, resolved once
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    """Base of a command's options (``PredictOptions``, ``ServeOptions``, ...): a dataclass
+    of ``option()`` fields, validated on construction. Flags, ``--config`` keys and
+    Python keywords all come from its fields.
+
+    Example:
+        >>> from llmclf.runs.export import ExportOptions  # doctest: +SKIP
+        >>> ExportOptions.from_values({"format": "onnx", "opset": 18})  # doctest: +SKIP
+    """
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return field_names(cls)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], where: str | None = None):
+        """The options from ``{name: value}`` (flags, YAML or keywords), validated; a name
+        this command does not have is refused in one line."""
+        unknown = sorted(set(values) - cls.names())
+        if unknown:
+            shown = ", ".join(flag(u) for u in unknown)
+            raise LlmclfError(
+                f"{shown} does not apply to {where or cls.__name__} "
+                f"(its options: {', '.join(flag(n) for n in sorted(cls.names()))})"
+            )
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def section(cls: type):

@@ -13,7 +13,7 @@ import logging
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from safetensors import SafetensorError
@@ -92,6 +92,10 @@ class ClassifierBase(Predictor):
 
     method: str = ""
     config_class: type[MethodConfig] = MethodConfig
+    # What the method supports, declared here and read by the core (serve, export, the
+    # CLI); no list of method names lives outside methods/.
+    # options a served run is loaded with (instruct: score mode, which gives probabilities)
+    serve_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str | None = None, *, progress: bool = True, **options: Any):
         if model is not None:

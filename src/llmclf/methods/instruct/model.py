@@ -176,6 +176,7 @@ class InstructClassifier(ClassifierBase):
 
     method = "instruct"
     config_class = InstructClassifierConfig
+    serve_overrides = {"predict_mode": "score"}  # probabilities, nothing to parse
 
     # -- setting up prompts and model --------------------------------------------------
 
