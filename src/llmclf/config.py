@@ -30,6 +30,7 @@ import yaml
 
 from llmclf.errors import LlmclfError
 
+REQUIRED = dataclasses.MISSING  # option(REQUIRED, ...): a value the command cannot do without
 POSITIVE = (">", 0)
 NON_NEGATIVE = (">=", 0)
 FRACTION = ("[0,1)", None)
@@ -63,6 +64,8 @@ def option(
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
+    if default is REQUIRED:
+        return field(metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -184,22 +187,28 @@ def _check_bound(name: str, value: Any, bound: tuple) -> None:
         raise LlmclfError(f"{flag(name)} must be in [0, 1), not {value}")
 
 
+def check_value(f: dataclasses.Field, value: Any) -> Any:
+    """One option's value coerced to its field's type and checked (choices, bounds, the
+    field's own check); a one-line ``LlmclfError`` if it does not fit."""
+    value = _coerce(f, value)
+    meta = f.metadata
+    if value is None:
+        return value
+    if meta.get("choices") and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise LlmclfError(f"{flag(f.name)} must be one of {allowed}, not {value!r}")
+    if meta.get("bound"):
+        _check_bound(f.name, value, meta["bound"])
+    if meta.get("check"):
+        meta["check"](f.name, value)
+    return value
+
+
 def validate(obj: Any) -> None:
     """Coerce and check every field of a section from its metadata (called by
     ``__post_init__``): type, allowed choices, bounds, the field's own check."""
     for f in dataclasses.fields(obj):
-        value = _coerce(f, getattr(obj, f.name))
-        setattr(obj, f.name, value)
-        meta = f.metadata
-        if value is None:
-            continue
-        if meta.get("choices") and value not in meta["choices"]:
-            allowed = ", ".join(str(c) for c in meta["choices"])
-            raise LlmclfError(f"{flag(f.name)} must be one of {allowed}, not {value!r}")
-        if meta.get("bound"):
-            _check_bound(f.name, value, meta["bound"])
-        if meta.get("check"):
-            meta["check"](f.name, value)
+        setattr(obj, f.name, check_value(f, getattr(obj, f.name)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,10 +445,62 @@ class Options:
                 f"{shown} does not apply to {where or cls.__name__} "
                 f"(its options: {', '.join(flag(n) for n in sorted(cls.names()))})"
             )
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in values
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise LlmclfError(f"{where or cls.__name__} needs {flag(missing[0])}")
         return cls(**values)
+
+    @classmethod
+    def partition(cls, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``values`` parted into this class's options and the rest."""
+        names = cls.names()
+        return (
+            {k: v for k, v in values.items() if k in names},
+            {k: v for k, v in values.items() if k not in names},
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+RUN_OWN = "the run's own"
+
+
+@dataclass
+class LoadOptions(Options):
+    """How a finished run is loaded (evaluate, predict, calibrate, compare, serve); an
+    option left unset keeps the run's own value."""
+
+    device: str | None = same_as(ModelConfig, "device", default=None)
+    dtype: str | None = same_as(ModelConfig, "dtype", default=None)
+    trust_remote_code: bool = same_as(ModelConfig, "trust_remote_code")
+    eval_batch_size: int | None = same_as(TrainConfig, "eval_batch_size", default=None)
+
+    def overrides(self) -> dict[str, Any]:
+        """The options a loaded run takes anew: those set (``int8`` apart)."""
+        out = {k: v for k, v in self.as_dict().items() if v is not None and k != "int8"}
+        if not self.trust_remote_code:
+            out.pop("trust_remote_code")
+        return out
+
+
+@dataclass
+class PredictLoadOptions(LoadOptions):
+    """How a finished run is loaded to predict (evaluate, predict, serve)."""
+
+    int8: bool = option(
+        False,
+        "CPU: predict with int8 weights and per-token int8 activations (torchao; head and "
+        "instruct runs over a full-precision base): 1.1-2x faster than float32 on the CPUs "
+        "measured, but slower than bf16 where --dtype auto picks it (0.79x on a Zen 4); "
+        "probabilities change slightly (see BENCHMARKS.md)",
+    )
 
 
 def section(cls: type):

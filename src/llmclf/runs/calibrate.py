@@ -3,15 +3,47 @@ run, so that evaluate, predict and compare apply it from then on."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+
+from llmclf.config import REQUIRED, LoadOptions, Options, option
 
 from llmclf.evaluation.comparison import calibration_before_after
 from llmclf.run_folder import TEST_PREDICTIONS, RunFolder, write_calibration
 from llmclf.runs.compare import stored_evaluation
-from llmclf.runs.evaluate import data_config_for, evaluation_split, load_classifier
+from llmclf.runs.evaluate import (
+    EvaluationData,
+    data_config_for,
+    evaluation_split,
+    load_classifier,
+)
 
 log = logging.getLogger("llmclf")
+
+
+@dataclasses.dataclass
+class CalibrateOptions(Options):
+    """llmclf calibrate: temperature scaling fitted on a held-out split, stored in the run."""
+
+    run: str = option(REQUIRED, "a run folder written by `llmclf train`")
+    split: str | None = option(
+        None,
+        "the split to fit on (default: validation, or all of a file given with --data that "
+        "has no split column); never the test split you report",
+    )
+
+
+def calibrate(
+    options: CalibrateOptions, data: EvaluationData | None = None, load: LoadOptions | None = None
+) -> dict:
+    """``llmclf calibrate``: ``calibrate_run`` with the command's options."""
+    return calibrate_run(
+        options.run,
+        (data or EvaluationData()).given(),
+        options.split,
+        **(load or LoadOptions()).overrides(),
+    )
 
 
 def calibrate_run(

@@ -10,6 +10,7 @@ and, for every pair, McNemar's test and paired-bootstrap intervals of delta F1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -17,12 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmclf.config import DataConfig, flatten, runtime_names
+from llmclf.config import (
+    REQUIRED,
+    DataConfig,
+    LoadOptions,
+    Options,
+    flag,
+    flatten,
+    option,
+    runtime_names,
+)
 from llmclf.data import content_hash
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.comparison import RunEvaluation, build_report
 from llmclf.evaluation.report import render
-from llmclf.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from llmclf.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_RESAMPLES
 from llmclf.labels import LabelSchema
 from llmclf.methods.registry import section_classes
 from llmclf.run_folder import (
@@ -33,9 +43,65 @@ from llmclf.run_folder import (
     RunFolder,
     replace_contents,
 )
-from llmclf.runs.evaluate import data_config_for, evaluate_run
+from llmclf.runs.evaluate import EvaluationData, data_config_for, evaluate_run
 
 log = logging.getLogger("llmclf")
+
+
+def _check_resamples(name: str, value: int) -> None:
+    if value < MIN_RESAMPLES:
+        raise LlmclfError(f"{flag(name)} must be at least {MIN_RESAMPLES}, not {value}")
+
+
+def _check_confidence(name: str, value: float) -> None:
+    if not 0.5 < value < 1:
+        raise LlmclfError(f"{flag(name)} must be between 0.5 and 1, not {value}")
+
+
+@dataclasses.dataclass
+class CompareOptions(Options):
+    """llmclf compare: runs tested against each other on one test set."""
+
+    runs: list[str] = option(REQUIRED, "two or more run folders")
+    output: str = option(REQUIRED, "the report folder")
+    resamples: int = option(
+        BOOTSTRAP_RESAMPLES, "paired-bootstrap resamples", check=_check_resamples
+    )
+    seed: int = option(BOOTSTRAP_SEED, "bootstrap seed")
+    confidence: float = option(
+        0.95,
+        "confidence level of the intervals; 1 - it is the significance level",
+        check=_check_confidence,
+    )
+    split: str | None = option(
+        None,
+        "with --data: the split to evaluate every run on, train, validation, test or all "
+        "(default: test, or all of a file without a split column)",
+    )
+
+
+def compare(
+    options: CompareOptions, data: EvaluationData | None = None, load: LoadOptions | None = None
+) -> dict:
+    """``llmclf compare``: ``compare_runs`` with the command's rules (column options and
+    ``--split`` need ``--data``). Returns the report dict."""
+    data_values = (data or EvaluationData()).given()
+    if data_values and "data" not in data_values:
+        raise LlmclfError("column options need --data: compare evaluates the runs on that data set")
+    if options.split is not None and not data_values:
+        raise LlmclfError(
+            "--split needs --data: without it the runs' stored test predictions are compared"
+        )
+    return compare_runs(
+        options.runs,
+        options.output,
+        data_values=data_values or None,
+        runtime=(load or LoadOptions()).overrides(),
+        resamples=options.resamples,
+        seed=options.seed,
+        confidence=options.confidence,
+        split=options.split,
+    )
 
 
 def from_frame(
@@ -169,12 +235,18 @@ def compare_runs(
     if data_values:
         # One test set for all: the first run's data options, overridden by the ones given.
         config = data_config_for(folders[0], data_values)
-        evaluations = [
-            fresh_evaluation(
-                f, n, config, runtime or {}, output / EVALUATIONS / n.replace("/", "__"), split
-            )
-            for f, n in zip(folders, names)
-        ]
+        new_folder = not output.exists()
+        try:
+            evaluations = [
+                fresh_evaluation(
+                    f, n, config, runtime or {}, output / EVALUATIONS / n.replace("/", "__"), split
+                )
+                for f, n in zip(folders, names)
+            ]
+        except LlmclfError:  # refused: leave no half-made report folder behind
+            if new_folder:
+                shutil.rmtree(output, ignore_errors=True)
+            raise
     else:
         evaluations = [stored_evaluation(f, n) for f, n in zip(folders, names)]
     ignore = runtime_names(*section_classes()) | {"llmclf_version"}

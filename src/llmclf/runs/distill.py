@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llmclf.backbone import check_model_ref
-from llmclf.config import DataConfig, flatten
+from llmclf.config import REQUIRED, DataConfig, Options, build, field_names, flag, flatten, option
 from llmclf.data import Examples, content_hash, examples_by_split, read_table, read_texts, sample
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
@@ -81,6 +81,50 @@ def read_unlabeled(path: str, text_columns: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DistillOptions(Options):
+    """llmclf distill: the teacher, the student and where it goes. What the student learns
+    is ``DistillConfig``; its own training options are the encoder method's."""
+
+    teacher: str = option(REQUIRED, "a finished run folder (TEACHER_RUN)")
+    output: str = option(REQUIRED, "the new run folder")
+    student: str | None = option(
+        None, "the student encoder: a built-in name, hub id or folder (default: minilm-l6)"
+    )
+
+
+def teacher_data_config(teacher_run: str | Path, data_values: dict) -> DataConfig:
+    """The data the student learns from: ``data_values`` when they name ``data``, else the
+    teacher's own data read the way it was read (overridden by the column options given)."""
+    if "data" not in data_values:
+        stored = RunFolder(teacher_run).data_values()
+        if "data" not in stored:
+            raise LlmclfError(f"{teacher_run} does not say what data it was trained on: give --data")
+        data_values = {**stored, **data_values}
+    return build(DataConfig, data_values)
+
+
+def distill(options: DistillOptions, config: DistillConfig | None = None, **values) -> dict:
+    """``llmclf distill``: ``distill_run`` with ``values``, data options (on the teacher's
+    data unless they name other ``data``) and the encoder student's (``epochs``, ...)."""
+    data_names = field_names(DataConfig)
+    data_values = {k: v for k, v in values.items() if k in data_names}
+    student_options = {k: v for k, v in values.items() if k not in data_names}
+    allowed = EncoderClassifier.config_class.option_names() - {"model"}
+    unknown = sorted(set(student_options) - allowed)
+    if unknown:
+        raise LlmclfError(f"{', '.join(flag(u) for u in unknown)} does not apply to distill")
+    if options.student is not None:
+        student_options["model"] = options.student
+    return distill_run(
+        options.teacher,
+        student_options,
+        teacher_data_config(options.teacher, data_values),
+        config or DistillConfig(),
+        options.output,
+    )
 
 
 def distill_run(

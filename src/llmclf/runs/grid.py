@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from llmclf.backbone import check_model_ref
-from llmclf.config import DataConfig, build, field_names, flatten, runtime_names
+from llmclf.config import REQUIRED, DataConfig, Options, build, field_names, flatten, option, runtime_names
 from llmclf.errors import LlmclfError
 from llmclf.methods.registry import method_class, method_classes
 from llmclf.run_folder import CELLS_FILE, GRID_REPORT, RunFolder, write_json
@@ -219,6 +219,21 @@ def check_finished_cell(cell: Cell) -> None:
 def _shown(value):
     """2.0 as 2: a float option set to a whole number reads as the grid file wrote it."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@dataclass
+class ExperimentOptions(Options):
+    """llmclf experiment: a grid of runs (methods x models x seeds x options), resumably,
+    then their comparison."""
+
+    grid: str = option(REQUIRED, "the grid file (see examples/grid-bbc-news.yaml)")
+    output: str | None = option(None, "the grid's folder (default: the file's `output`)")
+    dry_run: bool = option(False, "list the cells and their state; train nothing")
+
+
+def experiment(options: ExperimentOptions) -> dict:
+    """``llmclf experiment``: ``run_grid`` with the command's options."""
+    return run_grid(options.grid, output=options.output, dry_run=options.dry_run)
 
 
 def run_grid(path: str | Path, output: str | Path | None = None, dry_run: bool = False) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from llmclf.backbone import check_model_ref
-from llmclf.config import DataConfig
+from llmclf.config import REQUIRED, DataConfig, Options, build, option
 from llmclf.data import examples_by_split, sample
 from llmclf.distributed import is_main_process, world_size
 from llmclf.errors import LlmclfError
@@ -39,6 +39,34 @@ from llmclf.speed import thread_settings
 from llmclf.training import check_tracker, peak_gpu_mb, peak_rss_mb
 
 log = logging.getLogger("llmclf")
+
+
+@dataclasses.dataclass
+class TrainOptions(Options):
+    """llmclf train: which method, and the new run folder. The method's own options (its
+    config's sections) and the data options (``DataConfig``) come with it."""
+
+    output: str = option(REQUIRED, "the new run folder")
+    method: str = option("head", "the method: see `llmclf train --help` (default: head)")
+
+
+def train(options: TrainOptions, **values) -> dict | None:
+    """``llmclf train``: ``train_run`` with ``values``, data options (``DataConfig``) and
+    the method's; one that ``options.method`` does not have is refused in one line."""
+    from llmclf.config import field_names, flag
+
+    data_names = field_names(DataConfig)
+    data_values = {k: v for k, v in values.items() if k in data_names}
+    method_options = {k: v for k, v in values.items() if k not in data_names}
+    allowed = method_class(options.method).config_class.option_names()
+    unknown = sorted(set(method_options) - allowed)
+    if unknown:
+        raise LlmclfError(
+            f"{', '.join(flag(u) for u in unknown)} does not apply to --method {options.method}"
+        )
+    return train_run(
+        options.method, method_options, build(DataConfig, data_values), options.output
+    )
 
 
 def train_run(
@@ -152,12 +180,12 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         if result.resumed_from_step is not None:
             out["resumed_from_step"] = result.resumed_from_step
             out["train_seconds_before_resume"] = round(before, 2)
-    dtype = getattr(classifier, "dtype_", None)
-    if dtype is not None:
-        out["dtype"] = str(dtype).removeprefix("torch.")
-        probe = getattr(classifier, "dtype_probe_", None)
-        if probe is not None:  # --dtype auto on a CPU: what the probe measured
-            out["dtype_probe"] = probe
+    placement = getattr(classifier, "placement_", None)  # tfidf has none
+    if placement is not None:  # device, dtype, threads and malloc, decided once
+        out["dtype"] = str(placement.dtype).removeprefix("torch.")
+        if placement.dtype_probe is not None:  # --dtype auto on a CPU: what the probe measured
+            out["dtype_probe"] = placement.dtype_probe
+        out["placement"] = placement.figures()
     gpu = peak_gpu_mb()
     if gpu is not None:
         out["peak_gpu_mb"] = round(gpu, 1)
@@ -189,16 +217,31 @@ def write_run(
     write_json(output / METRICS_FILE, metrics)
 
 
+def _slug(name: str) -> str:
+    """A file-name-safe short form of a model or data reference."""
+    stem = Path(name).stem if Path(name).suffix else Path(name).name
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in stem).strip("-") or "x"
+
+
+def zero_shot_folder(method: str, options: dict, data_config: DataConfig) -> Path:
+    """Where a zero-shot run goes by default: runs/zero-shot-MODEL-DATA-MODE."""
+    config = method_class(method)(**options).resolve_config()
+    mode = getattr(getattr(config, "instruct", None), "predict_mode", None)
+    parts = ["zero-shot", _slug(config.model.model), _slug(data_config.data)]
+    return Path("runs") / "-".join([*parts, *([mode] if mode else [])])
+
+
 def zero_shot_run(
     method: str,
     options: dict,
     data_config: DataConfig,
     split: str,
-    output: str | Path,
+    output: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate the untrained model answering ``method``'s prompts on one split and write
-    a run folder (loadable by ``predict``) with the same metrics.json as a trained run."""
+    a run folder (loadable by ``predict``) with the same metrics.json as a trained run:
+    ``output``, by default ``zero_shot_folder`` (runs/zero-shot-MODEL-DATA-MODE)."""
     start = time.perf_counter()
     classes = method_classes()
     cls = method_class(method)
@@ -209,7 +252,7 @@ def zero_shot_run(
         )
     classifier = cls(progress=progress, **options)
     config = classifier.resolve_config()
-    folder = RunFolder(output)
+    folder = RunFolder(output or zero_shot_folder(method, options, data_config))
     folder.check_new(resume=False)
     check_model_ref(config.model.model)
     splits, multi_label = examples_by_split(data_config)
