@@ -403,6 +403,13 @@ class LongTextTokens:
         config = self.config_
         return fitted_ids(self.tokenizer_, texts, config.model.max_length, config.long_text)
 
+    def input_budget(self) -> int:
+        """The most tokens of a text (special ones included) the run reads: ``max_length``,
+        or with ``--long-text chunks`` what its windows read together (``tokens_read``)."""
+        config = self.config_
+        special = self.tokenizer_.num_special_tokens_to_add()
+        return tokens_read(config.long_text, config.model.max_length, special)
+
     def _windows(self, texts: list[str]) -> list[list[list[int]]]:
         config, long_text = self.config_, self.config_.long_text
         return chunk_windows(

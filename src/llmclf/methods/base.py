@@ -78,8 +78,25 @@ class Predictor:
     def predict(self, X):
         """Label strings (lists of them for multi-label); a single string gives one answer."""
         proba = self.predict_proba([X] if isinstance(X, str) else X)
-        labels = self.schema_.decode(self.schema_.decide(proba))
+        labels = self.labels_from_proba(proba)
         return labels[0] if isinstance(X, str) else labels
+
+    def labels_from_proba(self, proba: np.ndarray) -> list:
+        """What ``predict`` answers for rows of ``predict_proba``: a label string per row (a
+        list of them for multi-label, at the schema's thresholds; None for a row naming no
+        label), so a caller holding the probabilities decides as ``predict`` does."""
+        return self.schema_.decode(self.schema_.decide(np.asarray(proba)))
+
+    def input_tokens(self, texts: list[str]) -> list[int]:
+        """The tokens of the model input each text becomes, before any cut (the tokenizer's
+        special tokens included): more than ``input_budget()`` means the text was cut."""
+        encoded = self.tokenizer_(list(texts), add_special_tokens=True)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def input_budget(self) -> int | None:
+        """The most tokens of one model input this classifier reads (``input_tokens``
+        beyond it are cut); None: no limit."""
+        return None
 
 
 class ClassifierBase(Predictor):

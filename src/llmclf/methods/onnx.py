@@ -50,6 +50,10 @@ class OnnxClassifier(Predictor):
         self.max_length_ = read_json(folder / EXPORT_INFO, "export info")["max_length"]
         self.batch_size = batch_size
 
+    def input_budget(self) -> int:
+        """The exported run's ``max_length``: longer texts are cut to it."""
+        return self.max_length_
+
     def predict_logits(self, texts: list[str]) -> np.ndarray:
         """[n, num_classes] logits, rows in input order (batches of similar length)."""
         ids = truncated_ids(self.tokenizer_, texts, self.max_length_)

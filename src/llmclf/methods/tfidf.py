@@ -150,6 +150,10 @@ class TfidfClassifier(ClassifierBase):
             scores = np.stack([-scores / 2, scores / 2], axis=1)
         return scores.astype(np.float32)
 
+    def input_tokens(self, texts: list[str]) -> list[int]:
+        """Words (roughly as its analyzer splits them): it reads every one, nothing is cut."""
+        return [len(text.split()) for text in texts]
+
     # -- persistence -------------------------------------------------------------------
 
     def _save_model(self, folder: Path) -> None:

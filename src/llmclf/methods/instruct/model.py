@@ -293,6 +293,16 @@ class InstructClassifier(ClassifierBase):
     def _prompt_budget(self) -> int:
         return self.config_.model.max_length - self.answer_length_
 
+    def input_tokens(self, texts: list[str]) -> list[int]:
+        """The tokens of each text's whole prompt (chat turns, instructions, label list and
+        the text), before the text is cut to fit ``input_budget()``."""
+        prompts = [self.format_.prompt_text(t) for t in texts]
+        return [len(ids) for ids in self.tokenizer_(prompts, add_special_tokens=False)["input_ids"]]
+
+    def input_budget(self) -> int:
+        """The prompt's room: ``max_length`` less the longest answer, which must follow it."""
+        return self._prompt_budget()
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         budget = self._prompt_budget()
         long_text = self.config_.long_text
