@@ -345,9 +345,9 @@ def test_a_taken_port_is_refused_before_any_model_loads(runs, capsys, monkeypatc
     "args, fragment",
     [
         (["--name", "a", "--name", "b"], "2 --name values for 1 runs"),
-        (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
-        (["--max-wait-ms", "-1"], "--max-wait-ms must be >= 0"),
-        (["--shape-multiple", "-1"], "--shape-multiple must be >= 0"),
+        (["--max-batch-size", "0"], "--max-batch-size must be > 0, not 0"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms must be ≥ 0"),
+        (["--shape-multiple", "-1"], "--shape-multiple must be ≥ 0"),
     ],
 )
 def test_bad_serve_options_get_one_line(runs, capsys, args, fragment):
