@@ -1,11 +1,12 @@
 """Texts longer than ``--max-length`` tokens: cut them (``truncate``), keep their start and
 end (``head-tail``, Sun et al. 2019), or read them in windows (``chunks``).
 
-``chunks`` (head and encoder methods) splits a text with the tokenizer's own overflow
-(``return_overflowing_tokens`` with ``stride`` = the tokens a window shares with the one
-before), keeps the first ``max_chunks`` windows, pools each window as a single text is
-pooled, and aggregates the windows' vectors (``aggregate``: mean, max, or a learned
-attention score per window, ``chunk_attention``) into one vector for the head.
+``chunks`` (for the methods whose ``long_text_modes`` declare it: head, encoder) splits a
+text with the tokenizer's own overflow (``return_overflowing_tokens`` with ``stride`` = the
+tokens a window shares with the one before), keeps the first ``max_chunks`` windows, pools
+each window as a single text is pooled, and aggregates the windows' vectors (``aggregate``:
+mean, max, or a learned attention score per window, ``chunk_attention``) into one vector
+for the head.
 
     text ──tokenizer overflow──> windows [W, seq] ──pool──> [W, hidden]
          ──group_windows──> [texts, K, hidden] + mask [texts, K] ──aggregate──> [texts, hidden]
@@ -35,7 +36,6 @@ from llmclf.batching import (
 from llmclf.config import NON_NEGATIVE, POSITIVE, flag, option, validate
 from llmclf.errors import LlmclfError
 
-CHUNK_METHODS = ("head", "encoder")
 ATTENTION_MODULE = "chunk_attention"  # the learned window scorer, a submodule of the model
 
 
@@ -89,16 +89,12 @@ class LongTextConfig:
         return self.long_text == "chunks"
 
 
-def check_long_text(config: LongTextConfig, max_length: int, method: str) -> None:
-    """What ``LongTextConfig`` alone cannot check: the method, and the stride against
-    ``max_length`` (called by each method config's ``__post_init__``)."""
+def check_long_text(config: LongTextConfig, max_length: int) -> None:
+    """What ``LongTextConfig`` alone cannot check: the stride against ``max_length``
+    (called by each method config's ``__post_init__``; which modes a method reads is its
+    ``long_text_modes``, checked by ``ClassifierBase.resolve_config``)."""
     if not config.chunked:
         return
-    if method not in CHUNK_METHODS:
-        raise LlmclfError(
-            f"--long-text chunks applies to --method head and encoder, not {method} "
-            "(an instruct prompt is one window: use --long-text head-tail)"
-        )
     if config.chunk_stride >= max_length:
         raise LlmclfError(
             f"--chunk-stride {config.chunk_stride} must be smaller than --max-length "

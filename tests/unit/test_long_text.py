@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmclf import EncoderClassifier, HeadClassifier, LlmclfError
+from llmclf import EncoderClassifier, HeadClassifier, InstructClassifier, LlmclfError
 from llmclf.backbone import load_tokenizer
 from llmclf.batching import ShapeBuckets, bounded_shapes
 from llmclf.cli import main
@@ -226,10 +226,10 @@ def test_bad_values_are_refused_before_any_model_loads():
         HeadClassifier("no/such-model", long_text="chunks", max_chunks=0).resolve_config()
     with pytest.raises(LlmclfError, match="--head-tail-ratio must be between 0 and 1"):
         HeadClassifier("no/such-model", head_tail_ratio=1.5).resolve_config()
-    with pytest.raises(LlmclfError, match="not instruct"):
-        check_long_text(LongTextConfig(long_text="chunks"), 128, "instruct")
+    with pytest.raises(LlmclfError, match="applies to --method head and encoder, not instruct"):
+        InstructClassifier("no/such-model", long_text="chunks").resolve_config()
     # a stride only counts with chunks
-    check_long_text(LongTextConfig(chunk_stride=500), 128, "head")
+    check_long_text(LongTextConfig(chunk_stride=500), 128)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from llmclf.config import (
     ModelConfig,
     TrainConfig,
     flatten,
+    predict_time_names,
     runtime_names,
 )
 from llmclf.data import Examples, is_label_list, parse_label, sample
@@ -111,6 +113,16 @@ class ClassifierBase(Predictor):
     config_class: type[MethodConfig] = MethodConfig
     # What the method supports, declared here and read by the core (serve, export, the
     # CLI); no list of method names lives outside methods/.
+    # the --long-text modes it reads (with a long_text option): truncate, head-tail, chunks;
+    # resolve_config refuses any other, naming the methods that read it
+    long_text_modes: ClassVar[tuple[str, ...]] = ("truncate",)
+    # whether quantize_int8 (--int8) applies: model_ is a full-precision torch model
+    supports_int8: ClassVar[bool] = False
+    # the formats its runs export to (names of runs/export.py's exporters); an exporter,
+    # and export_refusal, may still refuse one run's options
+    exporters: ClassVar[tuple[str, ...]] = ()
+    # its predict-time options (a loaded run takes new values): predict_time_options(),
+    # read from the predict_time marks of its config, never listed twice
     # options a served run is loaded with (instruct: score mode, which gives probabilities)
     serve_overrides: ClassVar[dict[str, Any]] = {}
 
@@ -150,7 +162,32 @@ class ClassifierBase(Predictor):
     def resolve_config(self) -> MethodConfig:
         """The options as this method's typed config, validated: a bad name or value fails
         here, before any data or model is loaded."""
-        return self.config_class.from_options(self.options)
+        config = self.config_class.from_options(self.options)
+        self._check_long_text(config)
+        return config
+
+    def _check_long_text(self, config: MethodConfig) -> None:
+        """Refuse a --long-text mode this method does not declare in ``long_text_modes``."""
+        mode = config.as_options().get("long_text")
+        if mode is None or mode in self.long_text_modes:
+            return
+        readers = declared_by(lambda cls: mode in cls.long_text_modes)
+        raise LlmclfError(
+            f"--long-text {mode} applies to --method {readers}, not {self.method} (it reads "
+            f"{' or '.join(self.long_text_modes)})"
+        )
+
+    @classmethod
+    def predict_time_options(cls) -> set[str]:
+        """The options a loaded run of this method takes new values for at ``evaluate`` /
+        ``predict`` time (its config's ``predict_time`` marks), runtime ones apart.
+
+        Example:
+            >>> from llmclf.methods.instruct.model import InstructClassifier
+            >>> sorted(InstructClassifier.predict_time_options())  # doctest: +SKIP
+            ['max_new_tokens', 'predict_mode']
+        """
+        return predict_time_names(cls.config_class)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "schema_"):
@@ -299,13 +336,20 @@ class ClassifierBase(Predictor):
         ``llmclf.int8``): faster, with slightly different probabilities. Head and instruct
         classifiers over a full-precision base; a quantized classifier cannot be saved."""
         self._check_fitted()
-        if self.method not in ("head", "instruct"):
-            raise LlmclfError(f"--int8 applies to head and instruct runs, not {self.method}")
+        if not self.supports_int8:
+            supporters = declared_by(lambda cls: cls.supports_int8)
+            raise LlmclfError(f"--int8 applies to {supporters} runs, not {self.method}")
         from llmclf.int8 import quantize_int8
 
         quantize_int8(self.model_)
         self.int8_ = True
         return self
+
+    def export_refusal(self, format: str) -> str | None:
+        """Why this run's options cannot be exported as ``format`` (one of ``exporters``),
+        in one line a user can act on, or None. Only the method knows its own options
+        (a head run's pooling); what a format cannot express (chunks) is the exporter's."""
+        return None
 
     # -- persistence -------------------------------------------------------------------
 
@@ -337,11 +381,14 @@ class ClassifierBase(Predictor):
         return folder
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any):
-        """A fitted classifier from a folder written by ``save`` (or ``llmclf train``).
+    def configured(cls, path: str | Path, **overrides: Any):
+        """The classifier a run folder describes, its options resolved into ``config_``
+        but no model loaded (``load`` goes on from here): what a check reads before the
+        slow part, as ``export_run`` does.
 
-        ``overrides`` change options such as ``device`` or ``eval_batch_size``; runtime
-        options this method does not have (``device`` for tfidf) are ignored.
+        Example:
+            >>> HeadClassifier.configured("runs/bbc").config_.head.pooling  # doctest: +SKIP
+            'last'
         """
         folder = RunFolder(path)
         names = cls.config_class.option_names()
@@ -354,6 +401,17 @@ class ClassifierBase(Predictor):
         kept = {k: v for k, v in overrides.items() if k not in ignored}
         clf = cls(**{**stored, **kept})
         clf._config = clf.resolve_config()
+        return clf
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any):
+        """A fitted classifier from a folder written by ``save`` (or ``llmclf train``).
+
+        ``overrides`` change options such as ``device`` or ``eval_batch_size``; runtime
+        options this method does not have (``device`` for tfidf) are ignored.
+        """
+        folder = RunFolder(path)
+        clf = cls.configured(folder.path, **overrides)
         schema = LabelSchema.load(folder.path)
         clf.schema_ = schema  # the model loader reads the classes
         calibration = folder.calibration()
@@ -372,3 +430,26 @@ class ClassifierBase(Predictor):
             ) from None
         clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
         return clf
+
+# ---------------------------------------------------------------------------------------
+# The live --method table
+# ---------------------------------------------------------------------------------------
+
+# Filled and read through methods/registry.py (register_method, method_classes, ...). It is
+# kept here so that a classifier refusing what it does not declare can name the methods that
+# do declare it: registry.py imports every built-in method, and each of those imports this.
+REGISTERED: dict[str, type[ClassifierBase]] = {}
+
+
+def declared_by(declares: Callable[[type[ClassifierBase]], bool]) -> str:
+    """The registered methods for which ``declares(cls)`` holds, in registration order, for
+    a message.
+
+    Example:
+        >>> declared_by(lambda cls: cls.supports_int8)  # doctest: +SKIP
+        'head and instruct'
+    """
+    names = [name for name, cls in REGISTERED.items() if declares(cls)]
+    if len(names) < 2:
+        return names[0] if names else "no method"
+    return f"{', '.join(names[:-1])} and {names[-1]}"

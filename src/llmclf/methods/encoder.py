@@ -100,7 +100,7 @@ class EncoderClassifierConfig(MethodConfig):
     long_text: LongTextConfig = section(LongTextConfig)
 
     def __post_init__(self) -> None:
-        check_long_text(self.long_text, self.model.max_length, "encoder")
+        check_long_text(self.long_text, self.model.max_length)
         if self.model.quantize != "none":
             raise LlmclfError(
                 "--quantize does not apply to --method encoder: every weight is trained "
@@ -181,6 +181,8 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
 
     method = "encoder"
     config_class = EncoderClassifierConfig
+    long_text_modes = ("truncate", "head-tail", "chunks")
+    exporters = ("onnx", "merged")
 
     # -- training ----------------------------------------------------------------------
 

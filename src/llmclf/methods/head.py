@@ -103,7 +103,7 @@ class HeadClassifierConfig(MethodConfig):
     long_text: LongTextConfig = section(LongTextConfig)
 
     def __post_init__(self) -> None:
-        check_long_text(self.long_text, self.model.max_length, "head")
+        check_long_text(self.long_text, self.model.max_length)
         if self.head.pooling == "token" and self.adapter.lora == "none":
             raise LlmclfError(
                 "--pooling token learns a token that the whole model reads, so --lora none "
@@ -203,6 +203,9 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
 
     method = "head"
     config_class = HeadClassifierConfig
+    long_text_modes = ("truncate", "head-tail", "chunks")
+    supports_int8 = True
+    exporters = ("merged",)
 
     # -- training ----------------------------------------------------------------------
 
@@ -424,6 +427,16 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             self.device_,
             progress=self.progress,
         )
+
+    def export_refusal(self, format: str) -> str | None:
+        pooling = self.config_.head.pooling
+        if format == "merged" and pooling != "last":
+            return (
+                f"pools with --pooling {pooling}: transformers' sequence classifiers read "
+                "the last input token's hidden state (no mean, max or learned pooling token), "
+                "so only --pooling last runs export to a plain folder; predict with llmclf instead"
+            )
+        return None
 
     # -- persistence -------------------------------------------------------------------
 

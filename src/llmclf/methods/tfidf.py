@@ -123,6 +123,7 @@ class TfidfClassifier(ClassifierBase):
 
     method = "tfidf"
     config_class = TfidfClassifierConfig
+    long_text_modes = ()  # no --long-text: it reads every word, not tokens
 
     def _fit(self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir):
         config = self.config_.tfidf

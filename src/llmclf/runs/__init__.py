@@ -8,7 +8,7 @@
     compare.py    compare_runs                      llmclf compare
     grid.py       run_grid                          llmclf experiment
     distill.py    distill_run                       llmclf distill
-    export.py     export_onnx                       llmclf export
+    export.py     export_run (its exporters)        llmclf export
 
 The file names and their reading and writing belong to ``llmclf.run_folder``.
 """
@@ -18,7 +18,7 @@ from llmclf.runs.calibrate import calibrate_run
 from llmclf.runs.compare import compare_runs
 from llmclf.runs.distill import distill_run
 from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifier
-from llmclf.runs.export import export_onnx
+from llmclf.runs.export import export_onnx, export_run
 from llmclf.runs.grid import run_grid
 from llmclf.runs.predict import predict_file
 from llmclf.runs.train import train_run, zero_shot_run
@@ -30,6 +30,7 @@ __all__ = [
     "evaluate_examples",
     "evaluate_run",
     "export_onnx",
+    "export_run",
     "load_classifier",
     "method_classes",
     "predict_file",

@@ -1,12 +1,19 @@
-"""Export a run: an encoder run (fine-tuned or distilled) to ONNX, served with ONNX
-Runtime; or a head / encoder run to a plain merged ``*ForSequenceClassification`` folder
-that transformers, vLLM and text-embeddings-inference load (``export_merged``).
+"""Export a run for another runtime, through a registry of exporters.
 
-``torch.onnx.export`` (the torch.export-based exporter) writes ``model.onnx`` with dynamic
-batch and sequence axes; the folder also holds the tokenizer, ``labels.json``,
-``calibration.json`` and the transformers ``config.json``, so it is self-contained (and
-the layout Optimum's ``ORTModelForSequenceClassification`` reads). Every export is checked
-before it is kept: ONNX Runtime must reproduce the PyTorch predictions.
+Each ``Exporter`` declares its ``name`` (``--format``), which runs it accepts, how it
+writes its folder and how it checks that folder against the run before the folder is kept.
+A method declares the formats its runs export to (``ClassifierBase.exporters``), and may
+refuse one run's options (``export_refusal``: a head run pooled with mean). ``export_run``
+reads those declarations from the run's config before any model loads, then loads the run
+on the CPU in float32 (a 4-bit base in full precision), writes the new folder beside the
+target and renames it into place only once the check has passed. Two exporters ship:
+
+``onnx`` (encoder runs, fine-tuned or distilled): ``torch.onnx.export`` (the
+torch.export-based exporter) writes ``model.onnx`` with dynamic batch and sequence axes;
+the folder also holds the tokenizer, ``labels.json``, ``calibration.json`` and the
+transformers ``config.json``, so it is self-contained (and the layout Optimum's
+``ORTModelForSequenceClassification`` reads). ONNX Runtime must reproduce the PyTorch
+predictions.
 
     RUN/onnx/
       model.onnx                 inputs input_ids, attention_mask [batch, sequence] int64
@@ -14,6 +21,12 @@ before it is kept: ONNX Runtime must reproduce the PyTorch predictions.
       tokenizer.json, ...        the run's tokenizer
       labels.json, calibration.json, config.json
       llmclf_export.json         max_length, opset, the parity check's figures
+
+``merged`` (head and encoder runs): a plain ``*ForSequenceClassification`` folder that
+transformers, vLLM and text-embeddings-inference load (``export_merged``).
+
+A new format is an ``Exporter`` passed to ``register_exporter`` (from any module), and a
+method that can be written in it names it in its ``exporters``.
 """
 
 from __future__ import annotations
@@ -22,14 +35,18 @@ import json
 import logging
 import shutil
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from llmclf.config import POSITIVE, REQUIRED, Options, option
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
-from llmclf.methods.encoder import EncoderClassifier
+from llmclf.methods.base import ClassifierBase, declared_by
 from llmclf.methods.onnx import OnnxClassifier
+from llmclf.methods.registry import method_classes
 from llmclf.run_folder import (
     EXPORT_INFO,
     ONNX_FILE,
@@ -52,6 +69,196 @@ FALLBACK_TEXTS = [
 ]
 
 
+# ---------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format.
+
+    ``refusal(clf)`` reads a classifier whose ``config_`` is resolved but whose model may
+    not be loaded, and says why the format cannot express that run (a phrase that follows
+    the run's folder: ``"RUN reads texts in windows ..."``), or None. ``write(clf, folder,
+    options)`` writes the format's files into the new, empty ``folder`` from the loaded
+    run and returns what ``llmclf_export.json`` should say about them; ``check(clf,
+    folder, texts)`` compares the written folder with the run on ``texts`` and raises
+    ``LlmclfError`` on any disagreement, else returns the figures (``parity``).
+    """
+
+    name: str  # the --format value
+    title: str  # how a message names it: "ONNX export"
+    help: str  # what --format NAME writes
+    folder: str  # the default output, RUN/<folder>
+    refusal: Callable[[ClassifierBase], str | None]
+    write: Callable[[ClassifierBase, Path, ExportOptions], dict]
+    check: Callable[[ClassifierBase, Path, list[str]], dict]
+    # what a run of a method without this format can do instead, for the refusal
+    instead: str = ""
+    # raises LlmclfError naming the extra to install when the format's libraries are missing
+    requires: Callable[[], None] = lambda: None
+
+
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(exporter: Exporter) -> Exporter:
+    """Make ``exporter`` a ``--format``; a name taken by another exporter is refused."""
+    taken = EXPORTERS.get(exporter.name)
+    if taken is not None and taken is not exporter:
+        raise LlmclfError(f"--format {exporter.name} is taken by another exporter")
+    EXPORTERS[exporter.name] = exporter
+    return exporter
+
+
+def unregister_exporter(name: str) -> None:
+    """Remove the exporter ``name`` (a test's own, at its end); unknown names pass."""
+    EXPORTERS.pop(name, None)
+
+
+def exporters() -> dict[str, Exporter]:
+    """--format name -> exporter, in registration order."""
+    return dict(EXPORTERS)
+
+
+@dataclass
+class ExportOptions(Options):
+    """llmclf export: a run written in a format another runtime reads."""
+
+    run: str = option(REQUIRED, "a finished run folder")
+    format: str = option(
+        "onnx",
+        "onnx: an encoder run for ONNX Runtime; merged: LoRA merged into the base, a plain "
+        "*ForSequenceClassification folder",
+        choices=EXPORTERS.keys(),  # a live view: an exporter registered later is a choice too
+    )
+    output: str | None = option(None, "the folder to write (default: RUN/onnx or RUN/merged)")
+    opset: int = option(18, "ONNX opset version", bound=POSITIVE)
+
+
+def export(options: ExportOptions) -> dict:
+    """``llmclf export``: ``export_run`` with the command's options."""
+    return export_run(options.run, options.format, options.output, opset=options.opset)
+
+
+def export_run(
+    run: str | Path, format: str = "onnx", output: str | Path | None = None, **options
+) -> dict:
+    """Write ``run`` as ``format`` to ``output`` (default ``RUN/<format's folder>``),
+    checked against the run before it is kept; ``options``: the rest of
+    ``ExportOptions`` (``opset``).
+
+    Returns the export info (also saved as ``llmclf_export.json``), with ``parity``: how
+    many check texts were compared, whether every prediction agreed, and the largest
+    absolute logit difference. A run the format cannot express is refused in one line
+    before any model loads.
+
+    Example:
+        >>> export_run("runs/student", "onnx")["parity"]["same_predictions"]  # doctest: +SKIP
+        True
+    """
+    values = {"run": str(run), "format": format, **options}
+    if output is not None:
+        values["output"] = str(output)
+    settings = ExportOptions.from_values(values, "llmclf export")
+    exporter = EXPORTERS[settings.format]
+    run = Path(run)
+    target = Path(settings.output) if settings.output else run / exporter.folder
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LlmclfError(f"{target} already exists: delete it or choose another --output")
+    described = _described(run)
+    reason = refusal(exporter, described)
+    if reason:
+        raise LlmclfError(f"{run} {reason}")
+    exporter.requires()
+    # float32 on the CPU, a 4-bit base in full precision: what the check compares against
+    overrides = {"progress": False, "device": "cpu", "dtype": "float32"}
+    if "quantize" in described.config_class.option_names():
+        overrides["quantize"] = "none"
+    clf = load_classifier(run, **overrides)
+    if target.exists():
+        target.rmdir()  # empty, checked above
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:  # the whole folder appears at once, checked
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
+        partial.mkdir()
+        clf.schema_.save(partial)
+        write_calibration(partial, {"temperature": clf.temperature_})
+        info = {
+            "format": exporter.name,
+            "method": clf.method,
+            **exporter.write(clf, partial, settings),
+            "source_run": str(run.resolve()),
+        }
+        write_json(partial / EXPORT_INFO, info)  # a reader of the folder may need it
+        info["parity"] = exporter.check(clf, partial, _check_texts(run))
+        write_json(partial / EXPORT_INFO, info)
+    info["folder"] = str(target)
+    return info
+
+
+def refusal(exporter: Exporter, clf: ClassifierBase) -> str | None:
+    """Why ``exporter`` does not write ``clf``'s run (a phrase that follows the run's
+    folder), or None: its method does not declare the format, the format cannot express
+    the run's options, or the method refuses them."""
+    declared = type(clf).exporters
+    if exporter.name not in declared:
+        takers = declared_by(lambda cls: exporter.name in cls.exporters)
+        reason = f"is a {clf.method} run: {exporter.title} is for {takers} runs"
+        if exporter.instead:
+            reason += f"; {exporter.instead}"
+        if declared:
+            return reason + f", or export it with --format {' or '.join(declared)}"
+        return reason + f"; {clf.method} runs export to no format (predict with llmclf)"
+    return exporter.refusal(clf) or clf.export_refusal(exporter.name)
+
+
+def _described(run: Path) -> ClassifierBase:
+    """The run's classifier with its options resolved, no model loaded."""
+    folder = RunFolder(run)
+    method = folder.config().get("method")
+    classes = method_classes()
+    if method not in classes:
+        raise LlmclfError(f"{folder} was made by an unknown method {method!r}")
+    return classes[method].configured(folder.path)
+
+
+def long_text_of(clf: ClassifierBase) -> str:
+    """How a run reads long texts (``--long-text``; a method without it truncates)."""
+    return clf.config_.as_options().get("long_text", "truncate")
+
+
+def _check_texts(run: Path, limit: int = 64) -> list[str]:
+    """Texts to compare the written folder and the run on: the run's test texts, else a
+    fixed few."""
+    predictions = run / TEST_PREDICTIONS
+    texts = []
+    if predictions.is_file():
+        with open(predictions, encoding="utf-8") as handle:
+            for line in handle:
+                texts.append(json.loads(line)["text"])
+                if len(texts) == limit:
+                    break
+    return texts + FALLBACK_TEXTS
+
+
+# ---------------------------------------------------------------------------------------
+# onnx: an encoder run for ONNX Runtime
+# ---------------------------------------------------------------------------------------
+
+
+def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 18) -> dict:
+    """Write ``run``'s encoder as ONNX to ``output`` (default ``RUN/onnx``) and check it
+    (``export_run(run, "onnx", ...)``).
+
+    Example:
+        >>> export_onnx("runs/student")["parity"]["same_predictions"]  # doctest: +SKIP
+        True
+    """
+    return export_run(run, "onnx", output, opset=opset)
+
+
 def _require_onnx() -> None:
     try:
         import onnxruntime  # noqa: F401
@@ -60,61 +267,21 @@ def _require_onnx() -> None:
         raise LlmclfError("ONNX export needs the onnx extra: pip install 'llmclf[onnx]'") from None
 
 
-def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 18) -> dict:
-    """Write ``run``'s encoder as ONNX to ``output`` (default ``RUN/onnx``) and check it.
-
-    Returns the export info (also saved as ``llmclf_export.json``), with ``parity``:
-    how many check texts were compared, whether every prediction agreed, and the largest
-    absolute logit difference.
-
-    Example:
-        >>> export_onnx("runs/student")["parity"]["same_predictions"]  # doctest: +SKIP
-        True
-    """
-    _require_onnx()
-    run = Path(run)
-    target = Path(output) if output else run / ONNX_FOLDER
-    if target.exists() and any(target.iterdir()):
-        raise LlmclfError(f"{target} already exists: delete it or choose another --output")
-    long_text = long_text_of(RunFolder(run).config())
+def _onnx_refusal(clf: ClassifierBase) -> str | None:
+    long_text = long_text_of(clf)
     if long_text != "truncate":
-        raise LlmclfError(
-            f"{run} was trained with --long-text {long_text}: the ONNX model reads one window "
-            "of --max-length tokens cut at the end, so only --long-text truncate runs export"
+        return (
+            f"was trained with --long-text {long_text}: the ONNX model reads one window of "
+            "--max-length tokens cut at the end, so only --long-text truncate runs export"
         )
-    clf = load_classifier(run, progress=False, device="cpu", dtype="float32")
-    if not isinstance(clf, EncoderClassifier):
-        raise LlmclfError(
-            f"{run} is a {clf.method} run: ONNX export is for encoder runs; distill it into "
-            "one first (llmclf distill RUN --student minilm-l6 ...)"
-        )
-    if target.exists():
-        target.rmdir()  # empty, checked above
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as partial:  # the whole folder appears at once, checked
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
-        partial.mkdir()
-        _export_graph(clf, partial / ONNX_FILE, opset)
-        clf.tokenizer_.save_pretrained(partial)
-        clf.model_.config.save_pretrained(partial)
-        clf.schema_.save(partial)
-        write_calibration(partial, {"temperature": clf.temperature_})
-        info = {
-            "format": "onnx",
-            "opset": opset,
-            "max_length": clf.config_.model.max_length,
-            "source_run": str(run.resolve()),
-        }
-        write_json(partial / EXPORT_INFO, info)
-        info["parity"] = check_parity(clf, OnnxClassifier(partial), _check_texts(run))
-        write_json(partial / EXPORT_INFO, info)
-    info["folder"] = str(target)
-    return info
+    return None
 
 
-def long_text_of(config: dict) -> str:
-    """A run's ``--long-text`` (runs before it existed truncate)."""
-    return (config.get("long_text") or {}).get("long_text", "truncate")
+def _write_onnx(clf, folder: Path, options: ExportOptions) -> dict:
+    _export_graph(clf, folder / ONNX_FILE, options.opset)
+    clf.tokenizer_.save_pretrained(folder)
+    clf.model_.config.save_pretrained(folder)
+    return {"opset": options.opset, "max_length": clf.config_.model.max_length}
 
 
 def _export_graph(clf, path: Path, opset: int) -> None:
@@ -151,19 +318,6 @@ def _export_graph(clf, path: Path, opset: int) -> None:
         exporter_log.setLevel(level)
 
 
-def _check_texts(run: Path, limit: int = 64) -> list[str]:
-    """Texts to compare the two runtimes on: the run's test texts, else a fixed few."""
-    predictions = run / TEST_PREDICTIONS
-    texts = []
-    if predictions.is_file():
-        with open(predictions, encoding="utf-8") as handle:
-            for line in handle:
-                texts.append(json.loads(line)["text"])
-                if len(texts) == limit:
-                    break
-    return texts + FALLBACK_TEXTS
-
-
 def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
     """Compare PyTorch and ONNX Runtime logits on ``texts``; fail on any disagreement."""
     torch_logits = clf.predict_logits(texts)
@@ -184,8 +338,23 @@ def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
     return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
 
 
+register_exporter(
+    Exporter(
+        name="onnx",
+        title="ONNX export",
+        help="an encoder run for ONNX Runtime",
+        folder=ONNX_FOLDER,
+        refusal=_onnx_refusal,
+        write=_write_onnx,
+        check=lambda clf, folder, texts: check_parity(clf, OnnxClassifier(folder), texts),
+        instead="distill it into one first (llmclf distill RUN --student minilm-l6 ...)",
+        requires=_require_onnx,
+    )
+)
+
+
 # ---------------------------------------------------------------------------------------
-# The merged export: a plain *ForSequenceClassification folder
+# merged: a plain *ForSequenceClassification folder
 # ---------------------------------------------------------------------------------------
 
 MERGED_FOLDER = "merged"
@@ -199,71 +368,44 @@ MERGED_ATOL = 1e-3  # largest |logit difference| accepted between the folder and
 
 def export_merged(run: str | Path, output: str | Path | None = None) -> dict:
     """Write ``run`` as a plain ``*ForSequenceClassification`` folder (default
-    ``RUN/merged``): LoRA merged into full-precision base weights, the head, the tokenizer
-    (EOS appending included), ``id2label`` / ``label2id`` and the pad token in
-    ``config.json``. ``AutoModelForSequenceClassification.from_pretrained(folder)`` then
-    gives llmclf's logits, checked before the folder is kept; that is what vLLM
-    (``--task classify``), text-embeddings-inference and ``pipeline("text-classification")``
-    load. Head runs with ``--pooling last`` (mean, max and token are refused; 4-bit ones are merged into a full-precision
-    base), frozen-head runs and encoder runs; calibration (a temperature) and multi-label
-    thresholds stay in ``labels.json`` / ``calibration.json`` beside it, which plain
-    transformers ignores.
+    ``RUN/merged``; ``export_run(run, "merged", ...)``): LoRA merged into full-precision
+    base weights, the head, the tokenizer (EOS appending included), ``id2label`` /
+    ``label2id`` and the pad token in ``config.json``.
+    ``AutoModelForSequenceClassification.from_pretrained(folder)`` then gives llmclf's
+    logits, checked before the folder is kept; that is what vLLM (``--task classify``),
+    text-embeddings-inference and ``pipeline("text-classification")`` load. Head runs with
+    ``--pooling last`` (4-bit ones are merged into a full-precision base), frozen-head runs
+    and encoder runs; calibration (a temperature) and multi-label thresholds stay in
+    ``labels.json`` / ``calibration.json`` beside it, which plain transformers ignores.
 
     Example:
         >>> export_merged("runs/bbc")["parity"]["same_predictions"]  # doctest: +SKIP
         True
     """
-    from llmclf.methods.head import HeadClassifier
+    return export_run(run, "merged", output)
 
-    run = Path(run)
-    target = Path(output) if output else run / MERGED_FOLDER
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise LlmclfError(f"{target} already exists: delete it or choose another --output")
-    config = RunFolder(run).config()
-    method = config.get("method")
-    if method not in ("head", "encoder"):
-        raise LlmclfError(
-            f"{run} is a {method} run: the merged export is for head and encoder runs (an "
-            "instruct run answers with words, a TF-IDF run has no transformer)"
+
+def _merged_refusal(clf: ClassifierBase) -> str | None:
+    if long_text_of(clf) == "chunks":
+        return (
+            "reads texts in windows (--long-text chunks): a plain *ForSequenceClassification "
+            "reads one window and has no aggregation, so a chunked run does not export (see "
+            "docs/long-text.md)"
         )
-    pooling = (config.get("head") or {}).get("pooling", "last")
-    if method == "head" and pooling != "last":
-        raise LlmclfError(
-            f"{run} pools with --pooling {pooling}: transformers' sequence classifiers read the "
-            "last input token's hidden state (no mean, max or learned pooling token), so only "
-            "--pooling last runs export to a plain folder; predict with llmclf instead"
-        )
-    long_text = long_text_of(config)
-    if long_text == "chunks":
-        raise LlmclfError(
-            f"{run} reads texts in windows (--long-text chunks): a plain "
-            "*ForSequenceClassification reads one window and has no aggregation, so a chunked "
-            "run does not export (see docs/long-text.md)"
-        )
-    overrides = {"quantize": "none"} if method == "head" else {}
-    clf = load_classifier(run, progress=False, device="cpu", dtype="float32", **overrides)
+    return None
+
+
+def _write_merged(clf, folder: Path, options: ExportOptions) -> dict:
     model = clf.model_
-    if isinstance(clf, HeadClassifier) and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()  # the adapter is merged already; this unwraps it
-    if target.exists():
-        target.rmdir()  # empty, checked above
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as partial:
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed export
-        partial.mkdir()
-        model.config.pad_token_id = clf.tokenizer_.pad_token_id
-        model.save_pretrained(partial)
-        clf.tokenizer_.save_pretrained(partial)
-        clf.schema_.save(partial)
-        write_calibration(partial, {"temperature": clf.temperature_})
-        info = {"format": "merged", "method": method, "source_run": str(run.resolve())}
-        if long_text == "head-tail":
-            info["long_text"] = HEAD_TAIL_NOTE
-            log.warning("%s", HEAD_TAIL_NOTE)
-        info["parity"] = check_merged(clf, partial, _check_texts(run))
-        write_json(partial / EXPORT_INFO, info)
-    info["folder"] = str(target)
-    return info
+    if hasattr(model, "merge_and_unload"):  # a PEFT model: the adapter is merged already
+        model = model.merge_and_unload()
+    model.config.pad_token_id = clf.tokenizer_.pad_token_id
+    model.save_pretrained(folder)
+    clf.tokenizer_.save_pretrained(folder)
+    if long_text_of(clf) == "head-tail":
+        log.warning("%s", HEAD_TAIL_NOTE)
+        return {"long_text": HEAD_TAIL_NOTE}
+    return {}
 
 
 def check_merged(clf, folder: Path, texts: list[str]) -> dict:
@@ -278,7 +420,7 @@ def check_merged(clf, folder: Path, texts: list[str]) -> dict:
     ).eval()
     limit = clf.config_.model.max_length
     with torch.no_grad():
-        if clf.config_.long_text.long_text == "head-tail":  # the run's cut, made before
+        if long_text_of(clf) == "head-tail":  # the run's cut, made before
             ids = clf._encode(texts)
             batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         else:
@@ -295,3 +437,16 @@ def check_merged(clf, folder: Path, texts: list[str]) -> dict:
             f"difference| {diff:.2g}, same top class: {same}): not exported"
         )
     return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
+
+
+register_exporter(
+    Exporter(
+        name="merged",
+        title="the merged export",
+        help="LoRA merged into the base, a plain *ForSequenceClassification folder",
+        folder=MERGED_FOLDER,
+        refusal=_merged_refusal,
+        write=_write_merged,
+        check=check_merged,
+    )
+)

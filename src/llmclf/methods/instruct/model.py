@@ -148,7 +148,7 @@ class InstructClassifierConfig(MethodConfig):
     long_text: LongTextConfig = section(LongTextConfig)
 
     def __post_init__(self) -> None:
-        check_long_text(self.long_text, self.model.max_length, "instruct")
+        check_long_text(self.long_text, self.model.max_length)
         if self.adapter.lora == "none":
             raise LlmclfError(
                 "--lora none (frozen features, head only) is for --method head: the instruct "
@@ -176,6 +176,8 @@ class InstructClassifier(ClassifierBase):
 
     method = "instruct"
     config_class = InstructClassifierConfig
+    long_text_modes = ("truncate", "head-tail")  # a prompt is one window: no chunks
+    supports_int8 = True
     serve_overrides = {"predict_mode": "score"}  # probabilities, nothing to parse
 
     # -- setting up prompts and model --------------------------------------------------
