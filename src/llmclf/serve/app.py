@@ -53,8 +53,10 @@ def _check_port(name: str, value: int) -> None:
 
 @dataclass
 class ServeOptions(Options):
-    """How ``llmclf serve`` serves its runs (the loader's options, such as ``device``,
-    are the run loader's, not these)."""
+    """How ``llmclf serve`` serves its runs.
+
+    The run loader's options (``device``, ``dtype``, ``int8``, ...) are not among these:
+    ``create_app`` and ``serve`` pass them on as ``overrides``."""
 
     name: list[str] | None = option(
         None,
