@@ -26,7 +26,7 @@ from llmclf.run_folder import RunFolder, read_json, write_json
 from llmclf.runs.calibrate import calibrate_run
 from llmclf.runs.distill import distill_run
 from llmclf.runs.grid import expand, read_grid, run_grid
-from llmclf.runs.train import zero_shot_run
+from llmclf.runs.zero_shot import zero_shot_run
 
 log = logging.getLogger("llmclf")
 

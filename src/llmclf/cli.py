@@ -152,7 +152,7 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
 def _options_class(module: str, name: str) -> type:
     import importlib
 
-    return getattr(importlib.import_module(module), name, ServedRuns)  # TEMP
+    return getattr(importlib.import_module(module), name)
 
 
 def _serve(target: ServedRuns, options, load: PredictLoadOptions) -> None:
@@ -181,7 +181,7 @@ def commands() -> list[Command]:
         Command(
             "evaluate",
             "evaluate a run on a data split; writes metrics.json",
-            _lazy("llmclf.runs.evaluate", "evaluate"),
+            _lazy("llmclf.runs.zero_shot", "evaluate"),
             (
                 _options_class("llmclf.runs.evaluate", "EvaluateOptions"),
                 evaluation_data,
@@ -347,9 +347,7 @@ def option_values(args: argparse.Namespace) -> dict[str, Any]:
     """``--config`` file values overridden by the flags actually given."""
     values = read_yaml(args.config) if getattr(args, "config", None) else {}
     values.pop("llmclf_version", None)  # a run's own config.yaml says which version wrote it
-    given = {
-        k: v for k, v in vars(args).items() if k not in ("command", "command_name", "config")
-    }
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "command_name", "config")}
     return {**values, **given}
 
 
@@ -361,7 +359,9 @@ def run_command(command: Command, values: dict[str, Any]) -> Any:
     for cls in command.options:
         own, rest = cls.partition(rest) if issubclass(cls, Options) else _split(cls, rest)
         instances.append(
-            cls.from_values(own, f"llmclf {command.name}") if issubclass(cls, Options) else cls(**own)
+            cls.from_values(own, f"llmclf {command.name}")
+            if issubclass(cls, Options)
+            else cls(**own)
         )
     more = command.more_options()
     unknown = sorted(set(rest) - set(more))

@@ -37,6 +37,7 @@ def make_workspace(root: Path, tiny_llama: str) -> None:
     pd.DataFrame({"text": ["bank stock", "goal match"]}).to_csv(root / "texts.csv", index=False)
     pd.DataFrame({"body": ["bank stock"]}).to_csv(root / "body.csv", index=False)
     assert main(["train", *TFIDF, "--data", "good.csv", "--output", "run"]) == 0
+    shutil.copytree(root / "run", root / "run2")
     shutil.copytree(root / "run", root / "broken-run")
     (root / "broken-run" / "pipeline.skops").write_bytes(b"PK\x03\x04 cut")
     (root / "not-a-run").mkdir()
@@ -92,6 +93,8 @@ def make_workspace(root: Path, tiny_llama: str) -> None:
         )
     )
     (root / "config.json").write_text(json.dumps({"not": "a model"}))
+    (root / "typo.yaml").write_text("learning_rat: 0.1\n")
+    (root / "poolingg.yaml").write_text("poolingg: mean\n")
 
 
 CASES = [
@@ -382,6 +385,71 @@ CASES = [
         "HF_HUB_OFFLINE",
     ),
     ("distill-missing-teacher", ["distill", "none", "--output", "s"], "none does not exist"),
+    # an unknown --config key is refused by every command, as train refuses it
+    (
+        "evaluate-config-typo",
+        ["evaluate", "run", "--config", "poolingg.yaml"],
+        "--poolingg does not apply to llmclf evaluate",
+    ),
+    (
+        "predict-config-typo",
+        ["predict", "run", "--input", "texts.csv", "--output", "o.csv", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf predict",
+    ),
+    (
+        "calibrate-config-typo",
+        ["calibrate", "run", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf calibrate",
+    ),
+    (
+        "compare-config-typo",
+        ["compare", "run", "run", "--output", "r", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf compare",
+    ),
+    (
+        "export-config-typo",
+        ["export", "run", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf export",
+    ),
+    (
+        "serve-config-typo",
+        ["serve", "run", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf serve",
+    ),
+    (
+        "distill-config-typo",
+        ["distill", "run", "--output", "s", "--config", "poolingg.yaml"],
+        "--poolingg does not apply to",
+    ),
+    (
+        "experiment-config-typo",
+        ["experiment", "grid-list.yaml", "--config", "typo.yaml"],
+        "--learning-rat does not apply to llmclf experiment",
+    ),
+    (
+        "predict-input-missing-in-config",
+        ["predict", "run", "--output", "o.csv"],
+        "needs --input",
+    ),
+    # --ray writes a folder of Parquet parts: a table name is refused before Ray starts
+    (
+        "predict-ray-file-output",
+        ["predict", "run", "--input", "texts.csv", "--output", "preds.csv", "--ray"],
+        "with --ray the output is a folder",
+    ),
+    # compare refusing data it cannot score leaves no report folder behind
+    (
+        "compare-unseen-class-leaves-nothing",
+        ["compare", "run", "run2", "--data", "unseen.csv", "--output", "rep"],
+        "weather",
+    ),
+    # serve: its options are checked before any run loads
+    ("serve-missing-run", ["serve", "none"], "none does not exist"),
+    ("serve-port-zero", ["serve", "run", "--port", "0"], "--port"),
+    ("serve-batch-zero", ["serve", "run", "--max-batch-size", "0"], "--max-batch-size"),
+    ("serve-bad-wait", ["serve", "run", "--max-wait-ms", "-1"], "--max-wait-ms"),
+    ("export-unknown-format", ["export", "run", "--format", "nope"], "invalid choice"),
+    ("calibrate-no-run", ["calibrate"], "RUN"),
     (
         "distill-file-as-teacher",
         ["distill", "good.csv", "--output", "s"],
@@ -422,6 +490,19 @@ def test_bad_input(workspace, monkeypatch, capsys, argv, expected):
     assert snapshot(workspace) == before, "the case wrote or changed files"
 
 
+def test_argparse_mistakes_read_like_llmclf_mistakes(capsys):
+    """argparse's own errors (a bad choice, an unknown flag) print the same
+    ``llmclf: error: ...`` form as llmclf's, with exit status 2."""
+    for argv in (["train", "--pooling", "maxx", "--output", "o"], ["predict", "--nope"], []):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2
+        assert [line for line in err.splitlines() if "error:" in line][0].startswith(
+            "llmclf: error: "
+        ), err
+
+
 def test_the_corpus_is_broad():
     """Every command is covered, by more than a token case or two."""
     commands = {argv[0] for _, argv, _ in CASES}
@@ -434,5 +515,6 @@ def test_the_corpus_is_broad():
         "export",
         "experiment",
         "distill",
+        "serve",
     }
     assert len(CASES) >= 70

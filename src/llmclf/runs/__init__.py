@@ -21,7 +21,8 @@ from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifie
 from llmclf.runs.export import export_onnx, export_run
 from llmclf.runs.grid import run_grid
 from llmclf.runs.predict import predict_file
-from llmclf.runs.train import train_run, zero_shot_run
+from llmclf.runs.train import train_run
+from llmclf.runs.zero_shot import zero_shot_run
 
 __all__ = [
     "calibrate_run",

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 from llmclf.config import REQUIRED, LoadOptions, Options, option
-
 from llmclf.evaluation.comparison import calibration_before_after
 from llmclf.run_folder import TEST_PREDICTIONS, RunFolder, write_calibration
 from llmclf.runs.compare import stored_evaluation

@@ -101,7 +101,9 @@ def teacher_data_config(teacher_run: str | Path, data_values: dict) -> DataConfi
     if "data" not in data_values:
         stored = RunFolder(teacher_run).data_values()
         if "data" not in stored:
-            raise LlmclfError(f"{teacher_run} does not say what data it was trained on: give --data")
+            raise LlmclfError(
+                f"{teacher_run} does not say what data it was trained on: give --data"
+            )
         data_values = {**stored, **data_values}
     return build(DataConfig, data_values)
 

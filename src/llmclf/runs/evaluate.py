@@ -7,14 +7,16 @@ which labels a table of any size, is in ``runs/predict.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from llmclf.config import DataConfig, build
+from llmclf.config import DataConfig, Options, build, option, same_as
 from llmclf.data import (
     Examples,
     content_hash,
@@ -37,6 +39,49 @@ from llmclf.run_folder import (
 from llmclf.speed import thread_settings
 
 log = logging.getLogger("llmclf")
+
+
+def _run_own(name: str):
+    return same_as(DataConfig, name, default=None)
+
+
+@dataclasses.dataclass
+class EvaluationData(Options):
+    """Where the labelled examples come from (evaluate, calibrate, compare); an option left
+    unset reads the data the way the run was trained on it."""
+
+    data: str | None = _run_own("data")
+    text_column: list[str] | None = _run_own("text_column")
+    label_column: str | None = _run_own("label_column")
+    label_sep: str | None = _run_own("label_sep")
+    empty_text: str | None = _run_own("empty_text")
+    split_seed: int | None = _run_own("split_seed")
+
+    def given(self) -> dict[str, Any]:
+        """The options set (what overrides the run's own data options)."""
+        return {k: v for k, v in self.as_dict().items() if v is not None}
+
+
+@dataclasses.dataclass
+class EvaluateOptions(Options):
+    """llmclf evaluate: a run on a data split (or, with --zero-shot, an untrained model)."""
+
+    run: str | None = option(None, "a run folder written by `llmclf train`")
+    zero_shot: bool = option(
+        False,
+        "evaluate the untrained --model answering the instruct prompts instead of a RUN "
+        "(writes a run folder to --output, default runs/zero-shot-MODEL-DATA-MODE)",
+    )
+    method: str | None = option(
+        None, "with --zero-shot: the method whose prompts (default instruct)"
+    )
+    split: str | None = option(
+        None,
+        "train, validation, test or all (default: test, or all of a file given with --data "
+        "that has no split column; a split named here is cut from such a file 80/10/10 as "
+        "in training)",
+    )
+    output: str | None = option(None, "folder for metrics.json (default RUN/eval)")
 
 
 def load_classifier(run: str | Path, int8: bool = False, **overrides) -> ClassifierBase:
@@ -104,7 +149,8 @@ def evaluate_examples(
     schema: LabelSchema = classifier.schema_
     schema.check_known(examples.labels, where)
     start = time.perf_counter()
-    proba = classifier.predict_proba(examples.texts)
+    details = classifier.predict_details(examples.texts)
+    proba = details.proba
     seconds = time.perf_counter() - start
     decided = schema.decide(proba)
     truth = schema.encode(examples.labels)
@@ -121,9 +167,11 @@ def evaluate_examples(
     if dtype is not None:  # the precision it predicted in (a run loads in its own)
         metrics["eval_dtype"] = str(dtype).removeprefix("torch.")
     metrics["eval_threads"] = thread_settings()
+    placement = getattr(classifier, "placement_", None)
+    if placement is not None:  # the device, dtype, threads and malloc it predicted with
+        metrics["placement"] = placement.figures()
     metrics["test_set_hash"] = content_hash(examples.texts, examples.labels)
-    figures, columns = classifier.prediction_extras()
-    metrics.update(figures)
+    metrics.update(details.figures)
     frame = prediction_frame(
         pd.DataFrame(
             {"text": examples.texts, "label": [schema.join(lab) for lab in examples.labels]}
@@ -132,7 +180,7 @@ def evaluate_examples(
         proba,
         decided,
     )
-    for name, values in columns.items():
+    for name, values in details.columns.items():
         frame[name] = values
     return metrics, frame
 

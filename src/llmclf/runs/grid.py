@@ -34,7 +34,16 @@ from pathlib import Path
 import yaml
 
 from llmclf.backbone import check_model_ref
-from llmclf.config import REQUIRED, DataConfig, Options, build, field_names, flatten, option, runtime_names
+from llmclf.config import (
+    REQUIRED,
+    DataConfig,
+    Options,
+    build,
+    field_names,
+    flatten,
+    option,
+    runtime_names,
+)
 from llmclf.errors import LlmclfError
 from llmclf.methods.registry import method_class, method_classes
 from llmclf.run_folder import CELLS_FILE, GRID_REPORT, RunFolder, write_json
@@ -170,9 +179,9 @@ def _method_cells(method, cls, own, common, grid, data_values, output) -> list[C
             f"{', '.join(sorted(allowed))})"
         )
     options = {k: v for k, v in common.items() if k in allowed}
-    for key, option in (("models", "model"), ("seeds", "seed")):
-        if key in grid and option in allowed:
-            options[option] = _as_list(grid[key])
+    for key, name in (("models", "model"), ("seeds", "seed")):
+        if key in grid and name in allowed:
+            options[name] = _as_list(grid[key])
     options.update(own)
     fixed, axes = _axes(options, _list_fields(cls))
     cells = []

@@ -10,6 +10,7 @@ On a Ray cluster, ``predict_ray`` runs the same labelling through Ray Data.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import shutil
@@ -21,6 +22,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from llmclf.config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    REQUIRED,
+    DataConfig,
+    Options,
+    PredictLoadOptions,
+    option,
+    same_as,
+)
 from llmclf.data import READERS, TableWriter, iter_table, read_texts, table_rows
 from llmclf.distributed import barrier, init_process_group, is_main_process, rank, world_size
 from llmclf.errors import LlmclfError
@@ -32,6 +43,89 @@ log = logging.getLogger("llmclf")
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".tsv", ".parquet")
 CHUNK_ROWS = 4096  # rows read, predicted and written at a time
+
+
+@dataclasses.dataclass
+class PredictOptions(Options):
+    """llmclf predict: label the texts of a file (or, with --ray, of many files)."""
+
+    run: str = option(REQUIRED, "a run folder written by `llmclf train`")
+    input: str = option(
+        REQUIRED, "CSV / TSV / JSONL / Parquet file of texts (with --ray: a glob or a folder)"
+    )
+    output: str = option(
+        REQUIRED, "where to write: .csv, .jsonl, .tsv or .parquet (with --ray: a new folder)"
+    )
+    text_column: list[str] | None = same_as(
+        DataConfig,
+        "text_column",
+        default=None,
+        help="column(s) holding the text (default: the run's)",
+    )
+    empty_text: str = same_as(DataConfig, "empty_text")
+    chunk_rows: int = option(
+        CHUNK_ROWS,
+        "rows read, labelled and written at a time: memory holds one chunk, whatever the "
+        "size of the input",
+        bound=POSITIVE,
+    )
+    ray: bool = option(
+        False,
+        "label the files --input names (a glob such as 'shards/*.parquet', or a folder) on a "
+        "Ray cluster and write Parquet files into the folder --output, each row with its "
+        "row_id (pip install 'llmclf[ray]')",
+    )
+    ray_address: str | None = option(
+        None,
+        "with --ray: an existing cluster: auto on one of its nodes, or ray://head:10001 "
+        "(default: RAY_ADDRESS, else a local instance)",
+    )
+    ray_workers: int = option(
+        2, "with --ray: actors, each holding the classifier once", bound=POSITIVE
+    )
+    ray_cpus_per_worker: float = option(1.0, "with --ray: CPUs per actor", bound=POSITIVE)
+    ray_gpus_per_worker: float = option(0.0, "with --ray: GPUs per actor", bound=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ray:
+            if Path(self.output).suffix.lower() in TABLE_SUFFIXES:
+                raise LlmclfError(
+                    f"--output {self.output}: with --ray the output is a folder of Parquet "
+                    "parts; give a folder name (e.g. labelled/), or drop --ray to write one file"
+                )
+            return
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        given = [n for n in defaults if n.startswith("ray_") and getattr(self, n) != defaults[n]]
+        if given:
+            raise LlmclfError(f"--{given[0].replace('_', '-')} needs --ray")
+
+
+def predict(options: PredictOptions, load: PredictLoadOptions | None = None, **overrides) -> int:
+    """``llmclf predict``: ``predict_file``, or ``predict_ray`` with ``options.ray``.
+    ``load`` and ``overrides`` (an instruct run's ``predict_mode``, ...) say how the run
+    is loaded. Returns the rows written."""
+    load = load or PredictLoadOptions()
+    common = dict(
+        text_column=options.text_column,
+        empty_text=options.empty_text,
+        int8=load.int8,
+        chunk_rows=options.chunk_rows,
+        **load.overrides(),
+        **overrides,
+    )
+    if options.ray:
+        return predict_ray(
+            options.run,
+            options.input,
+            options.output,
+            workers=options.ray_workers,
+            cpus_per_worker=options.ray_cpus_per_worker,
+            gpus_per_worker=options.ray_gpus_per_worker,
+            address=options.ray_address,
+            **common,
+        )
+    return predict_file(options.run, options.input, options.output, **common)
 
 
 def check_output_file(output: Path) -> None:
@@ -55,17 +149,17 @@ def label_rows(
     keep = [i for i, t in enumerate(texts) if t is not None]
     schema = classifier.schema_
     proba = np.full((len(texts), schema.num_classes), np.nan, dtype=np.float32)
+    extra: dict[str, list] = {}
     if keep:
-        proba[keep] = classifier.predict_proba([texts[i] for i in keep])
+        details = classifier.predict_details([texts[i] for i in keep])
+        proba[keep], extra = details.proba, details.columns
     decided = schema.decide(np.nan_to_num(proba))
     result = prediction_frame(frame, schema, proba, decided)
-    if keep:
-        _, extra = classifier.prediction_extras()
-        for name, column in extra.items():
-            full = [None] * len(texts)
-            for row, value in zip(keep, column):
-                full[row] = value
-            result[name] = full
+    for name, column in extra.items():
+        full = [None] * len(texts)
+        for row, value in zip(keep, column):
+            full[row] = value
+        result[name] = full
     if len(keep) < len(texts):
         result.loc[[i for i, t in enumerate(texts) if t is None], "prediction"] = ""
     return result, len(texts) - len(keep)

@@ -21,11 +21,10 @@ from llmclf.distributed import is_main_process, world_size
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
-from llmclf.methods.registry import method_class, method_classes
+from llmclf.methods.registry import method_class
 from llmclf.run_folder import (
     CHECKPOINTS,
     METRICS_FILE,
-    PREDICTIONS,
     STAGING,
     TEST_PREDICTIONS,
     TRAIN_LOG,
@@ -34,7 +33,7 @@ from llmclf.run_folder import (
     write_json,
     write_predictions,
 )
-from llmclf.runs.evaluate import evaluate_examples, evaluation_split
+from llmclf.runs.evaluate import evaluate_examples
 from llmclf.speed import thread_settings
 from llmclf.training import check_tracker, peak_gpu_mb, peak_rss_mb
 
@@ -64,9 +63,7 @@ def train(options: TrainOptions, **values) -> dict | None:
         raise LlmclfError(
             f"{', '.join(flag(u) for u in unknown)} does not apply to --method {options.method}"
         )
-    return train_run(
-        options.method, method_options, build(DataConfig, data_values), options.output
-    )
+    return train_run(options.method, method_options, build(DataConfig, data_values), options.output)
 
 
 def train_run(
@@ -215,69 +212,3 @@ def write_run(
     if not keep_checkpoints:
         shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     write_json(output / METRICS_FILE, metrics)
-
-
-def _slug(name: str) -> str:
-    """A file-name-safe short form of a model or data reference."""
-    stem = Path(name).stem if Path(name).suffix else Path(name).name
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in stem).strip("-") or "x"
-
-
-def zero_shot_folder(method: str, options: dict, data_config: DataConfig) -> Path:
-    """Where a zero-shot run goes by default: runs/zero-shot-MODEL-DATA-MODE."""
-    config = method_class(method)(**options).resolve_config()
-    mode = getattr(getattr(config, "instruct", None), "predict_mode", None)
-    parts = ["zero-shot", _slug(config.model.model), _slug(data_config.data)]
-    return Path("runs") / "-".join([*parts, *([mode] if mode else [])])
-
-
-def zero_shot_run(
-    method: str,
-    options: dict,
-    data_config: DataConfig,
-    split: str,
-    output: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Evaluate the untrained model answering ``method``'s prompts on one split and write
-    a run folder (loadable by ``predict``) with the same metrics.json as a trained run:
-    ``output``, by default ``zero_shot_folder`` (runs/zero-shot-MODEL-DATA-MODE)."""
-    start = time.perf_counter()
-    classes = method_classes()
-    cls = method_class(method)
-    if not hasattr(cls, "zero_shot"):
-        able = ", ".join(name for name, c in classes.items() if hasattr(c, "zero_shot"))
-        raise LlmclfError(
-            f"--zero-shot needs a method that answers untrained ({able}), not {method!r}"
-        )
-    classifier = cls(progress=progress, **options)
-    config = classifier.resolve_config()
-    folder = RunFolder(output or zero_shot_folder(method, options, data_config))
-    folder.check_new(resume=False)
-    check_model_ref(config.model.model)
-    splits, multi_label = examples_by_split(data_config)
-    examples = evaluation_split(data_config, split, multi_label)
-    names = {
-        lab
-        for part in splits.values()
-        for row in part.labels
-        for lab in (row if multi_label else [row])
-    }
-    classifier.zero_shot(sorted(names), multi_label)
-    if data_config.label_sep:
-        classifier.schema_.label_sep = data_config.label_sep
-    where = f"{data_config.data} [{split}]"
-    metrics, predictions = evaluate_examples(classifier, examples, where)
-    metrics.update(accounting(classifier, 0))
-    metrics.update({"method": method, "zero_shot": True, "data": data_config.data, "split": split})
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    write_run(
-        classifier,
-        folder.path,
-        data_config,
-        metrics,
-        predictions,
-        # on the test split it is comparable with trained runs (llmclf compare)
-        predictions_file=TEST_PREDICTIONS if split == "test" else PREDICTIONS,
-    )
-    return metrics
