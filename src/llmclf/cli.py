@@ -1,6 +1,6 @@
 """The ``llmclf`` command: a table of commands, each one library function and its options.
 
-Every command is a row of ``COMMANDS``: the function that does the work (``runs.predict.
+Every command is a row of ``commands()``: the function that does the work (``runs.predict.
 predict``, ``serve.serve``, ...), its options classes (``PredictOptions``, ``LoadOptions``,
 ...: dataclasses of ``config.option()`` fields), which of their options are positional,
 and, where registered methods add options of their own (``train``'s sections, an instruct
@@ -35,7 +35,6 @@ from llmclf.config import (
     check_value,
     flag,
     option,
-    predict_time_names,
     read_yaml,
 )
 from llmclf.distributed import is_main_process, rank
@@ -58,59 +57,34 @@ class ServedRuns(Options):
 # ---------------------------------------------------------------------------------------
 
 
-def _methods():
+def _registry():
     from llmclf.methods import registry
 
-    return registry.method_classes()
-
-
-def _fields_of(classes: list[type]) -> Fields:
-    out: Fields = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            out.setdefault(f.name, f)
-    return out
+    return registry
 
 
 def train_fields() -> Fields:
-    """``train``: the data options, then every section of every method (one flag a name)."""
-    from llmclf.methods.registry import section_classes
-
-    return _fields_of([DataConfig, *section_classes()])
+    return _registry().section_fields(DataConfig)
 
 
 def predict_time_fields() -> Fields:
-    """Options a loaded run takes anew at prediction time (an instruct run's
-    ``predict_mode``, ...), from every method's ``predict_time`` marks."""
-    out: Fields = {}
-    for cls in _methods().values():
-        fields = cls.config_class.option_fields()
-        for name in sorted(predict_time_names(cls.config_class)):
-            out.setdefault(name, fields[name])
-    return out
+    return _registry().predict_time_fields()
 
 
 def evaluate_fields() -> Fields:
-    """``evaluate``: predict-time options, and what an untrained model takes with
-    ``--zero-shot`` (each method's ``zero_shot_options``)."""
-    out = predict_time_fields()
-    for cls in _methods().values():
-        fields = cls.config_class.option_fields()
-        for name in cls.zero_shot_options:
-            out.setdefault(name, fields[name])
-    return out
+    return {**_registry().zero_shot_fields(), **_registry().predict_time_fields()}
 
 
 def distill_fields() -> Fields:
-    """``distill``: the data options and the encoder student's (its model is --student)."""
+    """The data options and the encoder student's (its model is --student)."""
     from llmclf.methods.encoder import EncoderClassifier
 
-    student = {
-        k: f
-        for k, f in EncoderClassifier.config_class.option_fields().items()
-        if k not in ("model", "quantize", "validation_fraction")
+    fields = EncoderClassifier.config_class.option_fields()
+    skip = ("model", "quantize", "validation_fraction")
+    return {
+        **{f.name: f for f in dataclasses.fields(DataConfig)},
+        **{k: f for k, f in fields.items() if k not in skip},
     }
-    return {**_fields_of([DataConfig]), **student}
 
 
 def no_fields() -> Fields:
@@ -131,28 +105,11 @@ class Command:
     name: str
     help: str
     run: Callable[..., Any]
-    options: tuple[type, ...] = ()
+    options: tuple[type[Options], ...] = ()
     positionals: tuple[str, ...] = ()
     more_options: Callable[[], Fields] = no_fields
     show: Callable[[Any, dict], None] = summary.show_nothing
     description: str | None = None
-
-
-def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """A library function imported when called (``llmclf --help`` imports no torch)."""
-
-    def call(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
-
-    return call
-
-
-def _options_class(module: str, name: str) -> type:
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
 
 
 def _serve(target: ServedRuns, options, load: PredictLoadOptions) -> None:
@@ -161,32 +118,35 @@ def _serve(target: ServedRuns, options, load: PredictLoadOptions) -> None:
     serve(target.runs, options, overrides={**load.overrides(), "int8": load.int8})
 
 
+def _encoder_defaults() -> str:
+    from llmclf.methods.encoder import ENCODER_DEFAULTS
+
+    return ", ".join(f"{flag(k)} {v}" for k, v in ENCODER_DEFAULTS.items())
+
+
 def commands() -> list[Command]:
     """The table: every subcommand, in the order ``llmclf --help`` lists them."""
-    evaluation_data = _options_class("llmclf.runs.evaluate", "EvaluationData")
+    from llmclf import runs
+    from llmclf.methods.distill import DistillConfig
+    from llmclf.serve.app import ServeOptions
+
     return [
         Command(
             "train",
             "train a classifier and evaluate it on the test split",
-            _lazy("llmclf.runs.train", "train"),
-            (_options_class("llmclf.runs.train", "TrainOptions"),),
+            runs.train.train,
+            (runs.train.TrainOptions,),
             more_options=train_fields,
             show=summary.show_train,
-            description="Train a classifier (--method: "
-            + " | ".join(_methods())
-            + "). Each method takes its own options; unset options take the method's "
-            "defaults (encoder and the distill student: --model minilm-l6, --learning-rate "
-            "1e-4, --head-learning-rate 1e-3, --epochs 5, --batch-size 16).",
+            description=f"Train a classifier (--method: {' | '.join(_registry().METHODS)}). "
+            "Each method takes its own options; an option not set takes the method's "
+            f"default (encoder and the distill student: {_encoder_defaults()}).",
         ),
         Command(
             "evaluate",
             "evaluate a run on a data split; writes metrics.json",
-            _lazy("llmclf.runs.zero_shot", "evaluate"),
-            (
-                _options_class("llmclf.runs.evaluate", "EvaluateOptions"),
-                evaluation_data,
-                PredictLoadOptions,
-            ),
+            runs.zero_shot.evaluate,
+            (runs.evaluate.EvaluateOptions, runs.evaluate.EvaluationData, PredictLoadOptions),
             positionals=("run",),
             more_options=evaluate_fields,
             show=summary.show_evaluate,
@@ -194,8 +154,8 @@ def commands() -> list[Command]:
         Command(
             "predict",
             "label the texts of a file with a trained run",
-            _lazy("llmclf.runs.predict", "predict"),
-            (_options_class("llmclf.runs.predict", "PredictOptions"), PredictLoadOptions),
+            runs.predict.predict,
+            (runs.predict.PredictOptions, PredictLoadOptions),
             positionals=("run",),
             more_options=predict_time_fields,
             show=summary.show_predict,
@@ -203,12 +163,8 @@ def commands() -> list[Command]:
         Command(
             "calibrate",
             "fit temperature scaling on the validation split and store it in the run",
-            _lazy("llmclf.runs.calibrate", "calibrate"),
-            (
-                _options_class("llmclf.runs.calibrate", "CalibrateOptions"),
-                evaluation_data,
-                LoadOptions,
-            ),
+            runs.calibrate.calibrate,
+            (runs.calibrate.CalibrateOptions, runs.evaluate.EvaluationData, LoadOptions),
             positionals=("run",),
             show=summary.show_calibrate,
         ),
@@ -216,12 +172,8 @@ def commands() -> list[Command]:
             "compare",
             "compare runs on one test set: McNemar, bootstrap delta-F1, calibration, cost; "
             "writes report.html / .md / .json",
-            _lazy("llmclf.runs.compare", "compare"),
-            (
-                _options_class("llmclf.runs.compare", "CompareOptions"),
-                evaluation_data,
-                LoadOptions,
-            ),
+            runs.compare.compare,
+            (runs.compare.CompareOptions, runs.evaluate.EvaluationData, LoadOptions),
             positionals=("runs",),
             show=summary.show_compare,
             description="Without --data, the test predictions each run stored when it was "
@@ -231,32 +183,29 @@ def commands() -> list[Command]:
         Command(
             "experiment",
             "train a grid of runs (methods x models x seeds x options), resumably, then compare",
-            _lazy("llmclf.runs.grid", "experiment"),
-            (_options_class("llmclf.runs.grid", "ExperimentOptions"),),
+            runs.grid.experiment,
+            (runs.grid.ExperimentOptions,),
             positionals=("grid",),
         ),
         Command(
             "distill",
             "train a fast encoder student on a trained run's outputs and compare the two",
-            _lazy("llmclf.runs.distill", "distill"),
-            (
-                _options_class("llmclf.runs.distill", "DistillOptions"),
-                _options_class("llmclf.methods.distill", "DistillConfig"),
-            ),
+            runs.distill.distill,
+            (runs.distill.DistillOptions, DistillConfig),
             positionals=("teacher",),
             more_options=distill_fields,
             show=summary.show_distill,
             description="Train an encoder student on TEACHER's temperature-softened outputs "
             "plus the gold labels, then compare the two on the test split (F1 and examples/s). "
-            "Unset options take the encoder defaults (--learning-rate 1e-4, "
-            "--head-learning-rate 1e-3, --epochs 5, --batch-size 16); --max-length defaults "
-            "to the teacher's; without --data the teacher's data options are used.",
+            f"Options not set take the encoder's defaults ({_encoder_defaults()}); "
+            "--max-length defaults to the teacher's; without --data the teacher's data "
+            "options are used.",
         ),
         Command(
             "export",
             "export a run for another runtime (see --format)",
-            _lazy("llmclf.runs.export", "export"),
-            (_options_class("llmclf.runs.export", "ExportOptions"),),
+            runs.export.export,
+            (runs.export.ExportOptions,),
             positionals=("run",),
             show=summary.show_export,
         ),
@@ -264,7 +213,7 @@ def commands() -> list[Command]:
             "serve",
             "serve trained runs over HTTP: vLLM's /v1/classify, TEI's /predict, a page at /",
             _serve,
-            (ServedRuns, _options_class("llmclf.serve.app", "ServeOptions"), PredictLoadOptions),
+            (ServedRuns, ServeOptions, PredictLoadOptions),
             positionals=("runs",),
         ),
         Command("models", "list the built-in offline models", summary.show_models),
@@ -328,7 +277,8 @@ def add_command(subparsers, command: Command) -> None:
     parser.add_argument("--config", help="a YAML file of options; flags override it")
     added: set[str] = {"config"}
     for cls in command.options:
-        group = parser.add_argument_group((cls.__doc__ or cls.__name__).strip().splitlines()[0])
+        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        group = parser.add_argument_group(title.replace("``", "").rstrip("."))
         for f in dataclasses.fields(cls):
             if f.name not in added:
                 add_flag(group, f, positional=f.name in command.positionals)
@@ -357,12 +307,8 @@ def run_command(command: Command, values: dict[str, Any]) -> Any:
     instances = []
     rest = dict(values)
     for cls in command.options:
-        own, rest = cls.partition(rest) if issubclass(cls, Options) else _split(cls, rest)
-        instances.append(
-            cls.from_values(own, f"llmclf {command.name}")
-            if issubclass(cls, Options)
-            else cls(**own)
-        )
+        own, rest = cls.partition(rest)
+        instances.append(cls.from_values(own, f"llmclf {command.name}"))
     more = command.more_options()
     unknown = sorted(set(rest) - set(more))
     if unknown:
@@ -372,14 +318,6 @@ def run_command(command: Command, values: dict[str, Any]) -> Any:
         )
     checked = {name: check_value(more[name], value) for name, value in rest.items()}
     return command.run(*instances, **checked)
-
-
-def _split(cls: type, values: dict[str, Any]) -> tuple[dict, dict]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return (
-        {k: v for k, v in values.items() if k in names},
-        {k: v for k, v in values.items() if k not in names},
-    )
 
 
 # ---------------------------------------------------------------------------------------

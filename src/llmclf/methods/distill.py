@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmclf.config import NON_NEGATIVE, POSITIVE, option, validate
+from llmclf.config import NON_NEGATIVE, POSITIVE, Options, option
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(Options):
     """Distillation: what the student learns from the teacher."""
 
     temperature: float = option(
@@ -50,7 +50,7 @@ class DistillConfig:
     )
 
     def __post_init__(self) -> None:
-        validate(self)
+        super().__post_init__()
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise LlmclfError("--kd-weight and --ce-weight cannot both be 0")
 

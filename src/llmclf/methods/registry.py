@@ -113,5 +113,43 @@ def section_classes() -> list[type]:
     return out
 
 
+# What the registered methods add to the commands' options, read from their declarations
+# (the CLI makes a flag of each; a command's function receives them as keywords).
+
+Fields = dict[str, dataclasses.Field]
+
+
+def method_option_fields(*names: str) -> Fields:
+    """The fields of these options, from whichever registered method declares them."""
+    out: Fields = {}
+    for cls in METHODS.values():
+        fields = cls.config_class.option_fields()
+        out.update({n: fields[n] for n in names if n in fields and n not in out})
+    return out
+
+
+def section_fields(*extra: type) -> Fields:
+    """The fields of the sections ``extra`` (e.g. ``DataConfig``), then of every section of
+    every method: ``train``'s options, one flag a name."""
+    out: Fields = {}
+    for section in [*extra, *section_classes()]:
+        for f in dataclasses.fields(section):
+            out.setdefault(f.name, f)
+    return out
+
+
+def predict_time_fields() -> Fields:
+    """Options a loaded run takes anew when it predicts (an instruct run's
+    ``predict_mode``, ...): every method's ``predict_time_options()``."""
+    names = sorted({n for cls in METHODS.values() for n in cls.predict_time_options()})
+    return method_option_fields(*names)
+
+
+def zero_shot_fields() -> Fields:
+    """What ``evaluate --zero-shot`` takes: each method's ``zero_shot_options``."""
+    names = [n for cls in METHODS.values() for n in cls.zero_shot_options]
+    return method_option_fields(*dict.fromkeys(names))
+
+
 for _builtin in (HeadClassifier, InstructClassifier, EncoderClassifier, TfidfClassifier):
     register_method(_builtin)
