@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +28,38 @@ log = logging.getLogger("llmclf")
 
 
 # ---------------------------------------------------------------------------------------
-# Device and dtype
+# Device and dtype: decided once per classifier (place), passed down as a Placement
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a classifier runs and in what precision: decided once, by ``place``, kept on
+    the classifier (``placement_``) and passed down to ``load_model``, the batches and the
+    Trainer, so that nothing decides it again.
+
+    Example:
+        >>> Placement(torch.device("cpu"), torch.float32, threads=4).figures()
+        {'device': 'cpu', 'dtype': 'float32', 'threads': 4, 'malloc_tuned': False}
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    # --dtype auto on a CPU: what the bf16-vs-fp32 probe measured (DtypeProbe.as_dict)
+    dtype_probe: dict | None = None
+    # torch's intra-op threads once this process's settings are in force
+    threads: int = 1
+    # whether glibc's malloc keeps freed memory in this process (speed.tune_malloc)
+    malloc_tuned: bool = False
+
+    def figures(self) -> dict:
+        """What was decided and applied, for metrics.json (``placement``)."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "threads": self.threads,
+            "malloc_tuned": self.malloc_tuned,
+        }
 
 
 def mps_available() -> bool:
@@ -37,13 +68,8 @@ def mps_available() -> bool:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else Apple's MPS (a Mac's GPU), else the CPU.
-
-    On MPS, operations the backend lacks fall back to the CPU when
-    ``PYTORCH_ENABLE_MPS_FALLBACK=1`` is set before Python starts (llmclf sets it for its
-    own process if it is unset, which works when torch has not yet used MPS). On the CPU,
-    torch's threads are cut to a container's CPU quota (``speed.fit_threads_to_quota``) and
-    glibc's malloc keeps freed memory (``speed.tune_malloc``)."""
+    """``auto``: CUDA when present, else Apple's MPS (a Mac's GPU), else the CPU. Under
+    ``accelerate launch`` / torchrun each process gets its own GPU. Changes nothing."""
     if name == "cuda" and not torch.cuda.is_available():
         raise LlmclfError("--device cuda was asked for but no CUDA GPU is visible")
     if name == "mps" and not mps_available():
@@ -51,16 +77,74 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else ("mps" if mps_available() else "cpu")
     if name == "cuda":
-        # one GPU per process under `accelerate launch` / torchrun
         from accelerate import PartialState
 
         return torch.device("cuda", PartialState().local_process_index)
-    if name == "mps":
-        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    if name == "cpu":
-        speed.fit_threads_to_quota()  # a container's CPU quota, not the host's cores
-        speed.tune_malloc()  # freed activations kept, not faulted in again every batch
     return torch.device(name)
+
+
+_applied: set[str] = set()  # the process-wide settings place() has made, each made once
+
+
+def _apply_process_settings(device: torch.device, tune_malloc: bool) -> None:
+    """This process's settings for ``device``, each applied at most once per process."""
+    if device.type == "mps" and "mps" not in _applied:
+        _applied.add("mps")
+        # torch reads PYTORCH_ENABLE_MPS_FALLBACK once, when it is imported (a static
+        # registration in ATen's MPSFallback.mm): setting it from here would change nothing,
+        # so llmclf only says how to turn it on
+        if not os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK"):
+            log.info(
+                "on MPS, operations the backend lacks fail unless PYTORCH_ENABLE_MPS_FALLBACK=1 "
+                "is set before Python starts (they then run on the CPU)"
+            )
+    if device.type != "cpu":
+        return
+    if "threads" not in _applied:
+        _applied.add("threads")
+        speed.fit_threads_to_quota()  # a container's CPU quota, not the host's cores
+    if tune_malloc and "malloc" not in _applied:
+        _applied.add("malloc")
+        speed.tune_malloc()  # freed activations kept, not faulted in again every batch
+
+
+def place(
+    device: str = "auto",
+    dtype: str = "auto",
+    source: str | None = None,
+    *,
+    tune_malloc: bool = True,
+) -> Placement:
+    """The device and compute dtype of a classifier, with this process's CPU settings.
+
+    The first call in a process for a CPU device cuts torch's threads to a container's CPU
+    quota (``speed.fit_threads_to_quota``) and, with ``tune_malloc``, sets glibc's malloc
+    to keep freed memory (``speed.tune_malloc``); later calls find them made and make them
+    no more. Then the dtype (``choose_dtype``; ``source``, the model, gives the probe its
+    shapes), measured with the threads the classifier will run with.
+
+    Example:
+        >>> placement = place("cpu", "bfloat16", tune_malloc=False)  # doctest: +SKIP
+        >>> placement.device, placement.dtype  # doctest: +SKIP
+        (device(type='cpu'), torch.bfloat16)
+    """
+    resolved = resolve_device(device)
+    _apply_process_settings(resolved, tune_malloc)
+    chosen, probe = choose_dtype(dtype, resolved, source)
+    return Placement(
+        device=resolved,
+        dtype=chosen,
+        dtype_probe=probe,
+        threads=torch.get_num_threads(),
+        malloc_tuned=speed.malloc_tuned(),
+    )
+
+
+def placement_for(config: ModelConfig, source: str | None = None) -> Placement:
+    """``place`` with a classifier's model options (``device``, ``dtype``, and whether to
+    tune malloc, on by default)."""
+    tune = getattr(config, "tune_malloc", True)  # an option of ModelConfig, where it has one
+    return place(config.device, config.dtype, source, tune_malloc=tune)
 
 
 DEFAULT_SIZES = (576, 1536)  # SmolLM2-135M's hidden and MLP sizes, when a config has none
@@ -100,10 +184,6 @@ def choose_dtype(name: str, device: torch.device, source: str | None = None):
         return torch.float32, None
     probe = speed.cpu_probe(*model_sizes(source))
     return probe.choice, probe.as_dict()
-
-
-def resolve_dtype(name: str, device: torch.device, source: str | None = None) -> torch.dtype:
-    return choose_dtype(name, device, source)[0]
 
 
 @contextlib.contextmanager
@@ -401,37 +481,47 @@ def load_model(
     auto_class,
     source: str,
     config: ModelConfig,
+    placement: Placement,
     keep_full_precision: list[str],
     num_layers: int | None = None,
+    *,
+    run_weights: str | None = None,
+    attached: tuple[str, ...] = (),
     **kwargs,
 ):
-    """``auto_class.from_pretrained(source)`` on the configured device, dtype and quantization.
+    """``auto_class.from_pretrained(source)`` on ``placement``'s device and dtype, with the
+    configured quantization.
 
     ``keep_full_precision`` names modules (the head) that are never quantized;
-    ``num_layers`` keeps only the first K decoder blocks.
+    ``num_layers`` keeps only the first K decoder blocks. ``run_weights``: ``source`` is a
+    run folder whose weights file of that name must fill the model exactly (a missing,
+    unexpected or misshapen weight is damage, named), except for the ``attached`` modules
+    the caller adds and loads itself.
     """
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device, source)
+    device, dtype = placement.device, placement.dtype
     quant = quantization_config(config, dtype, keep_full_precision)
     trust = config.trust_remote_code
     try:
         if num_layers is not None:
             kwargs = {"config": truncated_config(source, num_layers, trust, **kwargs)}
         with quiet_transformers():
-            model = auto_class.from_pretrained(
+            model, loading = auto_class.from_pretrained(
                 source,
                 trust_remote_code=trust,
                 dtype=dtype,
                 quantization_config=quant,
                 device_map={"": device.index if device.type == "cuda" else device.type},
+                output_loading_info=True,
                 **kwargs,
             )
     except OSError as exc:
-        raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+        raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:
         if REMOTE_CODE in str(exc):
-            raise remote_code_refused(source) from None
-        raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+            raise remote_code_refused(source) from exc
+        raise LlmclfError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
+    if run_weights is not None:
+        _check_loading(Path(source), run_weights, loading, attached)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -449,14 +539,45 @@ def load_model(
     return model
 
 
-def load_adapter_for_inference(base, folder: str):
-    """A saved LoRA adapter on ``base``, ready to predict. Over a full-precision base the
-    adapter is merged into the weights (PEFT ``merge_adapter``: the LoRA matmuls stop
-    costing time, the adapter can still be saved and unmerged); over a 4-bit base it stays
-    separate, since merging into NF4 weights would round it away."""
-    from peft import PeftModel
+def _check_loading(folder: Path, name: str, loading: dict, attached: tuple[str, ...]) -> None:
+    """transformers' loading report on a run's own weights, read strictly: it fills in
+    what a file lacks with random weights, and only logs it."""
+    from llmclf.run_folder import refuse_weights
 
-    return merge_for_inference(PeftModel.from_pretrained(base, folder))
+    mine = tuple(f"{module}." for module in attached)
+    refuse_weights(
+        folder,
+        name,
+        missing=loading.get("missing_keys", ()),
+        unexpected=[k for k in loading.get("unexpected_keys", ()) if not k.startswith(mine)],
+        misshapen=[f"{key} {list(shape)}" for key, shape, *_ in loading.get("mismatched_keys", ())],
+    )
+
+
+def load_adapter_for_inference(base, folder: str):
+    """A saved LoRA adapter on ``base``, ready to predict (``merge_for_inference``).
+
+    Loaded strictly: PEFT keeps random weights for an adapter tensor (or a saved module:
+    the head, the window scorer, the pooling token) that the file lacks and ignores one
+    the model has no place for, so both are checked here and named as damage."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from llmclf.run_folder import ADAPTER_WEIGHTS, check_tensors, tensor_shapes
+
+    path = Path(folder)
+    try:
+        model = PeftModel.from_pretrained(base, folder)
+    except RuntimeError as exc:  # torch's load_state_dict: a tensor of another shape
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not lines:
+            raise
+        raise LlmclfError(
+            f"{path / ADAPTER_WEIGHTS} does not fit the base model "
+            f"{getattr(base, 'name_or_path', '')!r}: {lines[0][:300]}"
+        ) from exc
+    expected = {k: list(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    check_tensors(path, ADAPTER_WEIGHTS, tensor_shapes(path, ADAPTER_WEIGHTS), expected)
+    return merge_for_inference(model)
 
 
 def merge_for_inference(model):

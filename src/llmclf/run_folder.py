@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ EVAL_FOLDER = "eval"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
+MODEL_WEIGHTS = "model.safetensors"  # encoder runs: the whole model (transformers' name)
 INSTRUCT_STATE = "instruct.json"
 PIPELINE_FILE = "pipeline.skops"
 TEACHER_CACHE = "teacher_logits"  # distill: the teacher's logits, reused on --resume
@@ -181,17 +182,7 @@ def check_tokenizer(folder: Path) -> None:
 def check_safetensors(folder: Path, name: str, rows: dict[str, int] | None = None) -> None:
     """A readable safetensors file (header, and data of the size the header says) whose
     tensors named ``*KEY`` have ``rows[KEY]`` rows (the head's label count)."""
-    from safetensors import SafetensorError, safe_open
-
-    check_present(folder, name)
-    path = folder / name
-    try:
-        with safe_open(str(path), "pt") as tensors:
-            shapes = {key: tensors.get_slice(key).get_shape() for key in tensors.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-        what = f"is truncated or not valid ({first or type(exc).__name__})"
-        raise damaged(folder, name, what) from None
+    shapes = tensor_shapes(folder, name)
     for suffix, expected in (rows or {}).items():
         found = [key for key in shapes if key == suffix or key.endswith("." + suffix)]
         if not found:
@@ -203,6 +194,70 @@ def check_safetensors(folder: Path, name: str, rows: dict[str, int] | None = Non
                     name,
                     f"has {key} of shape {shapes[key]}, but {LABELS_FILE} names {expected} classes",
                 )
+
+
+def tensor_shapes(folder: Path, name: str) -> dict[str, list[int]]:
+    """The name and shape of every tensor of a run's safetensors file (its header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    check_present(folder, name)
+    try:
+        with safe_open(str(folder / name), "pt") as tensors:
+            return {key: list(tensors.get_slice(key).get_shape()) for key in tensors.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise damaged(
+            folder, name, f"is truncated or not valid ({first or type(exc).__name__})"
+        ) from exc
+
+
+def check_tensors(
+    folder: Path, name: str, found: dict[str, list[int]], expected: dict[str, list[int]]
+) -> None:
+    """A weights file loaded strictly: every tensor the model needs from it is there, in
+    the model's shape, and the file holds no tensor the model has no place for; otherwise
+    the run is damaged, and the message names the tensors.
+
+    Example:
+        >>> check_tensors(Path("run"), "head.safetensors", {}, {"score.weight": [3, 64]})
+        Traceback (most recent call last):
+        llmclf.errors.LlmclfError: run is damaged: head.safetensors lacks score.weight; train it
+        again or restore the folder from a copy
+    """
+    refuse_weights(
+        folder,
+        name,
+        missing=set(expected) - set(found),
+        unexpected=set(found) - set(expected),
+        misshapen=[
+            f"{key} {list(found[key])} (the model's: {list(expected[key])})"
+            for key in set(found) & set(expected)
+            if list(found[key]) != list(expected[key])
+        ],
+    )
+
+
+def refuse_weights(
+    folder: Path,
+    name: str,
+    missing: Iterable[str] = (),
+    unexpected: Iterable[str] = (),
+    misshapen: Iterable[str] = (),
+) -> None:
+    """Damage, named, when a weights file lacks tensors the model needs, holds tensors it
+    has no place for, or holds tensors of another shape (each described)."""
+    problems = []
+    for what, names in (
+        ("lacks", missing),
+        ("holds tensors the model has no place for:", unexpected),
+        ("has tensors of another shape:", misshapen),
+    ):
+        names = sorted(names)
+        if names:
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            problems.append(f"{what} {', '.join(names[:5])}{more}")
+    if problems:
+        raise damaged(folder, name, "; ".join(problems))
 
 
 def check_zip(folder: Path, name: str) -> None:

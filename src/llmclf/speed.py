@@ -251,14 +251,14 @@ def tune_malloc() -> bool:
     """Keep freed activation memory in the process (glibc ``mallopt``: a fixed mmap
     threshold of 32 MiB and a 1 GiB trim threshold) instead of unmapping and faulting it
     in again every batch. Only with glibc, once per process, and not where the user set
-    ``MALLOC_*`` / ``GLIBC_TUNABLES`` themselves or ``LLMCLF_TUNE_MALLOC=0``. Returns
-    whether the settings are in force."""
+    glibc's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` (their settings stand). Whether to call
+    it at all is the classifier's option (``backbone.place(..., tune_malloc=...)``).
+    Returns whether the settings are in force."""
     global _malloc_tuned
     if _malloc_tuned is not None:
         return _malloc_tuned
     _malloc_tuned = False
-    chosen = [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
-    if os.environ.get("LLMCLF_TUNE_MALLOC", "1") == "0" or chosen:
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -273,3 +273,8 @@ def tune_malloc() -> bool:
     if _malloc_tuned:
         log.debug("malloc: mmap threshold %d, trim threshold %d", MMAP_THRESHOLD, TRIM_THRESHOLD)
     return _malloc_tuned
+
+
+def malloc_tuned() -> bool:
+    """Whether ``tune_malloc`` has put its settings in force in this process."""
+    return bool(_malloc_tuned)

@@ -25,6 +25,7 @@ def test_gemma3_converts_tokenizes_with_bos_and_eos_and_pools_padding_safely():
         AutoModelForSequenceClassification,
         source,
         ModelConfig(model=source),
+        backbone.placement_for(ModelConfig(model=source), source),
         ["score"],
         num_labels=2,
         pad_token_id=tokenizer.pad_token_id,

@@ -122,8 +122,75 @@ def test_a_model_the_hub_does_not_have_is_named(hub, monkeypatch):
 
 
 def test_a_dtype_given_by_name_is_used_as_it_is():
-    assert backbone.resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    assert backbone.place("cpu", "float16", tune_malloc=False).dtype == torch.float16
     assert backbone.choose_dtype("bfloat16", torch.device("cpu")) == (torch.bfloat16, None)
+
+
+@pytest.fixture()
+def fresh_process(monkeypatch):
+    """place() as in a new process, its process-wide settings counted, not made."""
+    from llmclf import speed
+
+    made = []
+    monkeypatch.setattr(backbone, "_applied", set())
+    monkeypatch.setattr(speed, "fit_threads_to_quota", lambda: made.append("threads"))
+    monkeypatch.setattr(speed, "tune_malloc", lambda: made.append("malloc") or True)
+    monkeypatch.setattr(speed, "_malloc_tuned", True)
+    return made
+
+
+def test_placement_is_resolved_once_and_applied_once(fresh_process):
+    first = backbone.place("cpu", "float32")
+    again = backbone.place("cpu", "float32")
+    assert first == again
+    assert (first.device, first.dtype, first.dtype_probe) == (
+        torch.device("cpu"),
+        torch.float32,
+        None,
+    )
+    assert first.threads == torch.get_num_threads() and first.malloc_tuned
+    assert fresh_process == ["threads", "malloc"]  # once per process, not once per call
+
+
+def test_malloc_is_tuned_only_when_asked(fresh_process):
+    backbone.place("cpu", "float32", tune_malloc=False)
+    assert fresh_process == ["threads"]
+    backbone.place("cpu", "float32", tune_malloc=True)  # asked later: made then, once
+    backbone.place("cpu", "float32", tune_malloc=True)
+    assert fresh_process == ["threads", "malloc"]
+
+
+def test_placing_sets_no_environment_variable(fresh_process, monkeypatch):
+    import os
+
+    monkeypatch.setattr(backbone, "mps_available", lambda: True)
+    before = dict(os.environ)
+    assert backbone.place("mps", "auto").device.type == "mps"
+    assert backbone.place("cpu", "auto").device.type == "cpu"
+    assert dict(os.environ) == before
+    assert fresh_process == ["threads", "malloc"]  # a CPU's settings only for a CPU
+
+
+def test_load_model_takes_the_placement_it_is_given(tmp_path, monkeypatch):
+    """The model loads in the placement's dtype; nothing decides the dtype again."""
+    from transformers import AutoModelForSequenceClassification
+
+    from llmclf.config import ModelConfig
+
+    folder = str(make_tiny_llama(tmp_path / "m"))
+    placement = backbone.Placement(torch.device("cpu"), torch.bfloat16)
+
+    def decided_again(*args, **kwargs):
+        raise AssertionError("the dtype was decided again")
+
+    monkeypatch.setattr(backbone, "choose_dtype", decided_again)
+    monkeypatch.setattr(backbone, "place", decided_again)
+    config = ModelConfig(model=folder, dtype="float32", device="cpu")
+    model = backbone.load_model(
+        AutoModelForSequenceClassification, folder, config, placement, ["score"], num_labels=2
+    )
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.score.weight.dtype == torch.float32  # kept in full precision
 
 
 def test_appending_eos_keeps_a_bos_the_tokenizer_adds(tmp_path):

@@ -182,12 +182,14 @@ def test_generate_mode_parses_answers(fitted, tmp_path):
     clf = InstructClassifier.load(folder, progress=False, predict_mode="generate")
     texts, labels = make_texts(20, seed=4)
     answers = clf.generate_answers(texts)
-    proba = clf.predict_proba(texts)
+    details = clf.predict_details(texts)
+    proba = details.proba
+    np.testing.assert_array_equal(clf.predict_proba(texts), proba)
     assert set(np.unique(proba)) <= {0.0, 1.0} and (proba.sum(axis=1) <= 1).all()
-    figures, columns = clf.prediction_extras()
-    assert columns["answer"] == answers
+    assert details.logits is None  # generated answers have no scores
+    assert details.columns["answer"] == answers
     unread = [i for i, row in enumerate(proba) if row.sum() == 0]
-    assert figures == {
+    assert details.figures == {
         "predict_mode": "generate",
         "unparsed": len(unread),
         "unparsed_rate": round(len(unread) / 20, 4),
@@ -197,6 +199,26 @@ def test_generate_mode_parses_answers(fitted, tmp_path):
     assert clf.score(texts, labels) > 0.5
     with pytest.raises(LlmclfError, match="predict_mode='score'"):
         clf.predict_logits(texts)
+
+
+def test_each_prediction_keeps_its_own_details(fitted, tmp_path):
+    """What a call says about its rows is returned with them: a later call (another mode,
+    other texts) changes nothing in what an earlier one gave, whatever the order."""
+    folder = fitted.save(tmp_path / "run")
+    generating = InstructClassifier.load(folder, progress=False, predict_mode="generate")
+    first_texts, _ = make_texts(6, seed=5)
+    second_texts, _ = make_texts(3, seed=6)
+    first = generating.predict_details(first_texts)
+    kept = (first.proba.copy(), dict(first.figures), list(first.columns["answer"]))
+    second = generating.predict_details(second_texts)
+    scored = fitted.predict_details(second_texts)
+    np.testing.assert_array_equal(first.proba, kept[0])
+    assert (first.figures, first.columns["answer"]) == (kept[1], kept[2])
+    assert len(first.columns["answer"]) == 6 and len(second.columns["answer"]) == 3
+    assert second.columns["answer"] == generating.generate_answers(second_texts)
+    assert scored.figures == {"predict_mode": "score"} and scored.columns == {}
+    np.testing.assert_allclose(scored.proba, fitted.predict_proba(second_texts), atol=1e-6)
+    assert scored.logits.shape == (3, 3)
 
 
 def test_unparsed_answers_are_wrong_never_class_0(plain_model, tmp_path):

@@ -85,6 +85,7 @@ def test_int8_is_refused_where_it_does_not_apply(tiny_llama, tmp_path):
         AutoModelForSequenceClassification,
         tiny_llama,
         ModelConfig(model=tiny_llama, quantize="4bit", device="cpu"),
+        backbone.place("cpu", "float32", tune_malloc=False),
         keep_full_precision=["score"],
         num_labels=2,
     )

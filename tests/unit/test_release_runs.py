@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE = FIXTURES / "release-0.1.0"
@@ -199,3 +200,111 @@ def test_a_damaged_run_is_named_before_any_model_loads(
     assert f"{name} is damaged: {expected}" in lines[0]
     assert "train it again or restore" in lines[0]
     assert not Path("out.csv").exists()
+
+
+# -- Loading tells the truth: damage is named, anything else keeps its type -----------------
+
+
+def _rewrite_tensors(path: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def _chunk_attention(folder: Path) -> None:
+    """The run's config says its windows are scored by a learned chunk_attention, which
+    its weights file does not hold."""
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["long_text"] = {"long_text": "chunks", "chunk_aggregation": "attention"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+STRICT_DAMAGES = [
+    (
+        "head-frozen",
+        _chunk_attention,
+        "head.safetensors lacks chunk_attention.bias, chunk_attention.weight",
+    ),
+    (
+        "head-frozen",
+        lambda f: _rewrite_tensors(
+            f / "head.safetensors", lambda t: t.update(extra=torch.zeros(2))
+        ),
+        "head.safetensors holds tensors the model has no place for: extra",
+    ),
+    (
+        "head",
+        lambda f: _rewrite_tensors(
+            f / "adapter_model.safetensors",
+            lambda t: t.pop(next(k for k in sorted(t) if "lora_A" in k)),
+        ),
+        "adapter_model.safetensors lacks base_model.model.model.layers.0.",
+    ),
+    (
+        "head",
+        lambda f: _rewrite_tensors(
+            f / "adapter_model.safetensors", lambda t: t.update(extra=torch.zeros(2))
+        ),
+        "adapter_model.safetensors holds tensors the model has no place for: extra",
+    ),
+    (
+        "encoder",
+        lambda f: _rewrite_tensors(
+            f / "model.safetensors", lambda t: t.pop("bert.pooler.dense.bias")
+        ),
+        "model.safetensors lacks bert.pooler.dense.bias",
+    ),
+    ("encoder", _chunk_attention, "model.safetensors lacks chunk_attention.bias"),
+    (
+        "head-frozen",  # cut inside the tensor data: the header still reads
+        lambda f: (f / "head.safetensors").write_bytes((f / "head.safetensors").read_bytes()[:-8]),
+        "head.safetensors is truncated or not valid",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, damage, expected", STRICT_DAMAGES)
+def test_run_weights_are_loaded_strictly(release, name, damage, expected):
+    """A tensor the model needs that the file lacks would stay random, and one it has no
+    place for would be dropped: either is damage, and the message names the tensor."""
+    from llmclf.errors import LlmclfError
+    from llmclf.runs import load_classifier
+
+    damage(release / name)
+    with pytest.raises(LlmclfError) as caught:
+        load_classifier(name, progress=False)
+    assert f"{name} is damaged: {expected}" in str(caught.value)
+    assert "train it again or restore" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["head", "head-frozen", "encoder", "instruct"])
+def test_an_error_inside_a_loader_keeps_its_type_and_message(release, monkeypatch, name):
+    """Out of memory, or a bug in a library, is not a damaged run."""
+    from llmclf import backbone
+    from llmclf.runs import load_classifier
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(backbone, "load_model", out_of_memory)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as caught:
+        load_classifier(name, progress=False)
+    assert type(caught.value) is RuntimeError
+    assert "damaged" not in str(caught.value)
+
+
+def test_an_error_inside_a_tfidf_load_keeps_its_type(release, monkeypatch):
+    import skops.io
+
+    from llmclf.runs import load_classifier
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in a loader")
+
+    monkeypatch.setattr(skops.io, "load", broken)
+    with pytest.raises(KeyError, match="a bug in a loader"):
+        load_classifier("tfidf", progress=False)

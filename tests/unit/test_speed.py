@@ -166,6 +166,13 @@ def test_metrics_record_the_dtype_and_the_probe(tiny_llama, tmp_path):
     assert metrics["dtype_probe"]["chosen"] == "float32"
     assert metrics["dtype_probe"]["speedup_bf16_vs_fp32"] == 0.5
     assert metrics["eval_dtype"] == "float32"
+    # what was decided once and applied, for training and for the test pass alike
+    assert metrics["placement"] == {
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "malloc_tuned": speed.malloc_tuned(),
+    }
     # the parallelism it trained and evaluated with
     for threads in (metrics["threads"], metrics["eval_threads"]):
         assert threads["torch_threads"] == torch.get_num_threads()
@@ -219,7 +226,6 @@ def test_the_tokenizers_parallelism_is_reported_as_set(monkeypatch):
 @pytest.mark.parametrize(
     "env, expected",
     [
-        ({"LLMCLF_TUNE_MALLOC": "0"}, False),  # the user's opt-out
         ({"MALLOC_ARENA_MAX": "2"}, False),  # the user tunes malloc themselves
         ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, False),
     ],
@@ -238,8 +244,8 @@ def test_malloc_is_tuned_once_with_glibc(monkeypatch):
     for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(key)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv("LLMCLF_TUNE_MALLOC", raising=False)
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert speed.tune_malloc() is glibc  # mallopt accepted both settings
-    monkeypatch.setenv("LLMCLF_TUNE_MALLOC", "0")
+    assert speed.malloc_tuned() is glibc
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert speed.tune_malloc() is glibc  # decided once per process

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors import SafetensorError
 
 from llmclf._version import __version__
 from llmclf.config import (
@@ -43,16 +42,28 @@ from llmclf.run_folder import CONFIG_FILE, RunFolder, write_calibration, write_y
 
 log = logging.getLogger("llmclf")
 
-# What reading a run's model files raises when one is truncated, garbled or does not match
-# its labels.json.
-DAMAGE: tuple[type[BaseException], ...] = (
-    OSError,
-    ValueError,
-    RuntimeError,
-    KeyError,
-    zipfile.BadZipFile,
-    SafetensorError,
-)
+
+@dataclass(frozen=True)
+class Prediction:
+    """What one ``predict_details`` call says about its texts, returned to the caller
+    rather than kept on the classifier, so that calls made one after another, or at once
+    from several threads, each get their own.
+
+    Example:
+        >>> details = clf.predict_details(["Shares fell sharply"])  # doctest: +SKIP
+        >>> details.proba.shape, details.figures  # doctest: +SKIP
+        ((1, 3), {})
+    """
+
+    # [n, n_classes] probabilities, columns in ``classes_`` order (``predict_proba``'s)
+    proba: np.ndarray
+    # [n, n_classes] raw scores (``predict_logits``'), None where the method has none
+    # (an instruct run's generated answers)
+    logits: np.ndarray | None = None
+    # numbers about the call, for metrics.json (instruct: predict_mode, unparsed answers)
+    figures: dict[str, Any] = field(default_factory=dict)
+    # extra per-row columns for prediction tables (instruct generate mode: each answer)
+    columns: dict[str, list] = field(default_factory=dict)
 
 
 class Predictor:
@@ -69,12 +80,21 @@ class Predictor:
     def _check_fitted(self) -> None:
         """Nothing to check for a predictor built from a finished folder."""
 
+    def predict_details(self, texts: list[str]) -> Prediction:
+        """The probabilities of ``texts`` with the logits they came from and whatever else
+        the method says about this call (``Prediction``): what ``evaluate`` and ``predict``
+        write. Here: the softmax (per-class sigmoid for multi-label) of ``predict_logits``
+        at ``temperature_``, no figures, no extra columns."""
+        self._check_fitted()
+        logits = self.predict_logits(texts)
+        return Prediction(to_proba(logits, self.schema_.multi_label, self.temperature_), logits)
+
     def predict_proba(self, X) -> np.ndarray:
         """[n, n_classes] probabilities, columns in ``classes_`` order (sigmoid per class
         for multi-label, softmax otherwise). A single string gives a single row."""
         self._check_fitted()
         texts = [X] if isinstance(X, str) else [str(t) for t in X]
-        proba = to_proba(self.predict_logits(texts), self.schema_.multi_label, self.temperature_)
+        proba = self.predict_details(texts).proba
         return proba[0] if isinstance(X, str) else proba
 
     def predict(self, X):
@@ -282,11 +302,6 @@ class ClassifierBase(Predictor):
         self._check_fitted()
         return self._logits(texts)
 
-    def prediction_extras(self) -> tuple[dict, dict]:
-        """About the last ``predict_proba`` call: figures for metrics.json and extra
-        per-row columns for prediction tables (e.g. unparsed generated answers). None here."""
-        return {}, {}
-
     def score(self, X, y) -> float:
         """Accuracy (subset accuracy for multi-label), as scikit-learn's ``score``."""
         predicted = self.predict(X)
@@ -417,17 +432,11 @@ class ClassifierBase(Predictor):
         calibration = folder.calibration()
         if "fitted_on" in calibration:  # written by calibrate()
             clf.calibration_ = calibration
-        clf._check_files(folder.path)  # before any model loads
-        try:
-            clf._load_model(folder.path)
-        except LlmclfError:
-            raise
-        except DAMAGE as exc:  # a truncated or garbled model file, a shape that does not fit
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LlmclfError(
-                f"{folder} is damaged: {first[:300]} ({type(exc).__name__}); train it again "
-                "or restore the folder from a copy"
-            ) from None
+        # A missing, garbled or misshapen run file is named as damage: by _check_files,
+        # before any model loads, and by the loaders' strict reads of the run's weights.
+        # Anything else raised while loading (out of memory, a library's bug) keeps its type.
+        clf._check_files(folder.path)
+        clf._load_model(folder.path)
         clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
         return clf
 

@@ -49,10 +49,13 @@ from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.run_folder import (
     LABELS_FILE,
+    MODEL_WEIGHTS,
     check_json_file,
     check_safetensors,
+    check_tensors,
     check_tokenizer,
     damaged,
+    tensor_shapes,
 )
 from llmclf.training import head_and_body_optimizer, token_dataset, train_model
 
@@ -241,10 +244,13 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             source, "right", trust_remote_code=config.model.trust_remote_code
         )
         torch.manual_seed(config.train.seed)  # the fresh classifier's initial weights
+        self.placement_ = backbone.placement_for(config.model, source)
+        self.device_, self.dtype_ = self.placement_.device, self.placement_.dtype
         self.model_ = backbone.load_model(
             AutoModelForSequenceClassification,
             source,
             config.model,
+            self.placement_,
             keep_full_precision=[],
             # a hub classifier with another label count gets a fresh layer of the right size
             ignore_mismatched_sizes=True,
@@ -252,10 +258,6 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             **backbone.label_kwargs(schema),
         )
         self._add_chunk_attention()
-        self.device_ = backbone.resolve_device(config.model.device)
-        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
-            config.model.dtype, self.device_, source
-        )
 
     def train_targets(
         self,
@@ -375,7 +377,7 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
                 "config.json",
                 f"does not name the {self.schema_.num_classes} classes of {LABELS_FILE}",
             )
-        check_safetensors(folder, "model.safetensors")
+        check_safetensors(folder, MODEL_WEIGHTS)
 
     def _load_model(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -384,22 +386,40 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
         self.tokenizer_ = backbone.load_tokenizer(
             str(folder), "right", trust_remote_code=model_cfg.trust_remote_code
         )
+        self.placement_ = backbone.placement_for(model_cfg, str(folder))
+        self.device_, self.dtype_ = self.placement_.device, self.placement_.dtype
+        long_text = self.config_.long_text
+        scorer = long_text.chunked and long_text.chunk_aggregation == "attention"
         self.model_ = backbone.load_model(
-            AutoModelForSequenceClassification, str(folder), model_cfg, keep_full_precision=[]
+            AutoModelForSequenceClassification,
+            str(folder),
+            model_cfg,
+            self.placement_,
+            keep_full_precision=[],
+            run_weights=MODEL_WEIGHTS,
+            attached=(ATTENTION_MODULE,) if scorer else (),
         )
         self._add_chunk_attention()
-        if hasattr(self.model_, ATTENTION_MODULE):  # not a transformers weight: read it here
-            from safetensors.torch import load_file
-
-            prefix = ATTENTION_MODULE + "."
-            weights = load_file(str(folder / "model.safetensors"))
-            scorer = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            getattr(self.model_, ATTENTION_MODULE).load_state_dict(scorer)
+        if scorer:  # not a transformers weight: read here, as strictly
+            self._load_scorer(folder)
         self.model_.eval()
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
-            model_cfg.dtype, self.device_, str(folder)
-        )
+
+    def _load_scorer(self, folder: Path) -> None:
+        """The window scorer of attention aggregation, from model.safetensors: every one of
+        its tensors, in its shape (a missing one would stay random)."""
+        from safetensors.torch import load_file
+
+        scorer = getattr(self.model_, ATTENTION_MODULE)
+        prefix = ATTENTION_MODULE + "."
+        found = {
+            k: shape
+            for k, shape in tensor_shapes(folder, MODEL_WEIGHTS).items()
+            if k.startswith(prefix)
+        }
+        expected = {prefix + k: list(v.shape) for k, v in scorer.state_dict().items()}
+        check_tensors(folder, MODEL_WEIGHTS, found, expected)
+        weights = load_file(str(folder / MODEL_WEIGHTS))
+        scorer.load_state_dict({k[len(prefix) :]: weights[k] for k in found}, strict=True)
 
     def _count_parameters(self) -> tuple[int, int]:
         return backbone.count_parameters(self.model_)

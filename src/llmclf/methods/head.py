@@ -59,7 +59,9 @@ from llmclf.run_folder import (
     atomic_path,
     check_json_file,
     check_safetensors,
+    check_tensors,
     check_tokenizer,
+    tensor_shapes,
 )
 from llmclf.training import head_and_body_optimizer, token_dataset, train_model
 
@@ -343,14 +345,13 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             append_eos=head_cfg.pooling == "last",
             trust_remote_code=model_cfg.trust_remote_code,
         )
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
-            model_cfg.dtype, self.device_, source
-        )
+        self.placement_ = backbone.placement_for(model_cfg, source)
+        self.device_, self.dtype_ = self.placement_.device, self.placement_.dtype
         model = backbone.load_model(
             AutoModelForSequenceClassification,
             source,
             model_cfg,
+            self.placement_,
             keep_full_precision=[HEAD_MODULE],
             num_layers=head_cfg.num_layers,
             **backbone.label_kwargs(schema, pad_token_id=self.tokenizer_.pad_token_id),
@@ -444,11 +445,11 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
         if self.frozen_:  # no adapter: the head's weights alone, loadable into the base model
             from safetensors.torch import save_file
 
-            tensors = {f"{HEAD_MODULE}.weight": self._head().weight}
-            if hasattr(self.model_, ATTENTION_MODULE):  # the window scorer, saved with the head
-                for name, value in getattr(self.model_, ATTENTION_MODULE).state_dict().items():
-                    tensors[f"{ATTENTION_MODULE}.{name}"] = value
-            tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+            tensors = {  # the head, and the window scorer saved with it
+                f"{module}.{name}": value.detach().float().cpu().contiguous()
+                for module in self._frozen_modules(self.model_)
+                for name, value in getattr(self.model_, module).state_dict().items()
+            }
             with atomic_path(folder / HEAD_WEIGHTS) as partial:
                 save_file(tensors, str(partial))
         else:
@@ -468,14 +469,38 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
         self.frozen_ = (folder / HEAD_WEIGHTS).is_file()
         base = self._load_base(self.schema_, tokenizer_source=str(folder))
         if self.frozen_:
-            from safetensors.torch import load_file
-
-            base.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)), strict=False)
-            self.model_ = base
+            self.model_ = self._load_head(base, folder)
         else:
             self.model_ = backbone.load_adapter_for_inference(base, str(folder))
         self.model_.requires_grad_(False)
         self.model_.eval()
+
+    @staticmethod
+    def _frozen_modules(model) -> list[str]:
+        """The modules a ``--lora none`` run learns and saves in head.safetensors: the head,
+        and the window scorer of attention aggregation (and a pooling token, were there
+        one: ``--pooling token`` needs LoRA)."""
+        return [m for m in (HEAD_MODULE, ATTENTION_MODULE, POOL_TOKEN_MODULE) if hasattr(model, m)]
+
+    def _load_head(self, base, folder: Path):
+        """``base`` with head.safetensors loaded strictly: every tensor of the file fills a
+        parameter of the head (or window scorer), and every one of theirs is in the file;
+        anything else is damage, named (a tensor left out would stay random)."""
+        from safetensors.torch import load_file
+
+        modules = self._frozen_modules(base)
+        expected = {
+            f"{module}.{name}": list(value.shape)
+            for module in modules
+            for name, value in getattr(base, module).state_dict().items()
+        }
+        check_tensors(folder, HEAD_WEIGHTS, tensor_shapes(folder, HEAD_WEIGHTS), expected)
+        tensors = load_file(str(folder / HEAD_WEIGHTS))
+        for module in modules:
+            prefix = f"{module}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            getattr(base, module).load_state_dict(state, strict=True)
+        return base
 
     def _count_parameters(self) -> tuple[int, int]:
         trainable, total = backbone.count_parameters(self.model_)

@@ -10,6 +10,7 @@ used; ``docs/instruct.md`` explains the scheme.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from llmclf.distributed import unwrap
 from llmclf.errors import LlmclfError
 from llmclf.labels import LabelSchema
 from llmclf.long_text import LongTextConfig, check_long_text
-from llmclf.methods.base import ClassifierBase
+from llmclf.methods.base import ClassifierBase, Prediction
 from llmclf.methods.instruct.batches import (
     IGNORE_INDEX,
     InstructCollator,
@@ -205,10 +206,8 @@ class InstructClassifier(ClassifierBase):
             answer_length = self._answer_length(sets)
         self.answer_length_ = answer_length
         self.format_.check_room(model_cfg.max_length, answer_length)
-        self.device_ = backbone.resolve_device(model_cfg.device)
-        self.dtype_, self.dtype_probe_ = backbone.choose_dtype(
-            model_cfg.dtype, self.device_, backbone.model_source(model_cfg.model)
-        )
+        self.placement_ = backbone.placement_for(model_cfg, backbone.model_source(model_cfg.model))
+        self.device_, self.dtype_ = self.placement_.device, self.placement_.dtype
 
     def _answer_length(self, sets: list[tuple[int, ...]]) -> int:
         """Tokens of the longest answer among single labels and ``sets``."""
@@ -249,7 +248,11 @@ class InstructClassifier(ClassifierBase):
         # layer; unquantized, leave it (and the embedding tied to it) in the compute dtype.
         keep = ["lm_head"] if model_cfg.quantize == "4bit" else []
         return backbone.load_model(
-            AutoModelForCausalLM, backbone.model_source(model_cfg.model), model_cfg, keep
+            AutoModelForCausalLM,
+            backbone.model_source(model_cfg.model),
+            model_cfg,
+            self.placement_,
+            keep,
         )
 
     # -- training ----------------------------------------------------------------------
@@ -438,21 +441,28 @@ class InstructClassifier(ClassifierBase):
             padding_side="left",
         )
 
-    def predict_proba(self, X) -> np.ndarray:
-        """[n, n_classes], columns in ``classes_`` order.
+    def predict_details(self, texts: list[str]) -> Prediction:
+        """The probabilities of ``texts`` (``predict_proba``'s), columns in ``classes_``
+        order, with the prediction mode in ``figures``.
 
         Score mode: softmax of the label scores (per-label membership probabilities for
         multi-label), temperature applied. Generate mode: the parsed answer as 0/1 rows; a
         row of zeros is an answer naming no label, which ``predict`` returns as None and
-        metrics count as wrong.
+        metrics count as wrong; ``figures`` count those (``unparsed``, ``unparsed_rate``)
+        and ``columns["answer"]`` holds each raw answer.
         """
         if self.config_.instruct.predict_mode == "score":
-            self._last_prediction = ({"predict_mode": "score"}, {})
-            return super().predict_proba(X)
+            details = super().predict_details(texts)
+            return dataclasses.replace(details, figures={"predict_mode": "score"})
         self._check_fitted()
-        texts = [X] if isinstance(X, str) else [str(t) for t in X]
-        proba = self._parse_answers(self.generate_answers(texts))
-        return proba[0] if isinstance(X, str) else proba
+        answers = self.generate_answers(texts)
+        proba, unparsed = self._parse_answers(answers)
+        figures = {
+            "predict_mode": "generate",
+            "unparsed": unparsed,
+            "unparsed_rate": round(unparsed / len(answers), 4) if answers else 0.0,
+        }
+        return Prediction(proba, figures=figures, columns={"answer": answers})
 
     def generate_answers(self, texts: list[str]) -> list[str]:
         """The model's greedy answer to each text's prompt, as text."""
@@ -487,7 +497,8 @@ class InstructClassifier(ClassifierBase):
         text = text.strip()
         return text[len(lead) :].strip() if lead and text.startswith(lead) else text
 
-    def _parse_answers(self, answers: list[str]) -> np.ndarray:
+    def _parse_answers(self, answers: list[str]) -> tuple[np.ndarray, int]:
+        """0/1 rows of the labels each answer names, and how many answers named none."""
         parser = AnswerParser(
             self.verbalizer_.words, search_anywhere=self.verbalizer_.kind in ("names", "mapping")
         )
@@ -503,18 +514,7 @@ class InstructClassifier(ClassifierBase):
                 if understood:
                     proba[row, index] = 1.0
             unparsed += not understood
-        figures = {
-            "predict_mode": "generate",
-            "unparsed": unparsed,
-            "unparsed_rate": round(unparsed / len(answers), 4) if answers else 0.0,
-        }
-        self._last_prediction = (figures, {"answer": answers})
-        return proba
-
-    def prediction_extras(self) -> tuple[dict, dict]:
-        """The prediction mode, and in generate mode the count and rate of answers that
-        named no label (``unparsed``) plus each raw ``answer``, of the last prediction."""
-        return getattr(self, "_last_prediction", ({}, {}))
+        return proba, unparsed
 
     def format_prompt(self, text: str) -> str:
         """The prompt llmclf sends for ``text`` (before any truncation), as a string:
