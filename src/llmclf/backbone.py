@@ -388,10 +388,10 @@ def load_tokenizer(
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:
         if REMOTE_CODE in str(exc):
-            raise remote_code_refused(source) from None
+            raise remote_code_refused(source) from exc
         raise LlmclfError(
             f"cannot load a tokenizer from {source!r}: {str(exc).splitlines()[0]}"
-        ) from None
+        ) from exc
     set_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     if append_eos:
