@@ -297,6 +297,14 @@ class ModelConfig:
     gradient_checkpointing: bool = option(
         False, "trade compute for memory during training", runtime=True
     )
+    tune_malloc: bool = option(
+        True,
+        "on a CPU with glibc: keep freed memory in the process (mallopt: 32 MiB mmap "
+        "threshold, 1 GiB trim threshold) instead of faulting it in again every batch; "
+        "applied once per process and recorded in metrics.json (placement); MALLOC_* / "
+        "GLIBC_TUNABLES of your own take precedence",
+        runtime=True,
+    )
     trust_remote_code: bool = option(
         False,
         "run the Python code a model folder or hub repository ships (an auto_map in its "
@@ -481,6 +489,7 @@ class LoadOptions(Options):
     dtype: str | None = same_as(ModelConfig, "dtype", default=None)
     trust_remote_code: bool = same_as(ModelConfig, "trust_remote_code")
     eval_batch_size: int | None = same_as(TrainConfig, "eval_batch_size", default=None)
+    tune_malloc: bool | None = same_as(ModelConfig, "tune_malloc", default=None)
 
     def overrides(self) -> dict[str, Any]:
         """The options a loaded run takes anew: those set (``int8`` apart)."""

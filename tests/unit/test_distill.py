@@ -205,7 +205,7 @@ def test_distill_refuses_what_does_not_apply(teacher_and_data, tmp_path, capsys)
     out = tmp_path / "x"
     base = ["distill", str(teacher), "--data", str(data), "--output", str(out)]
     assert main([*base, "--config", str(config)]) == 2
-    assert "--lora-r does not apply to distill" in capsys.readouterr().err
+    assert "--lora-r does not apply to llmclf distill" in capsys.readouterr().err
     assert main(["distill", str(tmp_path / "nope"), "--data", str(data), "--output", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["distill", str(teacher), "--output", str(out)]) == 2  # saved by the Python API

@@ -93,4 +93,4 @@ def test_chunk_rows_below_one_is_refused(tfidf_run, tmp_path, capsys):
         ["predict", str(tfidf_run), "--input", str(source), "--output", str(tmp_path / "o.csv")]
         + ["--chunk-rows", "0"]
     )
-    assert code == 2 and "--chunk-rows must be at least 1, not 0" in capsys.readouterr().err
+    assert code == 2 and "--chunk-rows must be > 0, not 0" in capsys.readouterr().err

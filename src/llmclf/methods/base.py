@@ -145,6 +145,8 @@ class ClassifierBase(Predictor):
     # read from the predict_time marks of its config, never listed twice
     # options a served run is loaded with (instruct: score mode, which gives probabilities)
     serve_overrides: ClassVar[dict[str, Any]] = {}
+    # options `llmclf evaluate --zero-shot` takes, for a method with ``zero_shot()``
+    zero_shot_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: str | None = None, *, progress: bool = True, **options: Any):
         if model is not None:
@@ -439,6 +441,7 @@ class ClassifierBase(Predictor):
         clf._load_model(folder.path)
         clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
         return clf
+
 
 # ---------------------------------------------------------------------------------------
 # The live --method table

@@ -26,6 +26,7 @@ from llmclf.config import (
     MethodConfig,
     ModelConfig,
     TrainConfig,
+    field_names,
     option,
     section,
     threshold_option,
@@ -180,6 +181,8 @@ class InstructClassifier(ClassifierBase):
     long_text_modes = ("truncate", "head-tail")  # a prompt is one window: no chunks
     supports_int8 = True
     serve_overrides = {"predict_mode": "score"}  # probabilities, nothing to parse
+    # what `llmclf evaluate --zero-shot` takes: the untrained model and how it is prompted
+    zero_shot_options = ("model", "quantize", "max_length", *field_names(InstructConfig))
 
     # -- setting up prompts and model --------------------------------------------------
 
