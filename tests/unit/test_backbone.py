@@ -160,6 +160,20 @@ def test_malloc_is_tuned_only_when_asked(fresh_process):
     assert fresh_process == ["threads", "malloc"]
 
 
+def test_the_tune_malloc_option_reaches_the_placement(fresh_process):
+    """--no-tune-malloc (a ModelConfig option, and a loaded run's override) leaves malloc
+    alone; the default tunes it."""
+    from llmclf.cli import build_parser
+    from llmclf.config import LoadOptions, ModelConfig
+
+    backbone.placement_for(ModelConfig(device="cpu", dtype="float32", tune_malloc=False))
+    assert fresh_process == ["threads"]
+    args = build_parser().parse_args(["evaluate", "run", "--no-tune-malloc"])
+    assert LoadOptions(tune_malloc=args.tune_malloc).overrides() == {"tune_malloc": False}
+    backbone.placement_for(ModelConfig(device="cpu", dtype="float32"))
+    assert fresh_process == ["threads", "malloc"]
+
+
 def test_placing_sets_no_environment_variable(fresh_process, monkeypatch):
     import os
 
