@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 # forward of a few thousand tokens costs about what a small one does, so padding is cheap
 # and fewer calls win (a reasoned default, not measured here).
 FORWARD_OVERHEAD_TOKENS = {"cpu": 128, "cuda": 4096, "mps": 1024}
+# --batch-invariant: every text alone, padded to a multiple of this many tokens (a bounded
+# set of shapes, the same in every path: predict, evaluate, the server)
+INVARIANT_WIDTH_MULTIPLE = 32
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class ShapeBuckets:
             raise ValueError(f"width_multiple must be at least 1, not {self.width_multiple}")
         if not self.rows or min(self.rows) < 1 or list(self.rows) != sorted(set(self.rows)):
             raise ValueError(f"rows must be increasing positive counts, not {self.rows}")
+
+    @classmethod
+    def invariant(cls) -> ShapeBuckets:
+        """``--batch-invariant``'s shapes: one row, a width from the row's own length."""
+        return cls(INVARIANT_WIDTH_MULTIPLE, (1,))
 
     @classmethod
     def for_batch_size(cls, batch_size: int, width_multiple: int = 32) -> ShapeBuckets:
@@ -199,14 +207,22 @@ def run_batches(
     description: str = "predict",
     padding_side: str = "right",
     overhead_tokens: float | None = None,
+    invariant: bool = False,
 ) -> np.ndarray:
     """Apply ``forward`` to length-sorted padded batches of at most ``batch_size`` rows
     (cut by ``length_sorted_batches``; ``overhead_tokens`` None is the device's
     ``forward_overhead_tokens``); rows come back in input order. Inside
-    ``bounded_shapes``, batches are padded to its buckets."""
+    ``bounded_shapes``, batches are padded to its buckets.
+
+    ``invariant``: each sequence runs alone, padded to ``ShapeBuckets.invariant()``'s
+    width for its length, whatever the buckets in force: its result depends on its own
+    tokens only (the kernels' blocking depends on a batch's shape, and so, in bf16, do
+    the last bits of every row)."""
     if overhead_tokens is None:
         overhead_tokens = forward_overhead_tokens(device)
     buckets, warm_up = active_bounds()
+    if invariant:
+        buckets, batch_size = ShapeBuckets.invariant(), 1
     if warm_up and sequences:
         longest = max(sequences, key=len)
         warm_up_shapes(

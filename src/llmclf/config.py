@@ -383,6 +383,13 @@ class TrainConfig:
         bound=POSITIVE,
         runtime=True,
     )
+    batch_invariant: bool = option(
+        False,
+        "one text, one answer: every text runs alone, padded to a width that depends on its "
+        "own length only, so its probabilities are the same whatever else is in the batch, "
+        "the batch size, the input order or the server (slower; see docs/evaluation.md)",
+        runtime=True,
+    )
     save_steps: int | None = option(
         None,
         "evaluate and checkpoint every N steps instead of every epoch (long epochs)",
@@ -489,6 +496,7 @@ class LoadOptions(Options):
     dtype: str | None = same_as(ModelConfig, "dtype", default=None)
     trust_remote_code: bool = same_as(ModelConfig, "trust_remote_code")
     eval_batch_size: int | None = same_as(TrainConfig, "eval_batch_size", default=None)
+    batch_invariant: bool | None = same_as(TrainConfig, "batch_invariant", default=None)
     tune_malloc: bool | None = same_as(ModelConfig, "tune_malloc", default=None)
 
     def overrides(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from llmclf.batching import (
+    ShapeBuckets,
     active_bounds,
     fitted,
     pad_batch,
@@ -316,10 +317,12 @@ def run_window_batches(
     batch_size: int,
     device: torch.device,
     progress: bool = True,
+    invariant: bool = False,
 ) -> np.ndarray:
     """``forward`` over batches of at most ``batch_size`` windows (a text's windows stay
     together; a text with more gets a batch of its own), texts of similar length together;
-    [texts, ...] rows back in input order.
+    [texts, ...] rows back in input order. ``invariant``: each text's windows alone, at
+    widths from their own lengths (``batching.run_batches``).
 
     Inside ``batching.bounded_shapes`` (a server), each batch's windows are padded to a
     bucket: the width to its multiple, the window count to a bucket's row count by one
@@ -327,6 +330,8 @@ def run_window_batches(
     once first. So a served chunked run, like a plain one, holds kernels for a bounded set
     of shapes."""
     buckets, warm_up = active_bounds()
+    if invariant:
+        buckets, batch_size = ShapeBuckets.invariant(), 1
     if warm_up and windows:
         longest = max((w for ws in windows for w in ws), key=len)
         warm_up_shapes(

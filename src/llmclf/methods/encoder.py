@@ -343,6 +343,7 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
                 self.config_.train.eval_batch_size,
                 self.device_,
                 progress=self.progress,
+                invariant=self.config_.train.batch_invariant,
             )
         return run_batches(
             self._encode(texts),
@@ -351,6 +352,7 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             self.config_.train.eval_batch_size,
             self.device_,
             progress=self.progress,
+            invariant=self.config_.train.batch_invariant,
         )
 
     # -- persistence -------------------------------------------------------------------

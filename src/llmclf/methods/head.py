@@ -419,6 +419,7 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
                 self.config_.train.eval_batch_size,
                 self.device_,
                 progress=self.progress,
+                invariant=self.config_.train.batch_invariant,
             )
         return run_batches(
             self._encode(texts),
@@ -427,6 +428,7 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             self.config_.train.eval_batch_size,
             self.device_,
             progress=self.progress,
+            invariant=self.config_.train.batch_invariant,
         )
 
     def export_refusal(self, format: str) -> str | None:

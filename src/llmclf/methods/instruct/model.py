@@ -427,7 +427,10 @@ class InstructClassifier(ClassifierBase):
         self.model_.eval()
         prompts = self._encode(texts)
         prefix = None
-        if self.config_.instruct.share_prompt_prefix:
+        invariant = self.config_.train.batch_invariant
+        # the shared prefix is what the call's prompts have in common: it depends on the
+        # other texts, so a batch-invariant run computes each prompt whole
+        if self.config_.instruct.share_prompt_prefix and not invariant:
             with torch.inference_mode():
                 longest = max((len(p) for p in prompts), default=0)
                 keys = longest + self.answer_length_
@@ -442,6 +445,7 @@ class InstructClassifier(ClassifierBase):
             self.device_,
             progress=self.progress,
             padding_side="left",
+            invariant=invariant,
         )
 
     def predict_details(self, texts: list[str]) -> Prediction:
@@ -486,6 +490,7 @@ class InstructClassifier(ClassifierBase):
             padding_side="left",
             # every batch runs one forward per new token: splitting it costs that many
             overhead_tokens=forward_overhead_tokens(self.device_) * (new_tokens + 1),
+            invariant=self.config_.train.batch_invariant,
         ).astype(np.int64)
         return [self._answer_text(row, set(stops)) for row in tokens]
 
