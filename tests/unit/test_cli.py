@@ -454,3 +454,21 @@ def test_multi_label_cli_round_trip_with_separator(tiny_llama, tmp_path):
     assert [c for c in out.columns if c.startswith("proba_")] == [
         f"proba_{c}" for c in labels_json["classes"]
     ]
+
+
+def test_every_flag_of_the_release_before_the_command_table_still_parses():
+    """tests/fixtures/cli_flags_cee743f.json: each subcommand's flags and positionals as
+    the hand-written parser of commit cee743f had them; the table-built parser keeps all."""
+    from pathlib import Path
+
+    from llmclf.cli import build_parser
+
+    before = json.loads(
+        (Path(__file__).parents[1] / "fixtures" / "cli_flags_cee743f.json").read_text()
+    )
+    subparsers = build_parser()._subparsers._group_actions[0].choices
+    for command, flags in before.items():
+        now = set()
+        for action in subparsers[command]._actions:
+            now.update(action.option_strings or [f"POS:{action.dest}"])
+        assert set(flags) <= now, (command, sorted(set(flags) - now))
