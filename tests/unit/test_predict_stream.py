@@ -94,3 +94,13 @@ def test_chunk_rows_below_one_is_refused(tfidf_run, tmp_path, capsys):
         + ["--chunk-rows", "0"]
     )
     assert code == 2 and "--chunk-rows must be > 0, not 0" in capsys.readouterr().err
+
+
+def test_a_python_caller_gets_the_flags_checks(tfidf_run, tmp_path):
+    """predict_file's keywords go through PredictOptions as the flags do."""
+    source = write(table(), tmp_path / "in.csv")
+    with pytest.raises(LlmclfError, match="--chunk-rows must be > 0, not 0"):
+        predict_file(tfidf_run, source, tmp_path / "o.csv", chunk_rows=0)
+    with pytest.raises(LlmclfError, match="--empty-text must be one of drop, error"):
+        predict_file(tfidf_run, source, tmp_path / "o.csv", empty_text="skip")
+    assert not (tmp_path / "o.csv").exists()

@@ -72,7 +72,7 @@ def test_ray_labels_every_row_as_predict_does_and_keeps_the_order(head_run, tmp_
     "args,message",
     [
         (["--ray-workers", "2"], "--ray-workers needs --ray"),
-        (["--ray", "--ray-workers", "0"], "--ray-workers must be at least 1, not 0"),
+        (["--ray", "--ray-workers", "0"], "--ray-workers must be > 0, not 0"),
         (["--ray", "--input", "nothing/*.parquet"], "--input nothing/*.parquet matches no file"),
     ],
 )

@@ -198,6 +198,10 @@ def predict_file(
         >>> predict_file("runs/bbc", "articles.csv", "labelled.csv")  # doctest: +SKIP
         426
     """
+    PredictOptions(  # a Python caller's values are checked as the flags are
+        run=str(run), input=str(input), output=str(output), text_column=text_column,
+        empty_text=empty_text, chunk_rows=chunk_rows,
+    )  # fmt: skip
     input, output = Path(input), Path(output)
     check_output_file(output)
     columns = text_column or data_config_for(run).text_column
@@ -399,6 +403,12 @@ def predict_ray(
         import ray
     except ImportError:
         raise LlmclfError("--ray needs Ray Data: pip install 'llmclf[ray]'") from None
+    PredictOptions(  # a Python caller's values are checked as the flags are
+        run=str(run), input=str(input), output=str(output), text_column=text_column,
+        empty_text=empty_text, chunk_rows=chunk_rows, ray=True, ray_address=address,
+        ray_workers=workers, ray_cpus_per_worker=cpus_per_worker,
+        ray_gpus_per_worker=gpus_per_worker,
+    )  # fmt: skip
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise LlmclfError(f"--output {output} exists: give a new folder for the labelled shards")
@@ -406,8 +416,6 @@ def predict_ray(
     columns = text_column or data_config_for(run).text_column
     for path in files:  # missing files, bad formats, a missing column: before Ray starts
         read_texts(next(iter_table(path, chunk_rows)).head(1), columns, str(path))
-    if workers < 1:
-        raise LlmclfError(f"--ray-workers must be at least 1, not {workers}")
     if RunFolder(run).unfinished:
         raise LlmclfError(f"{run} is an unfinished run: continue it with llmclf train ... --resume")
 
