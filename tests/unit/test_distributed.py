@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,39 @@ def test_two_processes_predict_one_merged_output_in_input_order(tiny_llama, data
         atol=1e-6,
     )
     assert not list(tmp_path.glob(".two*"))  # no parts left behind
+
+
+LEAVE_CHECK = """
+import atexit
+
+import torch
+
+# registered before llmclf's handler, so it runs after it (atexit is last-in, first-out)
+atexit.register(lambda: print("group at exit:", torch.distributed.is_initialized()))
+
+from llmclf.distributed import init_process_group
+
+init_process_group()
+total = torch.ones(1)
+torch.distributed.all_reduce(total)
+print("reduced:", int(total.item()))
+"""
+
+
+def test_a_process_leaves_its_process_group_before_python_finalizes(tmp_path):
+    """Issue 32: a process group left to the interpreter's teardown can abort the process
+    after its work is done (a gloo thread dropping a tensor once Python is finalizing:
+    ``terminate called without an active exception``, 1 of 20 processes on a loaded
+    2-core machine). llmclf destroys it at exit, whoever set it up."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_CHECK)
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["reduced: 1", "group at exit: False"]
