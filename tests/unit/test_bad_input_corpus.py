@@ -95,6 +95,7 @@ def make_workspace(root: Path, tiny_llama: str) -> None:
     (root / "config.json").write_text(json.dumps({"not": "a model"}))
     (root / "typo.yaml").write_text("learning_rat: 0.1\n")
     (root / "poolingg.yaml").write_text("poolingg: mean\n")
+    (root / "chunks.yaml").write_text("long_text: chunks\nchunk_stride: 8\n")
 
 
 CASES = [
@@ -450,6 +451,25 @@ CASES = [
     ("serve-bad-wait", ["serve", "run", "--max-wait-ms", "-1"], "--max-wait-ms"),
     ("export-unknown-format", ["export", "run", "--format", "nope"], "invalid choice"),
     ("calibrate-no-run", ["calibrate"], "RUN"),
+    # long-text options belong to training: a loaded run keeps how it reads texts
+    (
+        "evaluate-long-text-in-config",
+        ["evaluate", "run", "--config", "chunks.yaml"],
+        "does not apply to llmclf evaluate",
+    ),
+    ("predict-long-text-flag", ["predict", "run", "--long-text", "chunks"], "unrecognized"),
+    (
+        "distill-chunk-stride-too-long",
+        ["distill", "run", "--output", "s", "--long-text", "chunks", "--chunk-stride", "999"],
+        "--chunk-stride 999 must be smaller than --max-length",
+    ),
+    ("serve-eval-batch-zero", ["serve", "run", "--eval-batch-size", "0"], "--eval-batch-size"),
+    ("calibrate-unknown-split", ["calibrate", "run", "--split", "holdout"], "holdout"),
+    (
+        "compare-confidence-one",
+        ["compare", "run", "run2", "--output", "r", "--confidence", "1"],
+        "--confidence",
+    ),
     (
         "distill-file-as-teacher",
         ["distill", "good.csv", "--output", "s"],
