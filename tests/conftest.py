@@ -141,6 +141,14 @@ def decoder_forwards(device_type: str):
         hook.remove()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The integration tests train and load real models (minutes on 2 cores): they are slow
+    too, so ``make test-fast`` (``-m "not slow"``) leaves them out; ``make test`` runs them."""
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))

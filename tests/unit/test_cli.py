@@ -192,6 +192,7 @@ def test_a_runs_config_yaml_can_be_reused(trained_run, tmp_path):
     assert after["train"]["epochs"] == 1
 
 
+@pytest.mark.slow  # a CLI subprocess, and a 4-bit training
 def test_four_bit_base_trains_on_cpu(tiny_llama, csv_data, tmp_path):
     run = tmp_path / "q"
     assert (
@@ -265,6 +266,7 @@ def run_cli(*args, cwd=None):
     )
 
 
+@pytest.mark.slow  # a CLI subprocess per case
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -343,6 +345,7 @@ def test_existing_run_is_not_overwritten(trained_run, csv_data, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a training subprocess, killed and resumed
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_llama, csv_data, tmp_path):
     """kill -9 mid-training, then --resume: the same test predictions and the same logged
     losses as a run never killed; the run's time includes the killed process's training."""

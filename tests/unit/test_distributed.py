@@ -21,6 +21,9 @@ from safetensors.torch import load_file
 from llmclf.cli import main
 from tests.conftest import make_texts
 
+# torchrun / accelerate launch subprocesses: make test runs them, make test-fast does not
+pytestmark = pytest.mark.slow
+
 # fp32 sums in a different order (each process's half-batch, then the all-reduce)
 TOLERANCE = 1e-5
 

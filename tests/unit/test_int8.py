@@ -49,6 +49,7 @@ def test_head_int8_quantizes_the_blocks_and_keeps_the_head(head_run):
     assert not (head_run.parent / "again").exists()
 
 
+@pytest.mark.slow  # over 10 s
 def test_instruct_int8_scores_and_generates_close_to_full_precision(tmp_path):
     texts, labels = make_texts(90)
     model = make_instruct_llama(tmp_path / "model")

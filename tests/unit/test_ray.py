@@ -43,6 +43,7 @@ def shards(folder: Path) -> pd.DataFrame:
     return whole
 
 
+@pytest.mark.slow  # a local Ray cluster
 def test_ray_labels_every_row_as_predict_does_and_keeps_the_order(head_run, tmp_path, capsys):
     whole = shards(tmp_path / "shards")
     whole.to_parquet(tmp_path / "all.parquet")

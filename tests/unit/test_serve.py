@@ -26,6 +26,9 @@ from llmclf.runs import load_classifier
 from llmclf.serve import create_app
 from tests.conftest import make_texts
 
+# a live uvicorn server (and a serve subprocess): make test runs them, make test-fast does not
+pytestmark = pytest.mark.slow
+
 TEXTS = ["bank stock market price", "goal match team win", "phone chip software app"]
 
 

@@ -18,6 +18,7 @@ def feature_cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "features"
 
 
+@pytest.mark.slow  # over 10 s
 def test_frozen_mode_trains_only_the_head(tiny_llama, feature_cache, tmp_path):
     texts, labels = make_texts(150)
     clf = HeadClassifier(
