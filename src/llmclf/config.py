@@ -97,8 +97,9 @@ def same_as(cls: type, name: str, default: Any = dataclasses.MISSING, help: str 
 
 
 def flag(name: str) -> str:
-    """The CLI spelling of an option: ``lora_r`` -> ``--lora-r``."""
-    return "--" + name.replace("_", "-")
+    """The CLI spelling of an option: ``lora_r`` -> ``--lora-r`` (a name from a YAML key
+    is shown on one line, whatever it holds)."""
+    return "--" + " ".join(str(name).split()).replace("_", "-")
 
 
 def check_threshold(name: str, threshold: str) -> None:

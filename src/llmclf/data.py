@@ -176,6 +176,28 @@ def table_rows(path: str | Path) -> int | None:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def _csv_quoting(frame: pd.DataFrame) -> int:
+    """Quote every text field of a chunk holding a bare carriage return: Python's csv
+    module before 3.11.9 / 3.12.3 leaves such a field unquoted, and it reads back as two
+    rows (CPython gh-67044). Other chunks keep the minimal quoting."""
+    import csv
+
+    texts = frame.select_dtypes(include=["object", "string"])
+    bare_cr = texts.apply(lambda c: c.astype(str).str.contains("\r", regex=False)).to_numpy()
+    return csv.QUOTE_NONNUMERIC if bare_cr.any() else csv.QUOTE_MINIMAL
+
+
+def _as_text_where(frame: pd.DataFrame, names: set[str]) -> pd.DataFrame:
+    """``frame`` with the columns ``names`` (text in the file's schema) as strings or
+    None: a CSV reads a column that is empty in a chunk as NaN, and digits as numbers."""
+    changed = {
+        name: [None if pd.isna(v) else str(v) for v in frame[name]]
+        for name in names
+        if name in frame and frame[name].dtype != object
+    }
+    return frame.assign(**changed) if changed else frame
+
+
 class TableWriter:
     """Appends chunks of rows to a CSV / TSV / JSONL / Parquet file as they come, into a
     temporary file beside it that is renamed over it when the ``with`` block ends
@@ -208,7 +230,13 @@ class TableWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if self.kind in ("csv", "tsv"):
             sep = "," if self.kind == "csv" else "\t"
-            frame.to_csv(self._file, sep=sep, index=False, header=self.header and self.rows == 0)
+            frame.to_csv(
+                self._file,
+                sep=sep,
+                index=False,
+                header=self.header and self.rows == 0,
+                quoting=_csv_quoting(frame),
+            )
         elif self.kind == "jsonl":
             text = frame.to_json(orient="records", lines=True, force_ascii=False)
             self._file.write(text if text.endswith("\n") else text + "\n")
@@ -222,11 +250,13 @@ class TableWriter:
 
         if self._parquet is None:
             schema = pa.Schema.from_pandas(frame, preserve_index=False)
-            for i, field in enumerate(schema):  # empty so far: text
-                if pa.types.is_null(field.type):
+            for i, field in enumerate(schema):  # empty so far (a CSV reads it as NaN): text
+                empty = field.name in frame and frame[field.name].isna().all()
+                if pa.types.is_null(field.type) or (empty and pa.types.is_floating(field.type)):
                     schema = schema.set(i, pa.field(field.name, pa.string()))
             self._schema = schema
             self._parquet = pq.ParquetWriter(self._partial, schema)
+        frame = _as_text_where(frame, {f.name for f in self._schema if pa.types.is_string(f.type)})
         try:
             table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:

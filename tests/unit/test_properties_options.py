@@ -16,7 +16,6 @@ import dataclasses
 import io
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -55,7 +54,6 @@ MAX_TEXTS, MAX_CHARS = 8, 2000  # the served limits (--max-texts-per-request, -c
 HAS_LOGITS = {"tf": True, "multi": True, "head": True, "gen": False}
 # CPython's csv writer quotes a field holding a bare \r only from 3.11.9 / 3.12.3 on
 # (gh-67044); before, a CSV written with "\n" line ends splits that row in two when read
-CSV_QUOTES_CR = sys.version_info >= (3, 12, 3) or (3, 11, 9) <= sys.version_info < (3, 12)
 
 
 def one_line(message: str) -> None:
@@ -535,8 +533,6 @@ def predict_cases(draw):
     written and read, and the flags: mostly valid, sometimes not."""
     output = draw(st.sampled_from(TABLE_SUFFIXES))
     cell = CELL
-    if output in (".csv", ".tsv") and not CSV_QUOTES_CR:  # see test_a_bare_carriage_return_...
-        cell = CELL.map(lambda v: v.replace("\r", "\n") if isinstance(v, str) else v)
     rows = draw(st.integers(0, 8))
     names = draw(st.lists(COLUMN, max_size=2, unique=True))
     if draw(st.sampled_from([True, True, True, True, False])):
@@ -632,12 +628,6 @@ def check_output(out: pd.DataFrame, case: dict, classifier) -> None:
         assert got == (next(expected) if text else ""), (text, got)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TableWriter takes a Parquet column's type from the first chunk, and pandas "
-    "reads a CSV column that is empty in a chunk as float64: a later chunk with text in it "
-    "is refused",
-)
 def test_a_csv_column_empty_in_the_first_chunk_can_be_written_to_parquet(tfidf_run, tmp_path):
     run, _ = tfidf_run
     source = tmp_path / "in.csv"
@@ -651,12 +641,6 @@ def test_a_csv_column_empty_in_the_first_chunk_can_be_written_to_parquet(tfidf_r
     assert out["notes"].isna().tolist() == [True, True, False] and out["notes"][2] == "checked"
 
 
-@pytest.mark.xfail(
-    not CSV_QUOTES_CR,
-    strict=True,
-    reason="TableWriter writes CSV with pandas' to_csv, whose csv module (before Python "
-    "3.11.9 / 3.12.3) leaves a bare \\r unquoted: the row reads back as two",
-)
 def test_a_bare_carriage_return_in_a_text_survives_a_csv_output(tfidf_run, tmp_path):
     run, _ = tfidf_run
     source = tmp_path / "in.jsonl"

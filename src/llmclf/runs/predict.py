@@ -237,14 +237,16 @@ def predict_file(
             bar.update(len(chunk) * processes)
             yield frame
 
-    if processes == 1:
-        with TableWriter(output) as writer:
-            for frame in labelled():
-                writer.write(frame)
-        written = writer.rows
-    else:
-        written = _merge_parts(labelled(), output)
-    bar.close()
+    try:  # the bar ends before an error is printed, not on the same line
+        if processes == 1:
+            with TableWriter(output) as writer:
+                for frame in labelled():
+                    writer.write(frame)
+            written = writer.rows
+        else:
+            written = _merge_parts(labelled(), output)
+    finally:
+        bar.close()
     if empties:
         log.warning("%d rows have an empty text: their prediction is empty", empties)
     return written
