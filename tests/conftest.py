@@ -15,7 +15,13 @@ from hypothesis import settings
 # --hypothesis-profile deep explores 1,000 fresh ones
 settings.register_profile("llmclf", max_examples=60, derandomize=True)
 settings.register_profile("deep", max_examples=1000)
-settings.load_profile("llmclf")
+
+
+def pytest_configure(config):
+    # the default profile only where none is asked for: loaded unconditionally (at import,
+    # after hypothesis's plugin had applied --hypothesis-profile), it overrode the option
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("llmclf")
 
 WORDS = {
     "sport": [
