@@ -327,14 +327,25 @@ class RunFolder:
                 "choose a new folder"
             )
 
-    def last_checkpoint(self) -> str | None:
-        """The newest Trainer checkpoint that was written completely (trainer_state.json is
-        its last file); one cut short by a kill is skipped."""
+    def last_checkpoint(self, processes: int = 1) -> str | None:
+        """The newest Trainer checkpoint that was written completely; one cut short by a
+        kill is skipped. The main process writes trainer_state.json last of its files, but
+        with ``processes`` > 1 every other process writes its own RNG state
+        (rng_state_RANK.pth) without waiting for it: a checkpoint is complete once all
+        are there (resumed without one, that process draws other random numbers)."""
         folder = self.path / CHECKPOINTS
         if not folder.is_dir():
             return None
+
+        def complete_(checkpoint: Path) -> bool:
+            if not (checkpoint / "trainer_state.json").is_file():
+                return False
+            return processes == 1 or all(
+                (checkpoint / f"rng_state_{rank}.pth").is_file() for rank in range(processes)
+            )
+
         checkpoints = [p for p in folder.glob("checkpoint-*") if p.is_dir()]
-        complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+        complete = [p for p in checkpoints if complete_(p)]
         partial = [p.name for p in checkpoints if p not in complete]
         if partial:
             log.warning("skipping incomplete checkpoint(s): %s", ", ".join(partial))

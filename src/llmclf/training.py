@@ -28,7 +28,7 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from llmclf.config import TrainConfig
-from llmclf.distributed import is_main_process
+from llmclf.distributed import is_main_process, world_size
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
 from llmclf.evaluation.metrics import classification_metrics, selection_metric
@@ -240,7 +240,7 @@ def training_arguments(
 def checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     """The last checkpoint when resuming; refuse to silently overwrite an unfinished run."""
     folder = output_dir / CHECKPOINTS
-    last = RunFolder(output_dir).last_checkpoint()
+    last = RunFolder(output_dir).last_checkpoint(processes=world_size())
     if resume:
         if last is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", folder)

@@ -19,6 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from llmclf.cli import main
+from llmclf.run_folder import RunFolder
 from tests.conftest import make_texts
 
 # torchrun / accelerate launch subprocesses: make test runs them, make test-fast does not
@@ -147,6 +148,20 @@ def test_two_processes_train_what_one_trains_with_the_same_global_batch(
     assert "rank 1" not in result.stderr
 
 
+def test_a_checkpoint_missing_a_process_rng_state_is_not_resumed_from(tmp_path):
+    """The main process writes trainer_state.json while the other process may still be
+    writing its RNG state: killed then, the checkpoint is incomplete for a 2-process run
+    (resumed from, that process would draw other numbers: a different run)."""
+    for step, ranks in ((4, (0, 1)), (8, (0,))):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+        for rank in ranks:
+            (folder / f"rng_state_{rank}.pth").write_bytes(b"x")
+    assert RunFolder(tmp_path).last_checkpoint(processes=2).endswith("checkpoint-4")
+    assert RunFolder(tmp_path).last_checkpoint().endswith("checkpoint-8")  # one process
+
+
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, data, tmp_path):
     common = [
         "train",
@@ -180,10 +195,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tiny_llama, 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(
-        run.glob("checkpoints/checkpoint-*/trainer_state.json")
-    ):
+    deadline = time.time() + 300  # until a checkpoint both processes finished writing
+    while time.time() < deadline and RunFolder(run).last_checkpoint(processes=2) is None:
         time.sleep(0.05)
     # the workers first (torchrun starts them in their own process groups), then the launcher
     launcher = psutil.Process(process.pid)

@@ -80,11 +80,15 @@ class PredictOptions(Options):
         "with --ray: an existing cluster: auto on one of its nodes, or ray://head:10001 "
         "(default: RAY_ADDRESS, else a local instance)",
     )
-    ray_workers: int = option(
-        2, "with --ray: actors, each holding the classifier once", bound=POSITIVE
+    ray_workers: int | None = option(
+        None, "with --ray: actors, each holding the classifier once (default 2)", bound=POSITIVE
     )
-    ray_cpus_per_worker: float = option(1.0, "with --ray: CPUs per actor", bound=POSITIVE)
-    ray_gpus_per_worker: float = option(0.0, "with --ray: GPUs per actor", bound=NON_NEGATIVE)
+    ray_cpus_per_worker: float | None = option(
+        None, "with --ray: CPUs per actor (default 1)", bound=POSITIVE
+    )
+    ray_gpus_per_worker: float | None = option(
+        None, "with --ray: GPUs per actor (default 0)", bound=NON_NEGATIVE
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,8 +99,11 @@ class PredictOptions(Options):
                     "parts; give a folder name (e.g. labelled/), or drop --ray to write one file"
                 )
             return
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        given = [n for n in defaults if n.startswith("ray_") and getattr(self, n) != defaults[n]]
+        given = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name.startswith("ray_") and getattr(self, f.name) is not None
+        ]
         if given:
             raise LlmclfError(f"--{given[0].replace('_', '-')} needs --ray")
 
@@ -115,16 +122,14 @@ def predict(options: PredictOptions, load: PredictLoadOptions | None = None, **o
         **overrides,
     )
     if options.ray:
-        return predict_ray(
-            options.run,
-            options.input,
-            options.output,
-            workers=options.ray_workers,
-            cpus_per_worker=options.ray_cpus_per_worker,
-            gpus_per_worker=options.ray_gpus_per_worker,
-            address=options.ray_address,
-            **common,
-        )
+        cluster = {  # those set; predict_ray's signature holds the defaults
+            "workers": options.ray_workers,
+            "cpus_per_worker": options.ray_cpus_per_worker,
+            "gpus_per_worker": options.ray_gpus_per_worker,
+            "address": options.ray_address,
+        }
+        cluster = {k: v for k, v in cluster.items() if v is not None}
+        return predict_ray(options.run, options.input, options.output, **cluster, **common)
     return predict_file(options.run, options.input, options.output, **common)
 
 
