@@ -23,6 +23,7 @@ def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("llmclf")
 
+
 WORDS = {
     "sport": [
         "match",
