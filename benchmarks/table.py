@@ -433,6 +433,38 @@ def threads_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
+def invariance_lines(r: dict) -> list[str]:
+    """bench_invariance.py: how far the default batching moves a text, and what
+    ``--batch-invariant`` costs."""
+    d, b = r["default"], r["batch_invariant"]
+    out = [
+        "### One text, one answer: the default vs `--batch-invariant`",
+        "",
+        f"The first {r['texts']} test texts of `{r['run']}` ({r['dtype']}, eval batch "
+        f"{r['eval_batch_size']}), each path timed after a warm-up; each other batching "
+        "compared with the same path in input order:",
+        "",
+        "| path | examples/s | batching | labels changed | max abs. probability difference |",
+        "|---|---|---|---|---|",
+    ]
+    for name, side in (("default", d), ("--batch-invariant", b)):
+        for i, (way, c) in enumerate(side["vs_input_order"].items()):
+            speed = side["examples_per_s"] if i == 0 else ""
+            out.append(
+                f"| {name if i == 0 else ''} | {speed} | {way.replace('_', ' ')} | "
+                f"{c['labels_changed']} | {c['max_abs_proba_diff']:.2g} |"
+            )
+    v = b["vs_default"]
+    out += [
+        "",
+        f"The invariant path runs at {r['invariant_speed_ratio']}x the default's speed; it "
+        f"differs from the default in input order by {v['labels_changed']} labels and at most "
+        f"{v['max_abs_proba_diff']:.2g} in probability.",
+        "",
+    ]
+    return out
+
+
 def render(results=RESULTS) -> list[str]:
     """The generated part of BENCHMARKS.md: every results file in ``results``, each
     after the machine it ran on."""
@@ -445,6 +477,7 @@ def render(results=RESULTS) -> list[str]:
         ("long_", long_lines),
         ("scale", scale_lines),
         ("threads", threads_lines),
+        ("invariance", invariance_lines),
     )
     lines: list[str] = []
     shown = None
