@@ -62,7 +62,8 @@ PIPELINE_FILE = "pipeline.skops"
 TEACHER_CACHE = "teacher_logits"  # distill: the teacher's logits, reused on --resume
 # ``llmclf export``: RUN/onnx/
 ONNX_FOLDER = "onnx"
-ONNX_FILE = "model.onnx"
+ONNX_GRAPHS = "onnx"  # the graphs' folder inside it (transformers.js's layout)
+ONNX_FILE = "model.onnx"  # exports before the graphs' folder: the graph at the top
 EXPORT_INFO = "llmclf_export.json"
 # ``llmclf compare``: report.json moved in last, so a folder with one holds a complete report
 REPORT_JSON = "report.json"

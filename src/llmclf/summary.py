@@ -114,13 +114,24 @@ def show_distill(metrics: dict, values: dict[str, Any]) -> None:
 
 def show_export(info: dict, values: dict[str, Any]) -> None:
     parity = info.get("parity") or {}
-    if "model.onnx" in {p.name for p in Path(info["folder"]).iterdir()} and parity:
-        size = Path(info["folder"], "model.onnx").stat().st_size / 2**20
-        print(
-            f"wrote {info['folder']} (model.onnx, {size:.1f} MiB); ONNX Runtime matches PyTorch "
-            f"on {parity['texts']} texts: same predictions, max |logit difference| "
-            f"{parity['max_abs_logit_diff']:.1g}"
-        )
+    if info.get("format") == "onnx" and parity:
+        size = info["bytes"] / 2**20
+        where = f"wrote {info['folder']} ({info['file']}, {size:.1f} MiB)"
+        if info.get("quantize", "none") == "none":
+            print(
+                f"{where}; ONNX Runtime matches PyTorch on {parity['texts']} texts: same "
+                f"predictions, max |logit difference| {parity['max_abs_logit_diff']:.1g}"
+            )
+        else:
+            f1 = (
+                f"; macro-F1 {parity['macro_f1']:.4f} (PyTorch {parity['macro_f1_pytorch']:.4f})"
+                if "macro_f1" in parity
+                else ""
+            )
+            print(
+                f"{where}; {info['quantize']} keeps {parity['agreement']:.1%} of PyTorch's "
+                f"labels on {parity['texts']} texts{f1}"
+            )
     elif parity:
         print(
             f"wrote {info['folder']}: plain transformers matches llmclf on {parity['texts']} "

@@ -317,11 +317,11 @@ def _write_centroids(clf, folder: Path, options) -> dict:
     return {"buckets": clf.config_.centroid.buckets}
 
 
-def _check_centroids(clf, folder: Path, texts: list[str]) -> dict:
+def _check_centroids(clf, folder: Path, examples) -> dict:
     same = np.array_equal(np.load(folder / CENTROIDS_FILE), clf.centroids_)
     if not same:
         raise LlmclfError("the written centroids differ from the run's: not exported")
-    return {"texts": len(texts), "same_predictions": True, "max_abs_logit_diff": 0.0}
+    return {"texts": len(examples.texts), "same_predictions": True, "max_abs_logit_diff": 0.0}
 
 
 @pytest.fixture

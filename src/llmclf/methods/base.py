@@ -362,6 +362,12 @@ class ClassifierBase(Predictor):
         self.int8_ = True
         return self
 
+    def export_module(self):
+        """The fitted run as one ``torch.nn.Module``, ``(input_ids, attention_mask) ->
+        logits`` float32 [batch, num_classes], for exporters that trace a graph (onnx).
+        A method that lists such a format in ``exporters`` defines it."""
+        raise LlmclfError(f"{self.method} runs do not export as one graph")
+
     def export_refusal(self, format: str) -> str | None:
         """Why this run's options cannot be exported as ``format`` (one of ``exporters``),
         in one line a user can act on, or None. Only the method knows its own options

@@ -125,6 +125,20 @@ def encoder_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     ).logits.float()
 
 
+class EncoderGraph(torch.nn.Module):
+    """An encoder run as one module, ``(input_ids, attention_mask) -> logits`` float32:
+    what graph exporters trace."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return encoder_logits(
+            self.model, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+
+
 def encoder_chunk_logits(
     model, batch: dict[str, torch.Tensor], aggregation: str = "mean"
 ) -> torch.Tensor:
@@ -354,6 +368,9 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             progress=self.progress,
             invariant=self.config_.train.batch_invariant,
         )
+
+    def export_module(self) -> torch.nn.Module:
+        return EncoderGraph(self.model_).eval()
 
     # -- persistence -------------------------------------------------------------------
 

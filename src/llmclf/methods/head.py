@@ -10,6 +10,7 @@ reads a learned token appended to each text (``pool_token.py``).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,21 @@ def chunk_head_logits(
     return head(vector.to(next(head.parameters()).dtype)).float()
 
 
+class HeadGraph(torch.nn.Module):
+    """A head run as one module, ``(input_ids, attention_mask) -> logits`` float32: the
+    backbone (LoRA merged), the run's pooling computed from the attention mask (so left
+    and right padding give the same answer) and the head. What graph exporters trace."""
+
+    def __init__(self, model, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return head_logits(self.model, batch, self.pooling)
+
+
 @dataclass
 class PaddingCollator:
     """Right-pads ``input_ids`` per batch (dynamic padding) and stacks the labels."""
@@ -207,7 +223,7 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
     config_class = HeadClassifierConfig
     long_text_modes = ("truncate", "head-tail", "chunks")
     supports_int8 = True
-    exporters = ("merged",)
+    exporters = ("onnx", "merged")
 
     # -- training ----------------------------------------------------------------------
 
@@ -430,6 +446,15 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             progress=self.progress,
             invariant=self.config_.train.batch_invariant,
         )
+
+    def export_module(self) -> torch.nn.Module:
+        """The run as ``HeadGraph``: the adapter merged into the (full-precision) base."""
+        model = self.model_
+        if hasattr(model, "merge_and_unload"):  # a PEFT model: the adapter is merged already
+            with warnings.catch_warnings():  # "All adapters are already merged": as meant
+                warnings.simplefilter("ignore")
+                model = model.merge_and_unload()
+        return HeadGraph(model, self.config_.head.pooling).eval()
 
     def export_refusal(self, format: str) -> str | None:
         pooling = self.config_.head.pooling

@@ -8,19 +8,24 @@ reads those declarations from the run's config before any model loads, then load
 on the CPU in float32 (a 4-bit base in full precision), writes the new folder beside the
 target and renames it into place only once the check has passed. Two exporters ship:
 
-``onnx`` (encoder runs, fine-tuned or distilled): ``torch.onnx.export`` (the
-torch.export-based exporter) writes ``model.onnx`` with dynamic batch and sequence axes;
-the folder also holds the tokenizer, ``labels.json``, ``calibration.json`` and the
-transformers ``config.json``, so it is self-contained (and the layout Optimum's
-``ORTModelForSequenceClassification`` reads). ONNX Runtime must reproduce the PyTorch
-predictions.
+``onnx`` (encoder runs, fine-tuned or distilled, and head runs with any pooling):
+``torch.onnx.export`` (the torch.export-based exporter) traces the method's
+``export_module()`` (a head run: the merged backbone, the pooling computed from the
+attention mask, the head) with dynamic batch and sequence axes, optionally quantized
+(``--quantize int8|int4``, ``llmclf.onnx_export``); the folder also holds the tokenizer,
+``labels.json``, ``calibration.json`` and the transformers ``config.json`` (``id2label``),
+so it is self-contained, in the layout transformers.js and Optimum's
+``ORTModelForSequenceClassification`` (``subfolder="onnx"``) read. ONNX Runtime must
+reproduce the PyTorch predictions (a quantized graph: keep 99 % of the labels and the
+macro-F1 within 0.01, on the run's test set).
 
     RUN/onnx/
-      model.onnx                 inputs input_ids, attention_mask [batch, sequence] int64
-                                 output logits [batch, num_classes] float32
-      tokenizer.json, ...        the run's tokenizer
+      onnx/model.onnx            inputs input_ids, attention_mask [batch, sequence] int64
+                                 (padded on either side), output logits [batch, classes]
+                                 float32; model_int8.onnx / model_q4.onnx when quantized
+      tokenizer.json, ...        the run's tokenizer (a head run's appends EOS itself)
       labels.json, calibration.json, config.json
-      llmclf_export.json         max_length, opset, the parity check's figures
+      llmclf_export.json         file, quantize, max_length, opset, the check's figures
 
 ``merged`` (head and encoder runs): a plain ``*ForSequenceClassification`` folder that
 transformers, vLLM and text-embeddings-inference load (``export_merged``).
@@ -34,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +48,19 @@ import numpy as np
 from llmclf.config import POSITIVE, REQUIRED, Options, option
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
+from llmclf.evaluation.metrics import classification_metrics
 from llmclf.methods.base import ClassifierBase, declared_by
-from llmclf.methods.onnx import OnnxClassifier
+from llmclf.methods.onnx import OnnxClassifier, is_onnx_export
 from llmclf.methods.registry import method_classes
 from llmclf.run_folder import (
+    CONFIG_FILE,
     EXPORT_INFO,
-    ONNX_FILE,
     ONNX_FOLDER,
+    ONNX_GRAPHS,
     TEST_PREDICTIONS,
     RunFolder,
     atomic_path,
+    read_json,
     write_calibration,
     write_json,
 )
@@ -61,6 +68,11 @@ from llmclf.runs.evaluate import load_classifier
 
 log = logging.getLogger("llmclf")
 PARITY_ATOL = 1e-3  # largest |logit difference| accepted between ONNX Runtime and PyTorch
+# a quantized export is kept when it gives at least this share of the run's labels and a
+# macro-F1 this close to the run's, on the run's test set
+QUANTIZED_AGREEMENT = 0.99
+QUANTIZED_F1_DROP = 0.01
+QUANTIZED_CHECK_LIMIT = 2000
 FALLBACK_TEXTS = [
     "Shares fell sharply after the bank missed its profit forecast.",
     "The striker scored twice as the home side won the cup final.",
@@ -83,8 +95,8 @@ class Exporter:
     the run's folder: ``"RUN reads texts in windows ..."``), or None. ``write(clf, folder,
     options)`` writes the format's files into the new, empty ``folder`` from the loaded
     run and returns what ``llmclf_export.json`` should say about them; ``check(clf,
-    folder, texts)`` compares the written folder with the run on ``texts`` and raises
-    ``LlmclfError`` on any disagreement, else returns the figures (``parity``).
+    folder, examples)`` compares the written folder with the run on ``examples``
+    (``CheckExamples``: texts, and gold labels for a quantized export) and raises ``LlmclfError`` on any disagreement, else returns the figures (``parity``).
     """
 
     name: str  # the --format value
@@ -93,11 +105,13 @@ class Exporter:
     folder: str  # the default output, RUN/<folder>
     refusal: Callable[[ClassifierBase], str | None]
     write: Callable[[ClassifierBase, Path, ExportOptions], dict]
-    check: Callable[[ClassifierBase, Path, list[str]], dict]
+    check: Callable[[ClassifierBase, Path, CheckExamples], dict]
     # what a run of a method without this format can do instead, for the refusal
     instead: str = ""
     # raises LlmclfError naming the extra to install when the format's libraries are missing
     requires: Callable[[], None] = lambda: None
+    # its --quantize values, the default first
+    quantizations: tuple[str, ...] = ("none",)
 
 
 EXPORTERS: dict[str, Exporter] = {}
@@ -129,17 +143,40 @@ class ExportOptions(Options):
     run: str = option(REQUIRED, "a finished run folder")
     format: str = option(
         "onnx",
-        "onnx: an encoder run for ONNX Runtime; merged: LoRA merged into the base, a plain "
+        "onnx: an encoder or head run for ONNX Runtime; merged: LoRA merged into the base, a plain "
         "*ForSequenceClassification folder",
         choices=EXPORTERS.keys(),  # a live view: an exporter registered later is a choice too
     )
     output: str | None = option(None, "the folder to write (default: RUN/onnx or RUN/merged)")
+    quantize: str | None = option(
+        None,
+        "onnx: none (float32, the default), int8 (8-bit weights, int8 compute) or int4 "
+        "(4-bit weights, the embedding table too); checked on the run's test set before the "
+        "folder is kept",
+    )
     opset: int = option(18, "ONNX opset version", bound=POSITIVE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        takes = EXPORTERS[self.format].quantizations
+        if self.quantize is None:
+            self.quantize = takes[0]
+        elif self.quantize not in takes:
+            raise LlmclfError(
+                f"--quantize {self.quantize} does not apply to --format {self.format}: it "
+                f"takes {', '.join(takes)}"
+            )
 
 
 def export(options: ExportOptions) -> dict:
     """``llmclf export``: ``export_run`` with the command's options."""
-    return export_run(options.run, options.format, options.output, opset=options.opset)
+    return export_run(
+        options.run,
+        options.format,
+        options.output,
+        quantize=options.quantize,
+        opset=options.opset,
+    )
 
 
 def export_run(
@@ -147,11 +184,12 @@ def export_run(
 ) -> dict:
     """Write ``run`` as ``format`` to ``output`` (default ``RUN/<format's folder>``),
     checked against the run before it is kept; ``options``: the rest of
-    ``ExportOptions`` (``opset``).
+    ``ExportOptions`` (``quantize``, ``opset``).
 
     Returns the export info (also saved as ``llmclf_export.json``), with ``parity``: how
     many check texts were compared, whether every prediction agreed, and the largest
-    absolute logit difference. A run the format cannot express is refused in one line
+    absolute logit difference (a quantized export: the share of labels kept and the
+    macro-F1 beside the run's). A run the format cannot express is refused in one line
     before any model loads.
 
     Example:
@@ -164,6 +202,9 @@ def export_run(
     settings = ExportOptions.from_values(values, "llmclf export")
     exporter = EXPORTERS[settings.format]
     run = Path(run)
+    if is_onnx_export(run):
+        source = read_json(run / EXPORT_INFO, "export info").get("source_run", "its run")
+        raise LlmclfError(f"{run} is an export already: export the run it came from ({source})")
     target = Path(settings.output) if settings.output else run / exporter.folder
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise LlmclfError(f"{target} already exists: delete it or choose another --output")
@@ -192,7 +233,7 @@ def export_run(
             "source_run": str(run.resolve()),
         }
         write_json(partial / EXPORT_INFO, info)  # a reader of the folder may need it
-        info["parity"] = exporter.check(clf, partial, _check_texts(run))
+        info["parity"] = exporter.check(clf, partial, check_examples(run, settings.quantize))
         write_json(partial / EXPORT_INFO, info)
     info["folder"] = str(target)
     return info
@@ -229,18 +270,32 @@ def long_text_of(clf: ClassifierBase) -> str:
     return clf.config_.as_options().get("long_text", "truncate")
 
 
-def _check_texts(run: Path, limit: int = 64) -> list[str]:
-    """Texts to compare the written folder and the run on: the run's test texts, else a
-    fixed few."""
+@dataclass
+class CheckExamples:
+    """What an export is compared with the run on: texts, and their gold labels where the
+    run's test predictions carry them (a quantized export's macro-F1 needs them)."""
+
+    texts: list[str]
+    labels: list | None = None
+
+
+def check_examples(run: Path, quantize: str = "none", limit: int = 64) -> CheckExamples:
+    """The run's test texts (the first ``limit``; every one, up to 2,000, with their gold
+    labels, for a quantized export, whose check counts labels kept), else a fixed few."""
     predictions = run / TEST_PREDICTIONS
-    texts = []
+    limit = limit if quantize == "none" else QUANTIZED_CHECK_LIMIT
+    texts, labels = [], []
     if predictions.is_file():
         with open(predictions, encoding="utf-8") as handle:
             for line in handle:
-                texts.append(json.loads(line)["text"])
+                row = json.loads(line)
+                texts.append(row["text"])
+                labels.append(row.get("label"))
                 if len(texts) == limit:
                     break
-    return texts + FALLBACK_TEXTS
+    if quantize != "none" and texts and all(label is not None for label in labels):
+        return CheckExamples(texts, labels)
+    return CheckExamples(texts + FALLBACK_TEXTS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,15 +303,18 @@ def _check_texts(run: Path, limit: int = 64) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def export_onnx(run: str | Path, output: str | Path | None = None, opset: int = 18) -> dict:
-    """Write ``run``'s encoder as ONNX to ``output`` (default ``RUN/onnx``) and check it
+def export_onnx(
+    run: str | Path, output: str | Path | None = None, quantize: str = "none", opset: int = 18
+) -> dict:
+    """Write ``run`` (an encoder or head run) as ONNX to ``output`` (default ``RUN/onnx``),
+    quantized as ``quantize`` (none, int8, int4), and check it
     (``export_run(run, "onnx", ...)``).
 
     Example:
         >>> export_onnx("runs/student")["parity"]["same_predictions"]  # doctest: +SKIP
         True
     """
-    return export_run(run, "onnx", output, opset=opset)
+    return export_run(run, "onnx", output, quantize=quantize, opset=opset)
 
 
 def _require_onnx() -> None:
@@ -278,77 +336,87 @@ def _onnx_refusal(clf: ClassifierBase) -> str | None:
 
 
 def _write_onnx(clf, folder: Path, options: ExportOptions) -> dict:
-    _export_graph(clf, folder / ONNX_FILE, options.opset)
+    from llmclf.onnx_export import GRAPH_FILES, quantize_graph, write_graph
+
+    graphs = folder / ONNX_GRAPHS
+    graphs.mkdir()
+    path = graphs / GRAPH_FILES[options.quantize]
+    full = graphs / GRAPH_FILES["none"]
+    write_graph(clf.export_module(), clf.tokenizer_, full, options.opset)
+    info = {"quantize": options.quantize}
+    if options.quantize != "none":
+        info.update(quantize_graph(full, path, options.quantize))
+        full.unlink()  # one variant per folder: the one checked
     clf.tokenizer_.save_pretrained(folder)
     clf.model_.config.save_pretrained(folder)
-    return {"opset": options.opset, "max_length": clf.config_.model.max_length}
+    # the run's options (its data columns for evaluate and predict, its method)
+    shutil.copy2(Path(options.run) / CONFIG_FILE, folder / CONFIG_FILE)
+    return {
+        **info,
+        "file": path.relative_to(folder).as_posix(),
+        "opset": options.opset,
+        "max_length": clf.config_.model.max_length,
+        "pad_token_id": clf.tokenizer_.pad_token_id,
+        "bytes": path.stat().st_size,
+    }
 
 
-def _export_graph(clf, path: Path, opset: int) -> None:
-    import torch
-
-    model = clf.model_.eval()
-    sample = clf.tokenizer_(["a b c d", "e"], padding=True, return_tensors="pt")
-    inputs = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    axes = {0: batch, 1: sequence}
-    # The exporter's deprecation warnings and its note that torchvision (never used by a
-    # text model) is missing say nothing to a user.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (),
-                str(path),
-                kwargs=inputs,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["logits"],
-                dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                report=False,
-            )
-    finally:
-        exporter_log.setLevel(level)
-
-
-def check_parity(clf, exported: OnnxClassifier, texts: list[str]) -> dict:
-    """Compare PyTorch and ONNX Runtime logits on ``texts``; fail on any disagreement."""
+def check_parity(clf, exported: OnnxClassifier, examples: CheckExamples) -> dict:
+    """Compare ONNX Runtime with PyTorch on ``examples``: a float32 graph must give the
+    same predictions and logits within ``PARITY_ATOL``; a quantized one at least
+    ``QUANTIZED_AGREEMENT`` of the labels, and a macro-F1 on the gold labels within
+    ``QUANTIZED_F1_DROP`` of PyTorch's. Raises ``LlmclfError`` with the figures if not."""
+    texts, schema = examples.texts, clf.schema_
     torch_logits = clf.predict_logits(texts)
     onnx_logits = exported.predict_logits(texts)
-    schema = clf.schema_
-    same = bool(
-        np.array_equal(
-            schema.decide(to_proba(torch_logits, schema.multi_label, clf.temperature_)),
-            schema.decide(to_proba(onnx_logits, schema.multi_label, clf.temperature_)),
-        )
-    )
+    ours = schema.decide(to_proba(torch_logits, schema.multi_label, clf.temperature_))
+    theirs = schema.decide(to_proba(onnx_logits, schema.multi_label, clf.temperature_))
+    rows_equal = (ours == theirs).all(axis=1) if schema.multi_label else ours == theirs
     diff = float(np.abs(torch_logits - onnx_logits).max())
-    if not same or diff > PARITY_ATOL:
-        raise LlmclfError(
-            f"the ONNX model does not reproduce PyTorch (max |logit difference| {diff:.2g}, "
-            f"same predictions: {same}): not exported"
+    figures = {
+        "texts": len(texts),
+        "same_predictions": bool(rows_equal.all()),
+        "agreement": float(rows_equal.mean()),
+        "max_abs_logit_diff": diff,
+    }
+    if exported.quantize_ == "none":
+        if not figures["same_predictions"] or diff > PARITY_ATOL:
+            raise LlmclfError(
+                f"the ONNX model does not reproduce PyTorch (max |logit difference| "
+                f"{diff:.2g}, same predictions: {figures['same_predictions']}): not exported"
+            )
+        return figures
+    if examples.labels is not None:
+        gold = schema.encode(examples.labels)
+        figures["macro_f1_pytorch"] = classification_metrics(gold, ours, schema.classes)["macro_f1"]
+        figures["macro_f1"] = classification_metrics(gold, theirs, schema.classes)["macro_f1"]
+    drop = figures.get("macro_f1_pytorch", 0.0) - figures.get("macro_f1", 0.0)
+    if figures["agreement"] < QUANTIZED_AGREEMENT or drop > QUANTIZED_F1_DROP:
+        f1 = (
+            f", macro-F1 {figures['macro_f1']:.4f} vs {figures['macro_f1_pytorch']:.4f}"
+            if "macro_f1" in figures
+            else ""
         )
-    return {"texts": len(texts), "same_predictions": same, "max_abs_logit_diff": diff}
+        raise LlmclfError(
+            f"the {exported.quantize_} ONNX model keeps {figures['agreement']:.1%} of the run's "
+            f"labels on {len(texts)} texts{f1} (needed: {QUANTIZED_AGREEMENT:.0%}, macro-F1 "
+            f"within {QUANTIZED_F1_DROP}): not exported; try a milder --quantize"
+        )
+    return figures
 
 
 register_exporter(
     Exporter(
         name="onnx",
         title="ONNX export",
-        help="an encoder run for ONNX Runtime",
+        help="an encoder or head run for ONNX Runtime",
         folder=ONNX_FOLDER,
         refusal=_onnx_refusal,
         write=_write_onnx,
-        check=lambda clf, folder, texts: check_parity(clf, OnnxClassifier(folder), texts),
-        instead="distill it into one first (llmclf distill RUN --student minilm-l6 ...)",
+        check=lambda clf, folder, examples: check_parity(clf, OnnxClassifier(folder), examples),
+        instead="distill it into an encoder first (llmclf distill RUN --student minilm-l6 ...)",
         requires=_require_onnx,
+        quantizations=("none", "int8", "int4"),
     )
 )
 
@@ -408,9 +476,9 @@ def _write_merged(clf, folder: Path, options: ExportOptions) -> dict:
     return {}
 
 
-def check_merged(clf, folder: Path, texts: list[str]) -> dict:
-    """Plain transformers on ``folder`` against llmclf on ``texts``, unpadded one by one
-    and padded in one batch; fail on any disagreement."""
+def check_merged(clf, folder: Path, examples: CheckExamples) -> dict:
+    """Plain transformers on ``folder`` against llmclf on ``examples``' texts, padded in
+    one batch; fail on any disagreement."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -418,7 +486,7 @@ def check_merged(clf, folder: Path, texts: list[str]) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, dtype=torch.float32, trust_remote_code=False
     ).eval()
-    limit = clf.config_.model.max_length
+    limit, texts = clf.config_.model.max_length, examples.texts
     with torch.no_grad():
         if long_text_of(clf) == "head-tail":  # the run's cut, made before
             ids = clf._encode(texts)
