@@ -1,0 +1,215 @@
+"""Exports side by side: PyTorch (fp32 and `--dtype auto`), the transformers pipeline on the
+merged export, and the ONNX exports (fp32, int8, int4) of one run, on its test set.
+
+Each variant runs in its own process (so its peak RSS is its own), one after the other on
+the same machine: cold load time, single-text latency p50 / p95 (batch 1, what an app
+does, after a warm-up), throughput at batch 16 over the test texts, macro-F1 on their gold
+labels and agreement with PyTorch fp32's labels; plus each artefact's size on disk and how
+long its export took.
+
+Usage: python benchmarks/bench_export.py RUN [--name NAME] [--limit N] [--latency-texts 50]
+(RUN: e.g. the `make demo` run, runs/demo; the exports go to benchmarks/work/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import WORK, machine, write_result
+
+VARIANTS = ("torch_fp32", "torch_auto", "pipeline", "onnx_fp32", "onnx_int8", "onnx_int4")
+EXPORTS = {"onnx_fp32": "none", "onnx_int8": "int8", "onnx_int4": "int4"}
+BATCH = 16
+
+
+def test_set(run: Path, limit: int | None) -> tuple[list[str], list[str]]:
+    lines = (run / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines][:limit]
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# one variant, in its own process
+# ---------------------------------------------------------------------------------------
+
+
+def load(variant: str, run: Path, folder: Path):
+    """(predict(texts) -> labels, predict one text) for ``variant``."""
+    if variant.startswith("torch"):
+        from llmclf.runs import load_classifier
+
+        dtype = "float32" if variant == "torch_fp32" else "auto"
+        clf = load_classifier(run, progress=False, dtype=dtype, eval_batch_size=BATCH)
+        return clf.predict, clf.predict
+    if variant == "pipeline":
+        import torch
+        from transformers import pipeline
+
+        classify = pipeline("text-classification", model=str(folder), top_k=1, device="cpu")
+        options = {"truncation": True, "max_length": _max_length(run)}
+
+        def many(texts):
+            with torch.inference_mode():
+                return [o[0]["label"] for o in classify(texts, batch_size=BATCH, **options)]
+
+        return many, lambda text: many([text])[0]
+    from llmclf.methods.onnx import OnnxClassifier
+
+    clf = OnnxClassifier(folder, batch_size=BATCH)
+    return clf.predict, clf.predict
+
+
+def _max_length(run: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((run / "config.yaml").read_text())["model"]["max_length"])
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water RSS (VmHWM). Not getrusage: a child started from a
+    big parent inherits the parent's maximum across fork and exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def worker(variant: str, run: Path, folder: Path, texts_file: Path, latency_texts: int) -> dict:
+    texts = json.loads(texts_file.read_text())
+    start = time.perf_counter()
+    many, one = load(variant, run, folder)
+    load_s = time.perf_counter() - start
+    for text in texts[:3]:  # warm-up
+        one(text)
+    latencies = []
+    for text in texts[:latency_texts]:
+        start = time.perf_counter()
+        one(text)
+        latencies.append(time.perf_counter() - start)
+    many(texts[:BATCH])  # warm-up at the batch size
+    start = time.perf_counter()
+    labels = many(texts)
+    seconds = time.perf_counter() - start
+    return {
+        "load_s": round(load_s, 3),
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)) * 1000, 2),
+        "latency_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 2),
+        "throughput_per_s": round(len(texts) / seconds, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "labels": list(labels),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# the side-by-side run
+# ---------------------------------------------------------------------------------------
+
+
+def folder_mb(path: Path, pattern: str) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob(pattern)) / 1e6, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?")
+    parser.add_argument("--name", default="export")
+    parser.add_argument("--limit", type=int, default=None, help="the first N test texts")
+    parser.add_argument("--latency-texts", type=int, default=50)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--texts-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    run = Path(args.run).resolve()
+    if args.worker:
+        figures = worker(
+            args.worker, run, Path(args.folder), Path(args.texts_file), args.latency_texts
+        )
+        print(json.dumps(figures))
+        return
+
+    from sklearn.metrics import f1_score
+
+    from llmclf.runs.export import export_run
+
+    texts, gold = test_set(run, args.limit)
+    work = WORK / f"export_{run.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    variants = args.variants.split(",")
+    folders, exported = {}, {}
+    for variant in variants:
+        if variant in EXPORTS or variant == "pipeline":
+            name = "merged" if variant == "pipeline" else variant
+            folder = folders[variant] = work / name
+            shutil.rmtree(folder, ignore_errors=True)
+            start = time.perf_counter()
+            info = export_run(
+                run, "merged" if variant == "pipeline" else "onnx", folder,
+                **({} if variant == "pipeline" else {"quantize": EXPORTS[variant]}),
+            )  # fmt: skip
+            exported[variant] = {"export_s": round(time.perf_counter() - start, 1), "info": info}
+    results = {}
+    for variant in variants:
+        folder = folders.get(variant, run)
+        command = [sys.executable, __file__, str(run), "--worker", variant]
+        command += ["--folder", str(folder), "--texts-file", str(texts_file)]
+        command += ["--latency-texts", str(args.latency_texts)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        labels = figures.pop("labels")
+        figures["macro_f1"] = round(float(f1_score(gold, labels, average="macro")), 4)
+        figures["_labels"] = labels
+        if variant in EXPORTS:
+            figures["size_mb"] = folder_mb(folder / "onnx", "*.onnx*")
+        elif variant == "pipeline" or "pipeline" in folders:
+            figures["size_mb"] = folder_mb(folders.get("pipeline", folder), "*.safetensors")
+        if variant in exported:
+            figures["export_s"] = exported[variant]["export_s"]
+            figures["check"] = exported[variant]["info"].get("parity")
+        results[variant] = figures
+        print(variant, {k: v for k, v in figures.items() if k != "_labels"}, flush=True)
+    reference = results.get("torch_fp32", {}).get("_labels")
+    for figures in results.values():
+        labels = figures.pop("_labels")
+        if reference is not None:
+            figures["agreement_vs_torch_fp32"] = round(
+                float(np.mean(np.array(labels) == np.array(reference))), 4
+            )
+    auto = results.get("torch_auto")
+    summary = {}
+    if auto and "onnx_int8" in results:
+        int8 = results["onnx_int8"]
+        summary["best_8bit_speedup_vs_torch_auto"] = round(
+            int8["throughput_per_s"] / auto["throughput_per_s"], 2
+        )
+        summary["best_8bit_rss_ratio"] = round(int8["peak_rss_mb"] / auto["peak_rss_mb"], 3)
+    if "onnx_int4" in results:
+        summary["best_4bit_size_mb"] = results["onnx_int4"]["size_mb"]
+    exports = [results[v] for v in EXPORTS if v in results]
+    if auto and exports:
+        best = min(e["latency_ms_p50"] for e in exports)
+        summary["best_single_text_latency_ratio"] = round(best / auto["latency_ms_p50"], 3)
+    result = {
+        "machine": machine(),
+        "run": args.run,
+        "texts": len(texts),
+        "batch_size": BATCH,
+        "latency_texts": min(args.latency_texts, len(texts)),
+        "variants": results,
+        **summary,
+    }
+    write_result(args.name, result)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
