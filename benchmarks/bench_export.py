@@ -41,13 +41,13 @@ def test_set(run: Path, limit: int | None) -> tuple[list[str], list[str]]:
 
 
 def load(variant: str, run: Path, folder: Path):
-    """(predict(texts) -> labels, predict one text) for ``variant``."""
+    """(predict(texts) -> labels, predict one text, the dtype it computes in) for ``variant``."""
     if variant.startswith("torch"):
         from llmclf.runs import load_classifier
 
         dtype = "float32" if variant == "torch_fp32" else "auto"
         clf = load_classifier(run, progress=False, dtype=dtype, eval_batch_size=BATCH)
-        return clf.predict, clf.predict
+        return clf.predict, clf.predict, str(clf.dtype_).removeprefix("torch.")
     if variant == "pipeline":
         import torch
         from transformers import pipeline
@@ -59,11 +59,13 @@ def load(variant: str, run: Path, folder: Path):
             with torch.inference_mode():
                 return [o[0]["label"] for o in classify(texts, batch_size=BATCH, **options)]
 
-        return many, lambda text: many([text])[0]
+        dtype = str(next(classify.model.parameters()).dtype).removeprefix("torch.")
+        return many, lambda text: many([text])[0], dtype
     from llmclf.methods.onnx import OnnxClassifier
 
     clf = OnnxClassifier(folder, batch_size=BATCH)
-    return clf.predict, clf.predict
+    dtype = {"none": "float32"}.get(clf.quantize_, f"{clf.quantize_} weights, int8 compute")
+    return clf.predict, clf.predict, dtype
 
 
 def _max_length(run: Path) -> int:
@@ -84,7 +86,7 @@ def peak_rss_mb() -> float:
 def worker(variant: str, run: Path, folder: Path, texts_file: Path, latency_texts: int) -> dict:
     texts = json.loads(texts_file.read_text())
     start = time.perf_counter()
-    many, one = load(variant, run, folder)
+    many, one, dtype = load(variant, run, folder)
     load_s = time.perf_counter() - start
     for text in texts[:3]:  # warm-up
         one(text)
@@ -98,6 +100,7 @@ def worker(variant: str, run: Path, folder: Path, texts_file: Path, latency_text
     labels = many(texts)
     seconds = time.perf_counter() - start
     return {
+        "dtype": dtype,
         "load_s": round(load_s, 3),
         "latency_ms_p50": round(float(np.percentile(latencies, 50)) * 1000, 2),
         "latency_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 2),

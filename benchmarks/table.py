@@ -465,6 +465,49 @@ def invariance_lines(r: dict) -> list[str]:
     return out
 
 
+def export_lines(r: dict) -> list[str]:
+    """bench_export.py: PyTorch, the pipeline and the ONNX exports of one run."""
+    names = {
+        "torch_fp32": "llmclf PyTorch fp32",
+        "torch_auto": "llmclf PyTorch `--dtype auto`",
+        "pipeline": "transformers pipeline (merged export)",
+        "onnx_fp32": "ONNX fp32",
+        "onnx_int8": "ONNX int8",
+        "onnx_int4": "ONNX int4",
+    }
+    out = [
+        "### Exports: PyTorch vs the pipeline vs ONNX (fp32, int8, int4)",
+        "",
+        f"`{r['run']}`, {r['texts']} test texts; each variant in its own process. Latency: "
+        f"one text at a time ({r['latency_texts']} texts, after a warm-up); throughput: "
+        f"batches of {r['batch_size']}; agreement: labels equal to PyTorch fp32's.",
+        "",
+        "| variant | computes in | size MB | load s | p50 ms | p95 ms | texts/s | peak RSS MB "
+        "| macro-F1 | agreement | export s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, v in r["variants"].items():
+        out.append(
+            f"| {names.get(key, key)} | {v['dtype']} | {v.get('size_mb', '')} | {v['load_s']} | "
+            f"{v['latency_ms_p50']} | {v['latency_ms_p95']} | {v['throughput_per_s']} | "
+            f"{v['peak_rss_mb']} | {v['macro_f1']} | {v.get('agreement_vs_torch_fp32', '')} | "
+            f"{v.get('export_s', '')} |"
+        )
+    targets = {
+        k: r[k]
+        for k in (
+            "best_8bit_speedup_vs_torch_auto",
+            "best_8bit_rss_ratio",
+            "best_4bit_size_mb",
+            "best_single_text_latency_ratio",
+        )
+        if k in r
+    }
+    if targets:
+        out += ["", "Against the targets: " + ", ".join(f"`{k}` {v}" for k, v in targets.items())]
+    return [*out, ""]
+
+
 def render(results=RESULTS) -> list[str]:
     """The generated part of BENCHMARKS.md: every results file in ``results``, each
     after the machine it ran on."""
@@ -478,6 +521,7 @@ def render(results=RESULTS) -> list[str]:
         ("scale", scale_lines),
         ("threads", threads_lines),
         ("invariance", invariance_lines),
+        ("export_", export_lines),
     )
     lines: list[str] = []
     shown = None

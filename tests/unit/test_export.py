@@ -32,6 +32,15 @@ def test_onnx_runtime_gives_the_same_predictions_as_pytorch(encoder_run):
     assert list(exported.classes_) == list(clf.classes_)
 
 
+def test_an_encoder_run_exports_quantized_too(encoder_run, tmp_path):
+    info = export_onnx(encoder_run[0], tmp_path / "int8", quantize="int8")
+    assert info["file"] == "onnx/model_int8.onnx" and info["parity"]["agreement"] >= 0.99
+    exported = OnnxClassifier(tmp_path / "int8")
+    assert exported.quantize_ == "int8"
+    texts = [" ".join(["goal"] * 5), "bank stock"]
+    assert np.allclose(exported.predict_proba(texts).sum(axis=1), 1.0)
+
+
 def test_cli_export_refuses_to_overwrite_and_non_encoder_runs(encoder_run, tmp_path, capsys):
     import pandas as pd
 
@@ -244,6 +253,14 @@ def test_an_onnx_export_is_a_run_for_predict_evaluate_and_serve(pooled_runs, tmp
     assert metrics["method"] == "onnx" and metrics["n"] == 20
     assert metrics["accuracy"] == np.mean(np.array(expected) == np.array(labels))
 
+    assert main(["compare", str(run), str(export), "--output", str(tmp_path / "report")]) == 2
+    assert "is an export: it stores no test predictions of its own; pass --data" in (
+        capsys.readouterr().err
+    )
+    args = ["compare", str(run), str(export), "--data", str(tmp_path / "in.csv")]
+    assert main([*args, "--output", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["runs"] and len(report["runs"]) == 2
     served = load_runs({"x": export})
     models = ServedModels({r.name: r for r in served}, 8, 2000)
     body = asyncio.run(

@@ -34,6 +34,7 @@ from llmclf.evaluation.comparison import RunEvaluation, build_report
 from llmclf.evaluation.report import render
 from llmclf.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_RESAMPLES
 from llmclf.labels import LabelSchema
+from llmclf.methods.onnx import is_onnx_export
 from llmclf.methods.registry import section_classes
 from llmclf.run_folder import (
     EVALUATIONS,
@@ -183,7 +184,8 @@ def fresh_evaluation(
     """Evaluate a run now on ``split`` of ``config`` (as ``evaluate_run``: by default the
     test split, or all of a file without a ``split`` column); its predictions and metrics
     are kept under ``output``."""
-    run_metrics = RunFolder(folder).metrics()
+    # an export has no training of its own to cost
+    run_metrics = {} if is_onnx_export(folder) else RunFolder(folder).metrics()
     log.info("%s: evaluating on %s", name, config.data)
     metrics, frame = evaluate_run(folder, data_config=config, split=split, output=output, **runtime)
     return from_frame(name, folder, frame, metrics, run_metrics, f"evaluated on {config.data}")
@@ -227,7 +229,13 @@ def compare_runs(
         raise LlmclfError("compare needs at least two runs")
     for folder in folders:
         RunFolder(folder).config()  # missing, a file, or not a run: said as such
-        if not RunFolder(folder).finished:
+        if is_onnx_export(folder):
+            if not data_values:
+                raise LlmclfError(
+                    f"{folder} is an export: it stores no test predictions of its own; pass "
+                    "--data (the run's own data file, say) to evaluate every run on one data set"
+                )
+        elif not RunFolder(folder).finished:
             raise LlmclfError(f"{folder} is not a finished llmclf run (it has no metrics.json)")
     output = Path(output)
     check_report_folder(output)

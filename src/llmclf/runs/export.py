@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,7 +467,9 @@ def _merged_refusal(clf: ClassifierBase) -> str | None:
 def _write_merged(clf, folder: Path, options: ExportOptions) -> dict:
     model = clf.model_
     if hasattr(model, "merge_and_unload"):  # a PEFT model: the adapter is merged already
-        model = model.merge_and_unload()
+        with warnings.catch_warnings():  # "All adapters are already merged": as meant
+            warnings.simplefilter("ignore")
+            model = model.merge_and_unload()
     model.config.pad_token_id = clf.tokenizer_.pad_token_id
     model.save_pretrained(folder)
     clf.tokenizer_.save_pretrained(folder)
