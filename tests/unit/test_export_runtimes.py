@@ -79,4 +79,3 @@ def test_the_script_says_how_to_use_it(onnx_python):
         text=True,
     )
     assert out.returncode != 0 and "usage: python classify_onnx.py EXPORT_FOLDER TEXT" in out.stderr
-

@@ -369,7 +369,9 @@ def test_an_exporter_registered_anywhere_is_a_format(exporter, tmp_path, capsys)
     # a format the method does not declare: the line names what it does export to
     with pytest.raises(LlmclfError) as refused:
         export_run(run, "onnx")
-    assert str(refused.value).startswith(f"{run} is a exportable run: ONNX export is for encoder")
+    assert str(refused.value).startswith(
+        f"{run} is a exportable run: ONNX export is for head and encoder runs"
+    )
     assert str(refused.value).endswith("or export it with --format centroids")
     with pytest.raises(LlmclfError, match="--format must be one of onnx, merged, centroids"):
         export_run(run, "gguf")
