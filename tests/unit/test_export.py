@@ -281,6 +281,25 @@ def test_a_quantization_the_format_lacks_is_refused(pooled_runs, args, message, 
     assert message in capsys.readouterr().err
 
 
+def test_an_export_is_checked_on_the_texts_a_user_gives(pooled_runs, tmp_path, capsys):
+    import pandas as pd
+
+    texts, labels = make_texts(30, seed=13)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "mine.csv", index=False)
+    args = ["export", str(pooled_runs["last"]), "--quantize", "int8"]
+    check = ["--check-data", str(tmp_path / "mine.csv")]
+    assert main([*args, *check, "--output", str(tmp_path / "e")]) == 0
+    parity = json.loads((tmp_path / "e" / "llmclf_export.json").read_text())["parity"]
+    assert parity["texts"] == 30 and "macro_f1" in parity
+    pd.DataFrame({"text": texts[:3], "label": ["money", "sport", "weather"]}).to_csv(
+        tmp_path / "odd.csv", index=False
+    )
+    capsys.readouterr()
+    check = ["--check-data", str(tmp_path / "odd.csv")]
+    assert main([*args, *check, "--output", str(tmp_path / "f")]) == 2
+    assert "weather" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
 def test_an_onnx_export_refuses_what_only_a_pytorch_run_does(pooled_runs, tmp_path, capsys):
     export = tmp_path / "e"
     assert main(["export", str(pooled_runs["max"]), "--output", str(export)]) == 0

@@ -50,6 +50,7 @@ from llmclf.config import POSITIVE, REQUIRED, Options, option
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
 from llmclf.evaluation.metrics import classification_metrics
+from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase, declared_by
 from llmclf.methods.onnx import OnnxClassifier, is_onnx_export
 from llmclf.methods.registry import method_classes
@@ -65,7 +66,7 @@ from llmclf.run_folder import (
     write_calibration,
     write_json,
 )
-from llmclf.runs.evaluate import load_classifier
+from llmclf.runs.evaluate import data_config_for, evaluation_split, load_classifier
 
 log = logging.getLogger("llmclf")
 PARITY_ATOL = 1e-3  # largest |logit difference| accepted between ONNX Runtime and PyTorch
@@ -155,6 +156,11 @@ class ExportOptions(Options):
         "(4-bit weights, the embedding table too); checked on the run's test set before the "
         "folder is kept",
     )
+    check_data: str | None = option(
+        None,
+        "a labelled data file to check the export on (read with the run's columns, every "
+        "row), instead of the run's own test predictions",
+    )
     opset: int = option(18, "ONNX opset version", bound=POSITIVE)
 
     def __post_init__(self) -> None:
@@ -176,6 +182,7 @@ def export(options: ExportOptions) -> dict:
         options.format,
         options.output,
         quantize=options.quantize,
+        check_data=options.check_data,
         opset=options.opset,
     )
 
@@ -185,7 +192,7 @@ def export_run(
 ) -> dict:
     """Write ``run`` as ``format`` to ``output`` (default ``RUN/<format's folder>``),
     checked against the run before it is kept; ``options``: the rest of
-    ``ExportOptions`` (``quantize``, ``opset``).
+    ``ExportOptions`` (``quantize``, ``check_data``, ``opset``).
 
     Returns the export info (also saved as ``llmclf_export.json``), with ``parity``: how
     many check texts were compared, whether every prediction agreed, and the largest
@@ -214,6 +221,11 @@ def export_run(
     if reason:
         raise LlmclfError(f"{run} {reason}")
     exporter.requires()
+    examples = (
+        given_examples(run, settings.check_data)
+        if settings.check_data
+        else check_examples(run, settings.quantize)
+    )  # a bad file is refused before any model loads
     # float32 on the CPU, a 4-bit base in full precision: what the check compares against
     overrides = {"progress": False, "device": "cpu", "dtype": "float32"}
     if "quantize" in described.config_class.option_names():
@@ -234,7 +246,7 @@ def export_run(
             "source_run": str(run.resolve()),
         }
         write_json(partial / EXPORT_INFO, info)  # a reader of the folder may need it
-        info["parity"] = exporter.check(clf, partial, check_examples(run, settings.quantize))
+        info["parity"] = exporter.check(clf, partial, examples)
         write_json(partial / EXPORT_INFO, info)
     info["folder"] = str(target)
     return info
@@ -278,6 +290,17 @@ class CheckExamples:
 
     texts: list[str]
     labels: list | None = None
+
+
+def given_examples(run: Path, data: str) -> CheckExamples:
+    """Every row of the labelled file ``data``, read with the run's data options; labels
+    the run does not know are refused."""
+    schema = LabelSchema.load(run)
+    examples = evaluation_split(
+        data_config_for(run, {"data": data}), "all", schema.multi_label, whole_file=True
+    )
+    schema.check_known(examples.labels, f"--check-data {data}")
+    return CheckExamples(list(examples.texts), examples.labels)
 
 
 def check_examples(run: Path, quantize: str = "none", limit: int = 64) -> CheckExamples:
