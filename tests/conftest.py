@@ -148,12 +148,22 @@ def decoder_forwards(device_type: str):
         hook.remove()
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_collection_modifyitems(config, items) -> None:
     """The integration tests train and load real models (minutes on 2 cores): they are slow
-    too, so ``make test-fast`` (``-m "not slow"``) leaves them out; ``make test`` runs them."""
+    too, so ``make test-fast`` (``-m "not slow"``) leaves them out; ``make test`` runs them.
+
+    The GGUF tests need llama-cpp-python, which builds llama.cpp from source (minutes):
+    deselected (counted in the summary) unless the marker expression names them, as
+    ``make test-gguf`` (``-m gguf``) does."""
     for item in items:
         if item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.slow)
+    if "gguf" in (config.getoption("markexpr") or ""):
+        return
+    left = [item for item in items if item.get_closest_marker("gguf")]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if not item.get_closest_marker("gguf")]
 
 
 @pytest.fixture(scope="session")

@@ -112,14 +112,18 @@ def show_distill(metrics: dict, values: dict[str, Any]) -> None:
         )
 
 
+EXPORT_RUNTIMES = {"onnx": "ONNX Runtime", "gguf": "llama.cpp"}
+
+
 def show_export(info: dict, values: dict[str, Any]) -> None:
     parity = info.get("parity") or {}
-    if info.get("format") == "onnx" and parity:
+    runtime = EXPORT_RUNTIMES.get(info.get("format"))
+    if runtime and parity:
         size = info["bytes"] / 2**20
         where = f"wrote {info['folder']} ({info['file']}, {size:.1f} MiB)"
         if info.get("quantize", "none") == "none":
             print(
-                f"{where}; ONNX Runtime matches PyTorch on {parity['texts']} texts: same "
+                f"{where}; {runtime} matches PyTorch on {parity['texts']} texts: same "
                 f"predictions, max |logit difference| {parity['max_abs_logit_diff']:.1g}"
             )
         else:

@@ -313,3 +313,78 @@ def test_an_onnx_export_refuses_what_only_a_pytorch_run_does(pooled_runs, tmp_pa
     assert main([*args, str(tmp_path / "b.csv"), "--device", "cuda"]) == 2
     assert "is an ONNX export, run by ONNX Runtime on the CPU" in capsys.readouterr().err
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# --format gguf: what is refused before llama.cpp is needed (the export itself:
+# test_export_gguf.py, make test-gguf)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "run, args, message",
+    [
+        ("max", [], "pools with --pooling max: llama.cpp pools a causal LM's hidden states by the last token or the mean only"),
+        ("last", ["--quantize", "int8"], "--quantize int8 does not apply to --format gguf: it takes f16, none, q8_0, q4_k_m"),
+    ],
+)  # fmt: skip
+def test_gguf_refuses_what_llama_cpp_cannot_express(pooled_runs, run, args, message, capsys):
+    assert main(["export", str(pooled_runs[run]), "--format", "gguf", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (pooled_runs[run] / "gguf").exists()
+
+
+def test_gguf_refuses_an_encoder_run_and_says_what_to_install(
+    encoder_run, pooled_runs, monkeypatch, capsys
+):
+    import sys
+
+    run, _ = encoder_run
+    assert main(["export", str(run), "--format", "gguf"]) == 2
+    assert (
+        "is an encoder run: GGUF export is for head runs, or export it with --format onnx or "
+        "merged" in capsys.readouterr().err
+    )
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where it is not installed
+    assert main(["export", str(pooled_runs["last"]), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "--format gguf needs llama-cpp-python" in err and "pip install 'llmclf[gguf]'" in err
+
+
+def test_the_converter_is_taken_from_llama_cpp_python_source(tmp_path, monkeypatch):
+    """Only the converter's parts come out of the source archive, under the cache."""
+    import io
+    import tarfile
+
+    from llmclf import gguf_export
+    from llmclf.errors import LlmclfError
+
+    archive = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in (
+            "vendor/llama.cpp/convert_hf_to_gguf.py",
+            "vendor/llama.cpp/conversion/llama.py",
+            "vendor/llama.cpp/gguf-py/gguf/__init__.py",
+            "vendor/llama.cpp/ggml/src/big.c",
+            "llama_cpp/llama.py",
+        ):
+            data = name.encode()
+            member = tarfile.TarInfo(f"llama_cpp_python-9.9.9/{name}")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    gguf_export._extract_converter(archive, tmp_path / "out")
+    found = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*")
+    )
+    assert found == ["conversion/llama.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "llmclf" / "llama.cpp-9.9.9"
+    cached.mkdir(parents=True)
+    (cached / "convert_hf_to_gguf.py").write_text("")
+    assert gguf_export.converter_dir("9.9.9") == cached  # fetched once, then reused
+    monkeypatch.setenv("LLMCLF_LLAMA_CPP", str(tmp_path / "nowhere"))
+    with pytest.raises(
+        LlmclfError, match="holds no convert_hf_to_gguf.py: point it at a llama.cpp"
+    ):
+        gguf_export.converter_dir("9.9.9")

@@ -223,7 +223,7 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
     config_class = HeadClassifierConfig
     long_text_modes = ("truncate", "head-tail", "chunks")
     supports_int8 = True
-    exporters = ("onnx", "merged")
+    exporters = ("onnx", "gguf", "merged")
 
     # -- training ----------------------------------------------------------------------
 

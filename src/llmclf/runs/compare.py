@@ -34,7 +34,7 @@ from llmclf.evaluation.comparison import RunEvaluation, build_report
 from llmclf.evaluation.report import render
 from llmclf.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_RESAMPLES
 from llmclf.labels import LabelSchema
-from llmclf.methods.onnx import is_onnx_export
+from llmclf.methods.exported import is_export
 from llmclf.methods.registry import section_classes
 from llmclf.run_folder import (
     EVALUATIONS,
@@ -185,7 +185,7 @@ def fresh_evaluation(
     test split, or all of a file without a ``split`` column); its predictions and metrics
     are kept under ``output``."""
     # an export has no training of its own to cost
-    run_metrics = {} if is_onnx_export(folder) else RunFolder(folder).metrics()
+    run_metrics = {} if is_export(folder) else RunFolder(folder).metrics()
     log.info("%s: evaluating on %s", name, config.data)
     metrics, frame = evaluate_run(folder, data_config=config, split=split, output=output, **runtime)
     return from_frame(name, folder, frame, metrics, run_metrics, f"evaluated on {config.data}")
@@ -229,7 +229,7 @@ def compare_runs(
         raise LlmclfError("compare needs at least two runs")
     for folder in folders:
         RunFolder(folder).config()  # missing, a file, or not a run: said as such
-        if is_onnx_export(folder):
+        if is_export(folder):
             if not data_values:
                 raise LlmclfError(
                     f"{folder} is an export: it stores no test predictions of its own; pass "

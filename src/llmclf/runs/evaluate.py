@@ -27,7 +27,7 @@ from llmclf.evaluation.calibration import calibration_figures
 from llmclf.evaluation.metrics import classification_metrics
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
-from llmclf.methods.onnx import OnnxClassifier, is_onnx_export
+from llmclf.methods.exported import is_export, load_export
 from llmclf.methods.registry import method_classes
 from llmclf.run_folder import (
     EVAL_FOLDER,
@@ -87,8 +87,9 @@ class EvaluateOptions(Options):
 
 def load_classifier(run: str | Path, int8: bool = False, **overrides) -> ClassifierBase:
     """The fitted classifier stored in a run folder, whatever its method; ``int8=True``
-    quantizes it for faster prediction on CPU (``ClassifierBase.quantize_int8``). An ONNX
-    export of a run (``llmclf export``) opens as an ``OnnxClassifier``.
+    quantizes it for faster prediction on CPU (``ClassifierBase.quantize_int8``). An export
+    of a run (``llmclf export``) opens in its runtime: an ``OnnxClassifier`` (ONNX Runtime)
+    or a ``GgufClassifier`` (llama.cpp).
 
     Example:
         >>> clf = load_classifier("runs/bbc", device="cpu")  # doctest: +SKIP
@@ -100,8 +101,8 @@ def load_classifier(run: str | Path, int8: bool = False, **overrides) -> Classif
         raise LlmclfError(
             f"{folder} is an unfinished run: continue it with llmclf train ... --resume"
         )
-    if is_onnx_export(folder.path):  # llmclf export --format onnx: run by ONNX Runtime
-        return OnnxClassifier.load(folder.path, int8=int8, **overrides)
+    if is_export(folder.path):  # llmclf export: run by ONNX Runtime or llama.cpp
+        return load_export(folder.path, int8=int8, **overrides)
     method = folder.config().get("method")
     classes = method_classes()
     if method not in classes:

@@ -52,7 +52,9 @@ from llmclf.evaluation.calibration import to_proba
 from llmclf.evaluation.metrics import classification_metrics
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase, declared_by
-from llmclf.methods.onnx import OnnxClassifier, is_onnx_export
+from llmclf.methods.exported import ExportedClassifier, is_export
+from llmclf.methods.gguf import GgufClassifier, require_llama_cpp
+from llmclf.methods.onnx import OnnxClassifier
 from llmclf.methods.registry import method_classes
 from llmclf.run_folder import (
     CONFIG_FILE,
@@ -145,16 +147,17 @@ class ExportOptions(Options):
     run: str = option(REQUIRED, "a finished run folder")
     format: str = option(
         "onnx",
-        "onnx: an encoder or head run for ONNX Runtime; merged: LoRA merged into the base, a plain "
-        "*ForSequenceClassification folder",
+        "onnx: an encoder or head run for ONNX Runtime; gguf: a head run for llama.cpp; merged: "
+        "LoRA merged into the base, a plain *ForSequenceClassification folder",
         choices=EXPORTERS.keys(),  # a live view: an exporter registered later is a choice too
     )
     output: str | None = option(None, "the folder to write (default: RUN/onnx or RUN/merged)")
     quantize: str | None = option(
         None,
         "onnx: none (float32, the default), int8 (8-bit weights, int8 compute) or int4 "
-        "(4-bit weights, the embedding table too); checked on the run's test set before the "
-        "folder is kept",
+        "(4-bit weights, the embedding table too); gguf: f16 (the default), none (float32), "
+        "q8_0 or q4_k_m (llama.cpp's quantizer; the head stays float32); checked on the run's "
+        "test set before the folder is kept",
     )
     check_data: str | None = option(
         None,
@@ -210,7 +213,7 @@ def export_run(
     settings = ExportOptions.from_values(values, "llmclf export")
     exporter = EXPORTERS[settings.format]
     run = Path(run)
-    if is_onnx_export(run):
+    if is_export(run):
         source = read_json(run / EXPORT_INFO, "export info").get("source_run", "its run")
         raise LlmclfError(f"{run} is an export already: export the run it came from ({source})")
     target = Path(settings.output) if settings.output else run / exporter.folder
@@ -259,7 +262,8 @@ def refusal(exporter: Exporter, clf: ClassifierBase) -> str | None:
     declared = type(clf).exporters
     if exporter.name not in declared:
         takers = declared_by(lambda cls: exporter.name in cls.exporters)
-        reason = f"is a {clf.method} run: {exporter.title} is for {takers} runs"
+        article = "an" if clf.method[:1] in "aeiou" else "a"
+        reason = f"is {article} {clf.method} run: {exporter.title} is for {takers} runs"
         if exporter.instead:
             reason += f"; {exporter.instead}"
         if declared:
@@ -385,8 +389,8 @@ def _write_onnx(clf, folder: Path, options: ExportOptions) -> dict:
     }
 
 
-def check_parity(clf, exported: OnnxClassifier, examples: CheckExamples) -> dict:
-    """Compare ONNX Runtime with PyTorch on ``examples``: a float32 graph must give the
+def check_parity(clf, exported: ExportedClassifier, examples: CheckExamples) -> dict:
+    """Compare the export's runtime with PyTorch on ``examples``: a float32 model must give the
     same predictions and logits within ``PARITY_ATOL``; a quantized one at least
     ``QUANTIZED_AGREEMENT`` of the labels, and a macro-F1 on the gold labels within
     ``QUANTIZED_F1_DROP`` of PyTorch's. Raises ``LlmclfError`` with the figures if not."""
@@ -406,7 +410,7 @@ def check_parity(clf, exported: OnnxClassifier, examples: CheckExamples) -> dict
     if exported.quantize_ == "none":
         if not figures["same_predictions"] or diff > PARITY_ATOL:
             raise LlmclfError(
-                f"the ONNX model does not reproduce PyTorch (max |logit difference| "
+                f"{exported.title} does not reproduce PyTorch (max |logit difference| "
                 f"{diff:.2g}, same predictions: {figures['same_predictions']}): not exported"
             )
         return figures
@@ -422,7 +426,7 @@ def check_parity(clf, exported: OnnxClassifier, examples: CheckExamples) -> dict
             else ""
         )
         raise LlmclfError(
-            f"the {exported.quantize_} ONNX model keeps {figures['agreement']:.1%} of the run's "
+            f"{exported.title} ({exported.quantize_}) keeps {figures['agreement']:.1%} of the run's "
             f"labels on {len(texts)} texts{f1} (needed: {QUANTIZED_AGREEMENT:.0%}, macro-F1 "
             f"within {QUANTIZED_F1_DROP}): not exported; try a milder --quantize"
         )
@@ -441,6 +445,79 @@ register_exporter(
         instead="distill it into an encoder first (llmclf distill RUN --student minilm-l6 ...)",
         requires=_require_onnx,
         quantizations=("none", "int8", "int4"),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------
+# gguf: a head run for llama.cpp
+# ---------------------------------------------------------------------------------------
+
+
+def export_gguf(run: str | Path, output: str | Path | None = None, quantize: str = "f16") -> dict:
+    """Write ``run`` (a head run pooled with last or mean) for llama.cpp to ``output``
+    (default ``RUN/gguf``), quantized as ``quantize`` (f16, none, q8_0, q4_k_m), and check
+    it (``export_run(run, "gguf", ...)``).
+
+    Example:
+        >>> export_gguf("runs/bbc", quantize="q8_0")["parity"]["agreement"]  # doctest: +SKIP
+        1.0
+    """
+    return export_run(run, "gguf", output, quantize=quantize)
+
+
+def _gguf_refusal(clf: ClassifierBase) -> str | None:
+    from llmclf.gguf_export import POOLINGS
+
+    long_text = long_text_of(clf)
+    if long_text != "truncate":
+        return (
+            f"was trained with --long-text {long_text}: llama.cpp reads one window of "
+            "--max-length tokens cut at the end, so only --long-text truncate runs export"
+        )
+    pooling = clf.config_.head.pooling
+    if pooling not in POOLINGS:
+        return (
+            f"pools with --pooling {pooling}: llama.cpp pools a causal LM's hidden states by "
+            "the last token or the mean only, so only --pooling last or mean runs export to "
+            "GGUF; export it with --format onnx, which computes every pooling"
+        )
+    return None
+
+
+def _write_gguf(clf, folder: Path, options: ExportOptions) -> dict:
+    from llmclf.gguf_export import write_gguf
+
+    name = f"{Path(options.run).resolve().name} (llmclf {clf.method} run)"
+    info = write_gguf(
+        clf.export_module(),
+        clf.tokenizer_,
+        folder,
+        clf.config_.head.pooling,
+        options.quantize,
+        name,
+    )
+    clf.tokenizer_.save_pretrained(folder)
+    shutil.copy2(Path(options.run) / CONFIG_FILE, folder / CONFIG_FILE)
+    return {
+        "quantize": options.quantize,
+        **info,
+        "max_length": clf.config_.model.max_length,
+        "pad_token_id": clf.tokenizer_.pad_token_id,
+    }
+
+
+register_exporter(
+    Exporter(
+        name="gguf",
+        title="GGUF export",
+        help="a head run for llama.cpp",
+        folder="gguf",
+        refusal=_gguf_refusal,
+        write=_write_gguf,
+        check=lambda clf, folder, examples: check_parity(clf, GgufClassifier(folder), examples),
+        requires=lambda: require_llama_cpp("--format gguf"),
+        quantizations=("f16", "none", "q8_0", "q4_k_m"),
     )
 )
 
