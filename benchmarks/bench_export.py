@@ -1,5 +1,6 @@
 """Exports side by side: PyTorch (fp32 and `--dtype auto`), the transformers pipeline on the
-merged export, and the ONNX exports (fp32, int8, int4) of one run, on its test set.
+merged export, the ONNX exports (fp32, int8, int4) and the GGUF exports (f32, f16, q8_0,
+q4_k_m; llama.cpp through llama-cpp-python) of one run, on its test set.
 
 Each variant runs in its own process (so its peak RSS is its own), one after the other on
 the same machine: cold load time, single-text latency p50 / p95 (batch 1, what an app
@@ -24,8 +25,18 @@ from pathlib import Path
 import numpy as np
 from common import WORK, machine, write_result
 
-VARIANTS = ("torch_fp32", "torch_auto", "pipeline", "onnx_fp32", "onnx_int8", "onnx_int4")
-EXPORTS = {"onnx_fp32": "none", "onnx_int8": "int8", "onnx_int4": "int4"}
+EXPORTS = {  # variant: (--format, --quantize)
+    "onnx_fp32": ("onnx", "none"),
+    "onnx_int8": ("onnx", "int8"),
+    "onnx_int4": ("onnx", "int4"),
+    "gguf_f32": ("gguf", "none"),
+    "gguf_f16": ("gguf", "f16"),
+    "gguf_q8_0": ("gguf", "q8_0"),
+    "gguf_q4_k_m": ("gguf", "q4_k_m"),
+}
+VARIANTS = ("torch_fp32", "torch_auto", "pipeline", *EXPORTS)
+EIGHT_BIT = ("onnx_int8", "gguf_q8_0")
+FOUR_BIT = ("onnx_int4", "gguf_q4_k_m")
 BATCH = 16
 
 
@@ -61,6 +72,11 @@ def load(variant: str, run: Path, folder: Path):
 
         dtype = str(next(classify.model.parameters()).dtype).removeprefix("torch.")
         return many, lambda text: many([text])[0], dtype
+    if variant.startswith("gguf"):
+        from llmclf.methods.gguf import GgufClassifier
+
+        clf = GgufClassifier(folder, batch_size=BATCH)
+        return clf.predict, clf.predict, {"none": "float32"}.get(clf.quantize_, clf.quantize_)
     from llmclf.methods.onnx import OnnxClassifier
 
     clf = OnnxClassifier(folder, batch_size=BATCH)
@@ -155,10 +171,11 @@ def main() -> None:
             folder = folders[variant] = work / name
             shutil.rmtree(folder, ignore_errors=True)
             start = time.perf_counter()
-            info = export_run(
-                run, "merged" if variant == "pipeline" else "onnx", folder,
-                **({} if variant == "pipeline" else {"quantize": EXPORTS[variant]}),
-            )  # fmt: skip
+            if variant == "pipeline":
+                info = export_run(run, "merged", folder)
+            else:
+                format, quantize = EXPORTS[variant]
+                info = export_run(run, format, folder, quantize=quantize)
             exported[variant] = {"export_s": round(time.perf_counter() - start, 1), "info": info}
     results = {}
     for variant in variants:
@@ -171,8 +188,10 @@ def main() -> None:
         labels = figures.pop("labels")
         figures["macro_f1"] = round(float(f1_score(gold, labels, average="macro")), 4)
         figures["_labels"] = labels
-        if variant in EXPORTS:
+        if variant in EXPORTS and EXPORTS[variant][0] == "onnx":
             figures["size_mb"] = folder_mb(folder / "onnx", "*.onnx*")
+        elif variant in EXPORTS:  # the GGUF and the head beside it
+            figures["size_mb"] = folder_mb(folder, "*.gguf") + folder_mb(folder, "head.*")
         elif variant == "pipeline" or "pipeline" in folders:
             figures["size_mb"] = folder_mb(folders.get("pipeline", folder), "*.safetensors")
         if variant in exported:
@@ -189,14 +208,18 @@ def main() -> None:
             )
     auto = results.get("torch_auto")
     summary = {}
-    if auto and "onnx_int8" in results:
-        int8 = results["onnx_int8"]
+    eight = [results[v] for v in EIGHT_BIT if v in results]
+    if auto and eight:
+        best = max(eight, key=lambda r: r["throughput_per_s"])
         summary["best_8bit_speedup_vs_torch_auto"] = round(
-            int8["throughput_per_s"] / auto["throughput_per_s"], 2
+            best["throughput_per_s"] / auto["throughput_per_s"], 2
         )
-        summary["best_8bit_rss_ratio"] = round(int8["peak_rss_mb"] / auto["peak_rss_mb"], 3)
-    if "onnx_int4" in results:
-        summary["best_4bit_size_mb"] = results["onnx_int4"]["size_mb"]
+        summary["best_8bit_rss_ratio"] = round(
+            min(r["peak_rss_mb"] for r in eight) / auto["peak_rss_mb"], 3
+        )
+    four = [results[v] for v in FOUR_BIT if v in results]
+    if four:
+        summary["best_4bit_size_mb"] = min(r["size_mb"] for r in four)
     exports = [results[v] for v in EXPORTS if v in results]
     if auto and exports:
         best = min(e["latency_ms_p50"] for e in exports)

@@ -466,7 +466,7 @@ def invariance_lines(r: dict) -> list[str]:
 
 
 def export_lines(r: dict) -> list[str]:
-    """bench_export.py: PyTorch, the pipeline and the ONNX exports of one run."""
+    """bench_export.py: PyTorch, the pipeline, the ONNX and the GGUF exports of one run."""
     names = {
         "torch_fp32": "llmclf PyTorch fp32",
         "torch_auto": "llmclf PyTorch `--dtype auto`",
@@ -474,9 +474,15 @@ def export_lines(r: dict) -> list[str]:
         "onnx_fp32": "ONNX fp32",
         "onnx_int8": "ONNX int8",
         "onnx_int4": "ONNX int4",
+        "gguf_f32": "GGUF f32 (llama.cpp)",
+        "gguf_f16": "GGUF f16 (llama.cpp)",
+        "gguf_q8_0": "GGUF q8_0 (llama.cpp)",
+        "gguf_q4_k_m": "GGUF q4_k_m (llama.cpp)",
     }
+    gguf = any(key.startswith("gguf") for key in r["variants"])
     out = [
-        "### Exports: PyTorch vs the pipeline vs ONNX (fp32, int8, int4)",
+        "### Exports: PyTorch vs the pipeline vs ONNX (fp32, int8, int4)"
+        + (" vs GGUF (f32, f16, q8_0, q4_k_m)" if gguf else ""),
         "",
         f"`{r['run']}`, {r['texts']} test texts; each variant in its own process. Latency: "
         f"one text at a time ({r['latency_texts']} texts, after a warm-up); throughput: "

@@ -249,9 +249,16 @@ def quantize(source: Path, target: Path, kind: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[kind]
     params.nthread = threads or len(os.sched_getaffinity(0))
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), ctypes.byref(params)
-    )
+    # llama.cpp logs a line per tensor through llama-cpp-python's logger: errors only
+    quiet = logging.getLogger("llama-cpp-python")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        status = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(target).encode(), ctypes.byref(params)
+        )
+    finally:
+        quiet.setLevel(level)
     if status != 0 or not target.is_file():
         raise LlmclfError(f"llama.cpp could not quantize the model to {kind} (status {status})")
     return {"recipe": f"llama.cpp llama_model_quantize {kind.upper()}; head kept float32"}
