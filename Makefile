@@ -67,7 +67,7 @@ gguf: $(VENV)/.gguf-$(CPU_TAG)
 
 # the GGUF export's tests: llama.cpp converts, quantizes and runs tiny head runs
 test-gguf: $(VENV)/.gguf-$(CPU_TAG)
-	$(PY) -m pytest -m gguf
+	LLMCLF_WHEELS=$(WHEELS) $(PY) -m pytest -m gguf
 
 # the edit-test loop: everything but the tests marked slow (subprocesses, Ray, live
 # servers, real models). CI runs make test.

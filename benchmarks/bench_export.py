@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N test texts")
     parser.add_argument("--latency-texts", type=int, default=50)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the exports a previous run left in work/"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--texts-file", help=argparse.SUPPRESS)
@@ -156,6 +159,7 @@ def main() -> None:
 
     from sklearn.metrics import f1_score
 
+    from llmclf.errors import LlmclfError
     from llmclf.runs.export import export_run
 
     texts, gold = test_set(run, args.limit)
@@ -164,21 +168,38 @@ def main() -> None:
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
     variants = args.variants.split(",")
-    folders, exported = {}, {}
+    folders, exported, refused = {}, {}, {}
     for variant in variants:
         if variant in EXPORTS or variant == "pipeline":
             name = "merged" if variant == "pipeline" else variant
             folder = folders[variant] = work / name
+            if args.reuse and (folder / "llmclf_export.json").is_file():  # written before
+                info = json.loads((folder / "llmclf_export.json").read_text())
+                exported[variant] = {"export_s": info.get("export_s"), "info": info}
+                continue
             shutil.rmtree(folder, ignore_errors=True)
             start = time.perf_counter()
-            if variant == "pipeline":
-                info = export_run(run, "merged", folder)
-            else:
-                format, quantize = EXPORTS[variant]
-                info = export_run(run, format, folder, quantize=quantize)
-            exported[variant] = {"export_s": round(time.perf_counter() - start, 1), "info": info}
+            try:
+                if variant == "pipeline":
+                    info = export_run(run, "merged", folder)
+                else:
+                    format, quantize = EXPORTS[variant]
+                    info = export_run(run, format, folder, quantize=quantize)
+            except LlmclfError as exc:  # the check refused it: a result too
+                refused[variant] = str(exc)
+                print(variant, "refused:", exc, flush=True)
+                continue
+            seconds = round(time.perf_counter() - start, 1)
+            exported[variant] = {"export_s": seconds, "info": info}
+            info_file = folder / "llmclf_export.json"  # for --reuse
+            info_file.write_text(
+                json.dumps({**json.loads(info_file.read_text()), "export_s": seconds})
+            )
     results = {}
     for variant in variants:
+        if variant in refused:
+            results[variant] = {"refused": refused[variant]}
+            continue
         folder = folders.get(variant, run)
         command = [sys.executable, __file__, str(run), "--worker", variant]
         command += ["--folder", str(folder), "--texts-file", str(texts_file)]
@@ -201,14 +222,15 @@ def main() -> None:
         print(variant, {k: v for k, v in figures.items() if k != "_labels"}, flush=True)
     reference = results.get("torch_fp32", {}).get("_labels")
     for figures in results.values():
-        labels = figures.pop("_labels")
-        if reference is not None:
+        labels = figures.pop("_labels", None)
+        if reference is not None and labels is not None:
             figures["agreement_vs_torch_fp32"] = round(
                 float(np.mean(np.array(labels) == np.array(reference))), 4
             )
     auto = results.get("torch_auto")
     summary = {}
-    eight = [results[v] for v in EIGHT_BIT if v in results]
+    measured = {k: v for k, v in results.items() if "refused" not in v}
+    eight = [measured[v] for v in EIGHT_BIT if v in measured]
     if auto and eight:
         best = max(eight, key=lambda r: r["throughput_per_s"])
         summary["best_8bit_speedup_vs_torch_auto"] = round(
@@ -217,10 +239,10 @@ def main() -> None:
         summary["best_8bit_rss_ratio"] = round(
             min(r["peak_rss_mb"] for r in eight) / auto["peak_rss_mb"], 3
         )
-    four = [results[v] for v in FOUR_BIT if v in results]
+    four = [measured[v] for v in FOUR_BIT if v in measured]
     if four:
         summary["best_4bit_size_mb"] = min(r["size_mb"] for r in four)
-    exports = [results[v] for v in EXPORTS if v in results]
+    exports = [measured[v] for v in EXPORTS if v in measured]
     if auto and exports:
         best = min(e["latency_ms_p50"] for e in exports)
         summary["best_single_text_latency_ratio"] = round(best / auto["latency_ms_p50"], 3)

@@ -493,6 +493,9 @@ def export_lines(r: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, v in r["variants"].items():
+        if "refused" in v:  # the export's check kept it from being written
+            out.append(f"| {names.get(key, key)} | refused: {v['refused']} |" + " |" * 9)
+            continue
         out.append(
             f"| {names.get(key, key)} | {v['dtype']} | {v.get('size_mb', '')} | {v['load_s']} | "
             f"{v['latency_ms_p50']} | {v['latency_ms_p95']} | {v['throughput_per_s']} | "

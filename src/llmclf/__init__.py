@@ -15,6 +15,7 @@ _logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)
 from llmclf.errors import LlmclfError  # noqa: E402
 from llmclf.labels import LabelSchema  # noqa: E402
 from llmclf.methods.encoder import EncoderClassifier  # noqa: E402
+from llmclf.methods.gguf import GgufClassifier  # noqa: E402
 from llmclf.methods.head import HeadClassifier  # noqa: E402
 from llmclf.methods.instruct.model import InstructClassifier  # noqa: E402
 from llmclf.methods.onnx import OnnxClassifier  # noqa: E402
@@ -23,6 +24,7 @@ from llmclf.runs.evaluate import load_classifier  # noqa: E402
 
 __all__ = [
     "EncoderClassifier",
+    "GgufClassifier",
     "HeadClassifier",
     "InstructClassifier",
     "LabelSchema",

@@ -23,9 +23,12 @@ it) and always into ``llmclf_export.json``; the token ids are those of the run's
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -249,19 +252,52 @@ def quantize(source: Path, target: Path, kind: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[kind]
     params.nthread = threads or len(os.sched_getaffinity(0))
-    # llama.cpp logs a line per tensor through llama-cpp-python's logger: errors only
+    # llama.cpp logs a line per tensor through llama-cpp-python's logger (errors only,
+    # then) and writes a warning per tensor it cannot give the type asked for (read back)
     quiet = logging.getLogger("llama-cpp-python")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        status = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(target).encode(), ctypes.byref(params)
-        )
+        with _native_stderr() as said:
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(target).encode(), ctypes.byref(params)
+            )
     finally:
         quiet.setLevel(level)
     if status != 0 or not target.is_file():
         raise LlmclfError(f"llama.cpp could not quantize the model to {kind} (status {status})")
-    return {"recipe": f"llama.cpp llama_model_quantize {kind.upper()}; head kept float32"}
+    info = {"recipe": f"llama.cpp llama_model_quantize {kind.upper()}; head kept float32"}
+    fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", said.text)
+    if fallback:  # K-quants need rows of 256: SmolLM2's 576 columns get q5_0 / q8_0 instead
+        info["fallback_tensors"] = f"{fallback.group(1)} of {fallback.group(2)}"
+        log.warning(
+            "llama.cpp gave %s tensors a simpler type than %s (their rows are not a multiple "
+            "of its block of 256)", info["fallback_tensors"], kind,
+        )  # fmt: skip
+    return info
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """What native code writes to file descriptor 2, and Python code to ``sys.stderr``,
+    meanwhile, kept out of the terminal (``.text`` once the block ends)."""
+    said = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python = io.StringIO()  # llama-cpp-python's log callback prints to sys.stderr
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.redirect_stderr(python):
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.text = sink.read().decode("utf-8", "replace") + python.getvalue()
 
 
 def write_head(module, path: Path) -> dict:

@@ -105,6 +105,8 @@ def test_quantized_gguf_exports_are_checked_and_smaller(gguf_runs, tmp_path, cap
         patch.setattr(export, "QUANTIZED_F1_DROP", 1.0)
         info = export.export_run(run, "gguf", tmp_path / "q4", quantize="q4_k_m")
     assert info["file"] == "model-q4_k_m.gguf" and info["bytes"] < sizes["q8_0"]
+    # rows of 64 are no multiple of the K-quants' 256: llama.cpp's fallback, reported
+    assert info["fallback_tensors"].endswith("of 20")
     from llmclf.methods.gguf import GgufClassifier
     from llmclf.runs import load_classifier
 
@@ -187,3 +189,37 @@ def test_a_backbone_the_converter_cannot_read_is_refused_in_one_line(tiny_llama,
     assert "BPE pre-tokenizer was not recognized" in errors[0]
     assert errors[0].endswith("export it with --format onnx, which takes every head run")
     assert not (tmp_path / "run" / "gguf").exists()
+
+
+def test_the_gguf_script_gives_the_run_labels_without_torch(gguf_runs, tmp_path_factory):
+    """examples/classify_gguf.py in a venv holding llama-cpp-python, tokenizers,
+    safetensors and numpy only (llama-cpp-python from make's per-CPU wheel folder,
+    ``$LLMCLF_WHEELS``, else built by pip)."""
+    import os
+    import subprocess
+
+    from llmclf.runs import load_classifier
+    from tests.unit.test_export_runtimes import ROOT, bare_venv
+
+    folder = tmp_path_factory.mktemp("bare")
+    wheels = os.environ.get("LLMCLF_WHEELS")
+    links = ["--find-links", str(ROOT / wheels)] if wheels else []
+    packages = [*links, "llama-cpp-python", "tokenizers", "safetensors", "numpy"]
+    python = bare_venv(folder / "venv", packages)
+    for absent in ("torch", "transformers", "llmclf"):
+        probe = subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True)
+        assert probe.returncode != 0, f"{absent} is importable in the bare venv"
+    asked, _ = make_texts(12, seed=21)
+    asked.append(" ".join(["goal"] * 50))  # past max_length
+    for pooling in ("last", "mean"):
+        export = folder / pooling
+        args = ["export", str(gguf_runs[pooling]), "--format", "gguf", "--quantize", "none"]
+        assert main([*args, "--output", str(export)]) == 0
+        out = subprocess.run(
+            [str(python), str(ROOT / "examples" / "classify_gguf.py"), str(export), *asked],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert out.stdout.splitlines() == load_classifier(gguf_runs[pooling]).predict(asked)

@@ -22,6 +22,7 @@ from llmclf.methods.exported import ExportedClassifier, register_runtime
 # llama.cpp's pooling for llmclf's (enum llama_pooling_type)
 LLAMA_POOLING = {"mean": 1, "last": 3}
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+TOKENS_PER_DECODE = 512
 
 
 def require_llama_cpp(what: str = "a GGUF export") -> None:
@@ -74,10 +75,14 @@ class GgufClassifier(ExportedClassifier):
         # context llama.cpp's most sequences (256), and llama.cpp's mean pooling needs a
         # micro-batch that is a multiple of that (else it aborts reserving the graph)
         full = self.quantize_ == "none"  # float32 weights: a float32 KV cache too
-        # without flash attention (below) texts run one at a time: together they attend
+        # Without flash attention (below) texts run one at a time: together they attend
         # over each other's cells of the shared cache, masked (2.7 texts/s at 4 per batch
-        # against 3.3 alone, the demo run on a 2-core Zen 4)
-        self.batch_size = 1 if full else min(self.batch_size, MAX_SEQUENCES)
+        # against 3.3 alone, the demo run on a 2-core Zen 4). With it, the speed was flat
+        # from 1 to 8 texts of 128 tokens per decode (3.7 to 3.5 texts/s), while llama.cpp's
+        # buffers grow with the tokens of a decode (its LM head's logits among them: 49,152
+        # floats a token for SmolLM2): at most TOKENS_PER_DECODE, so short texts still batch
+        fit = max(1, TOKENS_PER_DECODE // self.max_length_)
+        self.batch_size = 1 if full else min(self.batch_size, fit, MAX_SEQUENCES)
         tokens = -(-self.batch_size * self.max_length_ // MAX_SEQUENCES) * MAX_SEQUENCES
         threads = threads or len(os.sched_getaffinity(0))  # llama-cpp-python's default: half
         cache = llama_cpp.GGML_TYPE_F32 if full else llama_cpp.GGML_TYPE_F16

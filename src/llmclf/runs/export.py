@@ -6,7 +6,7 @@ A method declares the formats its runs export to (``ClassifierBase.exporters``),
 refuse one run's options (``export_refusal``: a head run pooled with mean). ``export_run``
 reads those declarations from the run's config before any model loads, then loads the run
 on the CPU in float32 (a 4-bit base in full precision), writes the new folder beside the
-target and renames it into place only once the check has passed. Two exporters ship:
+target and renames it into place only once the check has passed. Three exporters ship:
 
 ``onnx`` (encoder runs, fine-tuned or distilled, and head runs with any pooling):
 ``torch.onnx.export`` (the torch.export-based exporter) traces the method's
@@ -26,6 +26,18 @@ macro-F1 within 0.01, on the run's test set).
       tokenizer.json, ...        the run's tokenizer (a head run's appends EOS itself)
       labels.json, calibration.json, config.json
       llmclf_export.json         file, quantize, max_length, opset, the check's figures
+
+``gguf`` (head runs pooled with last or mean): the merged backbone converted by llama.cpp's
+own converter and quantized by its own quantizer (``--quantize f16|none|q8_0|q4_k_m``,
+``llmclf.gguf_export``), the head in float32 beside it; llama.cpp, run for embeddings with
+the run's pooling, must reproduce the predictions as ONNX Runtime must.
+
+    RUN/gguf/
+      model-f16.gguf             (model-f32 / -q8_0 / -q4_k_m.gguf) pooling and EOS in its
+                                 metadata
+      head.safetensors           weight [classes, hidden], bias: float32, applied on the host
+      tokenizer.json, ...        labels.json, calibration.json, config.yaml
+      llmclf_export.json         file, quantize, pooling, head, max_length, the check's figures
 
 ``merged`` (head and encoder runs): a plain ``*ForSequenceClassification`` folder that
 transformers, vLLM and text-embeddings-inference load (``export_merged``).
