@@ -173,9 +173,13 @@ def main() -> None:
         if variant in EXPORTS or variant == "pipeline":
             name = "merged" if variant == "pipeline" else variant
             folder = folders[variant] = work / name
+            said_no = work / f"{name}.refused"
             if args.reuse and (folder / "llmclf_export.json").is_file():  # written before
                 info = json.loads((folder / "llmclf_export.json").read_text())
                 exported[variant] = {"export_s": info.get("export_s"), "info": info}
+                continue
+            if args.reuse and said_no.is_file():
+                refused[variant] = said_no.read_text().strip()
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             start = time.perf_counter()
@@ -187,6 +191,7 @@ def main() -> None:
                     info = export_run(run, format, folder, quantize=quantize)
             except LlmclfError as exc:  # the check refused it: a result too
                 refused[variant] = str(exc)
+                said_no.write_text(str(exc))
                 print(variant, "refused:", exc, flush=True)
                 continue
             seconds = round(time.perf_counter() - start, 1)

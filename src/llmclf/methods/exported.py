@@ -13,6 +13,7 @@ info file's ``format``.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -162,11 +163,15 @@ def register_runtime(cls: type[ExportedClassifier]) -> type[ExportedClassifier]:
     return cls
 
 
+# the built-in runtimes' modules, imported by name when first asked for (each imports this
+# module, and registers its classifier with register_runtime)
+BUILT_IN_RUNTIMES = ("llmclf.methods.onnx", "llmclf.methods.gguf")
+
+
 def runtimes() -> dict[str, type[ExportedClassifier]]:
     """Export format -> the classifier that runs it (the built-in ones registered)."""
-    import llmclf.methods.gguf  # noqa: F401
-    import llmclf.methods.onnx  # noqa: F401
-
+    for module in BUILT_IN_RUNTIMES:
+        importlib.import_module(module)
     return dict(RUNTIMES)
 
 
