@@ -365,14 +365,20 @@ def _require_onnx() -> None:
         raise LlmclfError("ONNX export needs the onnx extra: pip install 'llmclf[onnx]'") from None
 
 
-def _onnx_refusal(clf: ClassifierBase) -> str | None:
+def one_window_refusal(clf: ClassifierBase, reader: str) -> str | None:
+    """Why a runtime that reads one window (``reader``: "the ONNX model") cannot express
+    ``clf``'s run: it reads long texts otherwise than by truncation; or None."""
     long_text = long_text_of(clf)
     if long_text != "truncate":
         return (
-            f"was trained with --long-text {long_text}: the ONNX model reads one window of "
+            f"was trained with --long-text {long_text}: {reader} reads one window of "
             "--max-length tokens cut at the end, so only --long-text truncate runs export"
         )
     return None
+
+
+def _onnx_refusal(clf: ClassifierBase) -> str | None:
+    return one_window_refusal(clf, "the ONNX model")
 
 
 def _write_onnx(clf, folder: Path, options: ExportOptions) -> dict:
@@ -481,12 +487,9 @@ def export_gguf(run: str | Path, output: str | Path | None = None, quantize: str
 def _gguf_refusal(clf: ClassifierBase) -> str | None:
     from llmclf.gguf_export import POOLINGS
 
-    long_text = long_text_of(clf)
-    if long_text != "truncate":
-        return (
-            f"was trained with --long-text {long_text}: llama.cpp reads one window of "
-            "--max-length tokens cut at the end, so only --long-text truncate runs export"
-        )
+    reason = one_window_refusal(clf, "llama.cpp")
+    if reason:
+        return reason
     pooling = clf.config_.head.pooling
     if pooling not in POOLINGS:
         return (
