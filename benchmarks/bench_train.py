@@ -41,7 +41,13 @@ def main() -> None:
     parser.add_argument(
         "--data", default="20newsgroups", help="a built-in set, or a CSV with a split column"
     )
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="one run of every side per length, e.g. 32 128 256 (each its own results file)",
+    )
     parser.add_argument("--train", type=int, default=240, help="training examples")
     parser.add_argument("--validation", type=int, default=60)
     parser.add_argument("--test", type=int, default=300)
@@ -63,16 +69,38 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    lengths = args.max_length
+    # several lengths: train_<tag>_<length>.json each, and fraction_<tag>.json beside them
+    args.tag = (args.name or Path(args.data).stem) if len(lengths) > 1 else None
+    summary = {}
+    for length in lengths:
+        args.max_length = length
+        summary[length] = bench_length(args)
+    args.max_length = lengths
+    if len(lengths) > 1:  # the fractions of every length side by side
+        write_result(
+            f"fraction_{args.tag}",
+            {"machine": machine(), "settings": {**vars(args), "results_dir": str(args.results_dir)},
+             "fraction_of_dtype_peak": summary},
+            args.results_dir,
+        )  # fmt: skip
 
+
+def bench_length(args) -> dict:
+    """Every side at ``args.max_length``: one results file; returns each side's
+    ``fraction_of_dtype_peak`` with its dtype and real tokens/s."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from llmclf.backbone import model_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = args.name or f"train_{args.data}_{args.max_length}" + (
-        f"_{args.epochs:g}ep" if args.epochs != 1 else ""
-    )
+    if args.tag:  # one of several lengths
+        name = f"train_{args.tag}_{args.max_length}"
+    else:
+        name = args.name or f"train_{args.data}_{args.max_length}" + (
+            f"_{args.epochs:g}ep" if args.epochs != 1 else ""
+        )
     folder = model_source(args.model)  # a GGUF is converted (and cached) before timing
     data = data_file(args.data, args.train, args.validation, args.test)
     if args.data.endswith(".csv"):  # the file's own splits decide the counts
@@ -84,7 +112,7 @@ def main() -> None:
     tokens = real_tokens(tokenizer, train_texts, args.max_length)
     real = sum(tokens) * args.epochs
     padded = len(tokens) * args.max_length * args.epochs
-    peaks = {
+    peaks = {  # measured here, right before the runs they are the yardstick of
         "float32": matmul_peak_gflops(device, torch.float32),
         "bfloat16": matmul_peak_gflops(device, torch.bfloat16),
     }
@@ -156,7 +184,8 @@ def main() -> None:
             "peak_gpu_mb": m.get("peak_gpu_mb"),
             "trainable_params": m["trainable_params"],
             "dtype": m.get("dtype", "float32"),
-            "fraction_of_matmul_peak": round(
+            # achieved FLOP/s on real tokens over the peak of the dtype the side ran in
+            "fraction_of_dtype_peak": round(
                 flops * real / step_seconds / 1e9 / peaks[m.get("dtype", "float32")], 3
             ),
         }
@@ -208,11 +237,16 @@ def main() -> None:
                 2,
             ),
             "macro_f1_difference": round(ours["macro_f1"] - reference["macro_f1"], 4),
-            "fraction_of_matmul_peak": sides["llmclf"]["fraction_of_matmul_peak"],
+            "fraction_of_dtype_peak": sides["llmclf"]["fraction_of_dtype_peak"],
             "variants": variants,
         },
         args.results_dir,
     )
+    return {
+        side: {k: values[k] for k in ("dtype", "fraction_of_dtype_peak", "step_real_tokens_per_s",
+                                      "train_seconds", "macro_f1")}
+        for side, values in {**sides, **variants}.items()
+    }  # fmt: skip
 
 
 def lora_layers(options: list[str]) -> int | None:

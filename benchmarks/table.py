@@ -26,6 +26,12 @@ def machine_lines(m: dict) -> list[str]:
     ]
 
 
+def fraction(side: dict) -> float:
+    """A training side's fraction of its dtype's matmul peak (older results files name it
+    ``fraction_of_matmul_peak``: the same figure)."""
+    return side.get("fraction_of_dtype_peak", side.get("fraction_of_matmul_peak"))
+
+
 def train_lines(r: dict) -> list[str]:
     s = r["settings"]
     variants = r.get("variants", {})
@@ -82,8 +88,8 @@ def train_lines(r: dict) -> list[str]:
         f"`step_speedup_vs_reference` {r['step_speedup_vs_reference']}, macro-F1 difference "
         f"{r['macro_f1_difference']:+.4f}; achieved {r['llmclf']['achieved_gflops']} GFLOP/s on "
         f"real tokens in the training steps vs a measured matmul peak of "
-        f"{r['matmul_peak_gflops']} GFLOP/s: `fraction_of_matmul_peak` "
-        f"**{r['fraction_of_matmul_peak']}** (reference: "
+        f"{r['matmul_peak_gflops']} GFLOP/s: `fraction_of_dtype_peak` "
+        f"**{fraction(r)}** (reference: "
         f"{b['achieved_gflops'] / r['matmul_peak_gflops']:.3f}, counting only its real tokens).",
     ]
     if "bf16_train_speedup_vs_fp32" in r:
@@ -99,7 +105,7 @@ def train_lines(r: dict) -> list[str]:
         out.append(
             f"With `{variant}`: {side['train_speedup_vs_reference']}x the reference, macro-F1 "
             f"difference {side['macro_f1_difference']:+.4f}, fraction of the matmul peak "
-            f"{side['fraction_of_matmul_peak']}"
+            f"{fraction(side)}"
             + (
                 " (its backward pass counted through those blocks only)."
                 if "--lora-layers" in variant
@@ -517,6 +523,46 @@ def export_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
+def fraction_lines(r: dict) -> list[str]:
+    """bench_train.py over several lengths: each side's fraction of its dtype's peak."""
+    out = [
+        f"### Training at the machine's limit: fraction of the dtype's matmul peak "
+        f"({r['settings']['data']}, {r['settings']['train']} texts, "
+        f"{r['settings']['epochs']:g} epoch, by length)",
+        "",
+        "| length | side | dtype | fraction of the dtype's peak | step real tokens/s | "
+        "train s | macro-F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for length, sides in r["fraction_of_dtype_peak"].items():
+        for side, v in sides.items():
+            out.append(
+                f"| {length} | {side} | {v['dtype']} | {v['fraction_of_dtype_peak']} | "
+                f"{v['step_real_tokens_per_s']:,} | {v['train_seconds']} | {v['macro_f1']} |"
+            )
+    return [*out, ""]
+
+
+def levers_lines(r: dict) -> list[str]:
+    """bench_step.py cases (benchmarks/levers.sh): one training step per lever."""
+    out = [
+        "### One training step per lever (bench_step.py: head, SmolLM2-135M, real tokens)",
+        "",
+        "| case | rows x length | dtype | ms / step | tokens/s | fraction of the dtype's "
+        "peak | peak GFLOP/s | warm-up s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, c in r["cases"].items():
+        s = c["settings"]
+        out.append(
+            f"| {case} | {s['batch_size']} x {s['length']} | {s['dtype']} | "
+            f"{c['step_seconds'] * 1000:.0f} | {c['tokens_per_s']:,} | "
+            f"{c['fraction_of_dtype_peak']} | {c['dtype_peak_gflops']:,} | "
+            f"{c['warmup_seconds']} |"
+        )
+    return [*out, ""]
+
+
 def render(results=RESULTS) -> list[str]:
     """The generated part of BENCHMARKS.md: every results file in ``results``, each
     after the machine it ran on."""
@@ -531,6 +577,8 @@ def render(results=RESULTS) -> list[str]:
         ("threads", threads_lines),
         ("invariance", invariance_lines),
         ("export_", export_lines),
+        ("fraction_", fraction_lines),
+        ("levers_", levers_lines),
     )
     lines: list[str] = []
     shown = None

@@ -361,6 +361,20 @@ class TrainConfig:
     grad_accum: int = option(
         1, "gradient accumulation steps (effective batch = batch_size × this)", bound=POSITIVE
     )
+    compile: bool = option(
+        False,
+        "torch.compile each decoder block (the LoRA inside) for training: fuses the "
+        "element-wise work around the matmuls; costs a compilation of about 20 s on a "
+        "2-core CPU, so it pays on runs of more than a few minutes (see docs/training.md)",
+    )
+    batch_tokens: int | None = option(
+        None,
+        "token-budget batches: each training step holds as many texts of similar length as "
+        "fit N padded tokens (rows × longest row) instead of --batch-size texts, so short "
+        "texts fill the CPU's matrix units; the learning rates scale by the square root of "
+        "the mean texts per step over --batch-size (one process; see docs/training.md)",
+        bound=POSITIVE,
+    )
     learning_rate: float = option(
         1e-3,
         "peak learning rate of the LoRA adapters (tuned on small models; try 2e-4 for 1B+ models)",

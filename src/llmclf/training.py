@@ -8,7 +8,9 @@ Trainer behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import resource
 import tempfile
 import time
@@ -27,8 +29,9 @@ from transformers import (
 )
 from transformers.trainer_callback import ExportableState
 
+from llmclf import speed
 from llmclf.config import TrainConfig
-from llmclf.distributed import is_main_process, world_size
+from llmclf.distributed import is_main_process, unwrap, world_size
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import to_proba
 from llmclf.evaluation.metrics import classification_metrics, selection_metric
@@ -38,28 +41,175 @@ from llmclf.run_folder import CHECKPOINTS, TRACKER_LOGS, RunFolder
 log = logging.getLogger("llmclf")
 
 
+MIN_BUDGET_STEPS = 50  # --batch-tokens warns below this many optimizer steps in a run
+
+
+class TokenBudgetBatches(torch.utils.data.Sampler):
+    """Training batches of at most ``budget`` padded tokens (rows × longest row) each.
+
+    Every epoch the rows are sorted by length, ties in a fresh random order, cut into
+    batches greedily, and the batches shuffled. The cuts depend on the sorted lengths
+    alone, so every epoch has the same number of batches (what the Trainer's schedule is
+    computed from) while the texts that share a batch change. A row longer than the
+    budget is a batch by itself. ``set_epoch`` (called by accelerate's data loader) picks
+    the epoch's order, so a resumed run sees the same batches.
+
+    Example:
+        >>> batches = TokenBudgetBatches([30, 32, 31, 120, 128], budget=128, seed=0)
+        >>> len(batches), sorted(len(b) for b in batches)
+        (3, [1, 1, 3])
+    """
+
+    def __init__(self, lengths: list[int], budget: int, seed: int = 0):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.budget = int(budget)
+        self.seed = seed
+        self.epoch = 0
+        self.sizes = self._sizes(np.sort(self.lengths))
+
+    def _sizes(self, ascending: np.ndarray) -> list[int]:
+        sizes, rows = [], 0
+        for length in ascending:  # ascending: the row added is the batch's longest
+            if rows and (rows + 1) * length > self.budget:
+                sizes.append(rows)
+                rows = 0
+            rows += 1
+        return [*sizes, rows] if rows else sizes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = np.lexsort((rng.random(len(self.lengths)), self.lengths))
+        batches = np.split(order, np.cumsum(self.sizes)[:-1])
+        for index in rng.permutation(len(batches)):
+            yield batches[index].tolist()
+
+    @property
+    def mean_rows(self) -> float:
+        return len(self.lengths) / max(1, len(self.sizes))
+
+
 class ClassifierTrainer(Trainer):
     """The Trainer with the loss computed by a method's own forward and loss functions.
 
-    Only ``compute_loss`` is overridden (the documented extension point), so checkpoints
-    are ordinary PEFT adapter folders and resuming / best-model loading stay stock.
+    ``compute_loss`` is overridden (the documented extension point), so checkpoints are
+    ordinary PEFT adapter folders and resuming / best-model loading stay stock; with a
+    ``batch_tokens`` budget, ``get_train_dataloader`` (documented for custom behaviour
+    too) batches by tokens (``TokenBudgetBatches``).
     """
 
-    def __init__(self, *args, forward: Callable, loss: Callable, **kwargs):
+    def __init__(
+        self, *args, forward: Callable, loss: Callable, batch_tokens: int | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.forward_fn = forward
         self.loss_fn = loss
+        self.batch_tokens = batch_tokens
         # Our loss is a mean over the batch: let the Trainer scale it for accumulation.
         self.model_accepts_loss_kwargs = False
+
+    def get_train_dataloader(self):
+        if self.batch_tokens is None:
+            return super().get_train_dataloader()
+        batches = token_budget_batches(self.train_dataset, self.batch_tokens, self.args.seed)
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator
+        )
+        return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         # accelerate puts its mixed-precision autocast around model.forward; a method's
         # forward may call inner modules (the head pools the base model's hidden states)
-        with self.accelerator.autocast():
+        with (
+            self.accelerator.autocast(),
+            adapters_compute_in_autocast(model, self.args),
+            fastest_attention(model, inputs, self.args),
+        ):
             logits = self.forward_fn(model, inputs)
         loss = self.loss_fn(logits, labels)
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def adapters_compute_in_autocast(model, args: TrainingArguments):
+    """Under bf16 / fp16 autocast, LoRA reads its input in the compute dtype: PEFT would
+    first cast each adapted layer's input to the adapter weights' float32 (a copy of the
+    activations, cast back by autocast for the matmul, and both again in the backward pass:
+    a tenth of a bf16 step on a CPU, measured). The weights stay float32 (the master
+    copy the optimizer updates); autocast casts them, small, for each matmul. PEFT's own
+    switch, ``peft.helpers.disable_input_dtype_casting``; a no-op in float32."""
+    if not (args.bf16 or args.fp16):
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
+def fastest_attention(model, inputs: dict, args: TrainingArguments):
+    """On a CPU, SDPA attention with the kernel the probe measured fastest, forward and
+    backward, at this batch's shape and dtype (``speed.attention_backend``; the math
+    kernel stays allowed as the fallback where flash cannot run). Elsewhere, with another
+    attention implementation or without token ids: no change."""
+    ids = inputs.get("input_ids")
+    config = getattr(unwrap(model), "config", None)
+    if not args.use_cpu or config is None or not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        return contextlib.nullcontext()
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return contextlib.nullcontext()
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    rows = speed.attention_bucket(ids.shape[0]) if ids.shape[0] > 32 else ids.shape[0]
+    backend = speed.attention_backend(rows, heads, ids.shape[1], head_dim, dtype)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(list(dict.fromkeys([backend, SDPBackend.MATH])))
+
+
+def _training_compiled(forward: Callable) -> Callable:
+    """``forward`` compiled for the training steps; evaluation passes (no gradients) run
+    it as it is rather than paying a compilation of their own for a few batches."""
+    compiled = torch.compile(forward)
+
+    def run(*args, **kwargs):
+        return (compiled if torch.is_grad_enabled() else forward)(*args, **kwargs)
+
+    return run
+
+
+@contextlib.contextmanager
+def compiled_blocks(model, active: bool = True):
+    """Within the context, each repeated block of ``model`` (the classes its
+    ``_no_split_modules`` names: decoder or encoder layers) runs ``torch.compile``'s
+    forward; the blocks share one compiled graph (their code is the same, their weights
+    are its inputs), so the compilation is that of one block. On leaving, the blocks get
+    their own forward back (saved runs and prediction are untouched)."""
+    if not active:
+        yield []
+        return
+    inner = unwrap(model)
+    names = set()
+    for module in inner.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    blocks = [m for m in inner.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise LlmclfError(
+            f"--compile found no repeated blocks to compile in {type(inner).__name__}: "
+            "train without --compile"
+        )
+    for block in blocks:
+        block.forward = _training_compiled(block.forward)
+    try:
+        yield blocks
+    finally:
+        for block in blocks:
+            del block.forward  # the class's own forward again
 
 
 class RunClock(TrainerCallback, ExportableState):
@@ -179,6 +329,7 @@ class TrainResult:
     resumed_from_step: int | None = None
     seconds_before_resume: float = 0.0  # trained by earlier processes, up to the checkpoint
     tracking: dict | None = None  # where --report-to sent the logs
+    token_budget: dict | None = None  # --batch-tokens: budget, mean texts per step, lr scale
 
 
 def training_arguments(
@@ -255,6 +406,22 @@ def checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     return None
 
 
+def token_budget_batches(dataset, budget: int, seed: int) -> TokenBudgetBatches:
+    """``TokenBudgetBatches`` over a dataset's ``length`` column."""
+    return TokenBudgetBatches(list(dataset["length"]), budget, seed)
+
+
+def scale_for_token_budget(
+    optimizer: torch.optim.Optimizer | None, args: TrainingArguments, scale: float
+) -> None:
+    """Multiply the peak learning rates (the optimizer's groups, or the Trainer's own
+    rate when it builds the optimizer) by ``scale`` before the schedule reads them."""
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+    args.learning_rate *= scale
+
+
 def run_trainer(
     model,
     train_dataset,
@@ -269,8 +436,42 @@ def run_trainer(
     resume_from: str | None = None,
     progress: bool = True,
     extra_callbacks: list[TrainerCallback] | None = None,
+    batch_tokens: int | None = None,
 ) -> TrainResult:
-    """Train with evaluation, early stopping and best-checkpoint loading; return timings."""
+    """Train with evaluation, early stopping and best-checkpoint loading; return timings.
+
+    ``batch_tokens``: token-budget batches (``TokenBudgetBatches``), the learning rates
+    scaled by the square root of the mean texts per step over ``config.batch_size``."""
+    budget = None
+    if batch_tokens is not None:
+        if world_size() > 1:
+            raise LlmclfError(
+                "--batch-tokens batches one process's data: with several processes use "
+                "--batch-size (each process then holds the same number of texts per step)"
+            )
+        batches = token_budget_batches(train_dataset, batch_tokens, args.seed)
+        scale = math.sqrt(batches.mean_rows / config.batch_size)
+        scale_for_token_budget(optimizer, args, scale)
+        budget = {
+            "batch_tokens": batch_tokens,
+            "steps_per_epoch": len(batches),
+            "mean_texts_per_step": round(batches.mean_rows, 2),
+            "learning_rate_scale": round(scale, 4),
+        }
+        steps = math.ceil(len(batches) * args.num_train_epochs)
+        if steps < MIN_BUDGET_STEPS:
+            log.warning(
+                "--batch-tokens %d leaves %d optimizer steps in this run (%.0f texts each): too "
+                "few to learn from (240 texts of 128 tokens trained 14 steps and lost 0.27 "
+                "macro-F1, docs/training.md); lower --batch-tokens or leave it out",
+                batch_tokens, steps, batches.mean_rows,
+            )  # fmt: skip
+        log.info(
+            "--batch-tokens %d: %d steps per epoch of %.1f texts on average; learning rates "
+            "x%.3f (the square root of %.1f / --batch-size %d)",
+            batch_tokens, len(batches), batches.mean_rows, scale, batches.mean_rows,
+            config.batch_size,
+        )  # fmt: skip
     callbacks: list[TrainerCallback] = [RunClock(), LogAtCheckpoints(), *(extra_callbacks or [])]
     if eval_dataset is not None and config.early_stopping_patience > 0:
         callbacks.append(
@@ -287,11 +488,13 @@ def run_trainer(
         optimizers=(optimizer, None),
         forward=forward,
         loss=loss,
+        batch_tokens=batch_tokens,
     )
     if not progress:  # without a progress bar the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    with compiled_blocks(model, config.compile):
+        output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     metrics = output.metrics
     # A resumed run's Trainer state is restored, the clock with it (a new instance).
@@ -310,6 +513,7 @@ def run_trainer(
         log_history=list(trainer.state.log_history),
         resumed_from_step=int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else None,
         tracking=next((cb.record for cb in callbacks if isinstance(cb, WhereLogsWent)), None),
+        token_budget=budget,
     )
 
 
@@ -369,6 +573,8 @@ def train_model(
             resume_from=resume_from,
             progress=progress,
             extra_callbacks=callbacks,
+            # cached features (token_inputs False) are one vector per text: no budget to fill
+            batch_tokens=config.batch_tokens if token_inputs else None,
         )
 
 

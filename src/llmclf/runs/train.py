@@ -174,6 +174,8 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         out["train_steps"] = result.steps
         out["train_examples_per_s"] = round(result.examples_per_second, 3)
         out["train_tokens_per_s"] = round(result.tokens_per_second, 1)
+        if result.token_budget is not None:
+            out["token_budget"] = result.token_budget
         if result.resumed_from_step is not None:
             out["resumed_from_step"] = result.resumed_from_step
             out["train_seconds_before_resume"] = round(before, 2)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 33's levers, one training step at a time (bench_step.py), side by side in one go:
+# each lever alone and together at 8 x 128 tokens, then the best combination at short
+# (32) and long (256) rows. Writes benchmarks/results/step_<tag>_<case>.json.
+# Usage: bash benchmarks/levers.sh TAG   (run nothing else meanwhile)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+TAG=${1:?a tag for the results files, e.g. amx}
+step() { local name=$1; shift; $PY benchmarks/bench_step.py --name "step_${TAG}_$name" "$@" 2>&1 | grep "ms/step"; }
+step 128x8_base --length 128 --batch-size 8
+step 128x8_nocast --length 128 --batch-size 8 --no-input-cast
+step 128x8_math --length 128 --batch-size 8 --sdpa math
+step 128x8_nocast_math --length 128 --batch-size 8 --no-input-cast --sdpa math
+step 128x8_lora_qv --length 128 --batch-size 8 --no-input-cast --sdpa math --option target_modules=q_proj,v_proj
+step 128x8_compile_blocks --length 128 --batch-size 8 --no-input-cast --compile blocks
+step 128x16_nocast_math --length 128 --batch-size 16 --no-input-cast --sdpa math
+step 32x8_base --length 32 --batch-size 8
+step 32x8_nocast_math --length 32 --batch-size 8 --no-input-cast --sdpa math
+step 32x64_nocast_math --length 32 --batch-size 64 --no-input-cast --sdpa math
+step 256x8_base --length 256 --batch-size 8
+step 256x8_nocast --length 256 --batch-size 8 --no-input-cast
+step 256x8_nocast_math --length 256 --batch-size 8 --no-input-cast --sdpa math
+# the step as llmclf now runs it by default (no cast, the probe's kernel: math at these
+# shapes on the AMX Xeon), profiled, and the opt-in levers on top of it
+step 128x8_defaults_profile --length 128 --batch-size 8 --no-input-cast --sdpa math --profile
+step 128x8_defaults_compile --length 128 --batch-size 8 --no-input-cast --sdpa math --compile blocks
+step 32x64_defaults_compile --length 32 --batch-size 64 --no-input-cast --sdpa math --compile blocks
+step 256x8_defaults_compile --length 256 --batch-size 8 --no-input-cast --compile blocks
+# one results file for the lot: levers_<tag>.json
+$PY - "$TAG" <<'PY'
+import json, sys
+from pathlib import Path
+
+tag = sys.argv[1]
+results = Path("benchmarks/results")
+cases, machine = {}, None
+for path in sorted(results.glob(f"step_{tag}_*.json")):
+    result = json.loads(path.read_text())
+    machine = result.pop("machine")
+    cases[path.stem.removeprefix(f"step_{tag}_")] = result
+    path.unlink()
+out = results / f"levers_{tag}.json"
+out.write_text(json.dumps({"machine": machine, "date": result["date"], "cases": cases}, indent=1))
+print(f"wrote {out}")
+PY
