@@ -348,11 +348,13 @@ def attention_backend(
     dtype: torch.dtype,
     cache: Path | None = None,
 ):
-    """The SDPA kernel that ran forward + backward fastest at this shape (its length
-    bucketed), from this process, the cache file or measured now (and cached)."""
-    bucket = attention_bucket(length)
+    """The SDPA kernel that ran forward + backward fastest at this shape (its rows and
+    length rounded up to powers of two), from this process, the cache file or measured
+    now (and cached)."""
+    bucket, rows = attention_bucket(length), 1 << max(0, int(rows) - 1).bit_length()
     shape = f"{rows}x{heads}x{bucket}x{head_dim}|{str(dtype).removeprefix('torch.')}"
-    key = f"v{ATTENTION_PROBE_VERSION}|{machine_key((0, 0, 0)).rsplit('|', 1)[0]}|{shape}"
+    machine = machine_key((0, 0, 0)).split("|", 1)[1].rsplit("|", 1)[0]  # CPU, threads, torch
+    key = f"v{ATTENTION_PROBE_VERSION}|{machine}|{shape}"
     if key not in _attention:
         path = (cache or cache_dir()) / ATTENTION_PROBE_FILE
         stored: dict = {}

@@ -165,8 +165,7 @@ def fastest_attention(model, inputs: dict, args: TrainingArguments):
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    rows = speed.attention_bucket(ids.shape[0]) if ids.shape[0] > 32 else ids.shape[0]
-    backend = speed.attention_backend(rows, heads, ids.shape[1], head_dim, dtype)
+    backend = speed.attention_backend(ids.shape[0], heads, ids.shape[1], head_dim, dtype)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(list(dict.fromkeys([backend, SDPBackend.MATH])))
