@@ -16,6 +16,7 @@ Usage: python benchmarks/bench_step.py --length 128 --batch-size 8 [--dtype auto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -109,7 +110,9 @@ def main() -> None:
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         labels = targets[start_row : start_row + args.batch_size]
         begin = time.perf_counter()
-        kernel = sdpa_kernel(backends[args.sdpa]) if args.sdpa != "default" else _null()
+        kernel = (
+            sdpa_kernel(backends[args.sdpa]) if args.sdpa != "default" else contextlib.nullcontext()
+        )
         with kernel, torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             logits = head_logits(model, batch, clf.config_.head.pooling)
         loss = torch.nn.functional.cross_entropy(logits, labels)
@@ -157,12 +160,6 @@ def main() -> None:
         result["profile"] = table
     if args.name:
         write_result(args.name, result, RESULTS)
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _parse(option: str) -> tuple[str, object]:

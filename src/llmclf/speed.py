@@ -96,11 +96,16 @@ def cpu_name() -> str:
     return f"{info['name']} ({info['id']})" if info["id"] else info["name"]
 
 
-def machine_key(shape: tuple[int, int, int]) -> str:
+def machine_id() -> str:
+    """What a probe's timings hold for: the CPU, its cores, torch's threads and version."""
     return (
-        f"v{PROBE_VERSION}|{cpu_name()}|{os.cpu_count()} cores|{torch.get_num_threads()} threads"
-        f"|torch {torch.__version__}|{'x'.join(map(str, shape))}"
+        f"{cpu_name()}|{os.cpu_count()} cores|{torch.get_num_threads()} threads"
+        f"|torch {torch.__version__}"
     )
+
+
+def machine_key(shape: tuple[int, int, int]) -> str:
+    return f"v{PROBE_VERSION}|{machine_id()}|{'x'.join(map(str, shape))}"
 
 
 def _time_pass(x: torch.Tensor, weight: torch.Tensor, reps: int) -> float:
@@ -353,8 +358,7 @@ def attention_backend(
     now (and cached)."""
     bucket, rows = attention_bucket(length), 1 << max(0, int(rows) - 1).bit_length()
     shape = f"{rows}x{heads}x{bucket}x{head_dim}|{str(dtype).removeprefix('torch.')}"
-    machine = machine_key((0, 0, 0)).split("|", 1)[1].rsplit("|", 1)[0]  # CPU, threads, torch
-    key = f"v{ATTENTION_PROBE_VERSION}|{machine}|{shape}"
+    key = f"v{ATTENTION_PROBE_VERSION}|{machine_id()}|{shape}"
     if key not in _attention:
         path = (cache or cache_dir()) / ATTENTION_PROBE_FILE
         stored: dict = {}

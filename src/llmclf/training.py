@@ -98,27 +98,31 @@ class ClassifierTrainer(Trainer):
     """The Trainer with the loss computed by a method's own forward and loss functions.
 
     ``compute_loss`` is overridden (the documented extension point), so checkpoints are
-    ordinary PEFT adapter folders and resuming / best-model loading stay stock; with a
-    ``batch_tokens`` budget, ``get_train_dataloader`` (documented for custom behaviour
-    too) batches by tokens (``TokenBudgetBatches``).
+    ordinary PEFT adapter folders and resuming / best-model loading stay stock; given
+    ``batches`` (``TokenBudgetBatches``), ``get_train_dataloader`` (documented for custom
+    behaviour too) batches by them.
     """
 
     def __init__(
-        self, *args, forward: Callable, loss: Callable, batch_tokens: int | None = None, **kwargs
+        self,
+        *args,
+        forward: Callable,
+        loss: Callable,
+        batches: TokenBudgetBatches | None = None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.forward_fn = forward
         self.loss_fn = loss
-        self.batch_tokens = batch_tokens
+        self.batches = batches
         # Our loss is a mean over the batch: let the Trainer scale it for accumulation.
         self.model_accepts_loss_kwargs = False
 
     def get_train_dataloader(self):
-        if self.batch_tokens is None:
+        if self.batches is None:
             return super().get_train_dataloader()
-        batches = token_budget_batches(self.train_dataset, self.batch_tokens, self.args.seed)
         loader = torch.utils.data.DataLoader(
-            self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator
+            self.train_dataset, batch_sampler=self.batches, collate_fn=self.data_collator
         )
         return self.accelerator.prepare(loader)
 
@@ -441,7 +445,7 @@ def run_trainer(
 
     ``batch_tokens``: token-budget batches (``TokenBudgetBatches``), the learning rates
     scaled by the square root of the mean texts per step over ``config.batch_size``."""
-    budget = None
+    budget, batches = None, None
     if batch_tokens is not None:
         if world_size() > 1:
             raise LlmclfError(
@@ -487,7 +491,7 @@ def run_trainer(
         optimizers=(optimizer, None),
         forward=forward,
         loss=loss,
-        batch_tokens=batch_tokens,
+        batches=batches,
     )
     if not progress:  # without a progress bar the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)

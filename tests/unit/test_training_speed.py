@@ -4,6 +4,7 @@ benchmarks/bench_train.py's and bench_step.py's)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -129,7 +130,7 @@ def test_lora_computes_in_bf16_from_fp32_master_weights(tiny_llama):
     def loss_and_grads(no_cast: bool):
         model.zero_grad(set_to_none=True)
         seen, hooks = lora_inputs(model)
-        context = adapters_compute_in_autocast(model, Args) if no_cast else _null()
+        context = adapters_compute_in_autocast(model, Args) if no_cast else contextlib.nullcontext()
         with torch.autocast("cpu", dtype=torch.bfloat16), context:
             logits = head_logits(model, batch)
         loss = torch.nn.functional.cross_entropy(logits, target)
@@ -153,12 +154,6 @@ def test_lora_computes_in_bf16_from_fp32_master_weights(tiny_llama):
     assert switches and all(m.cast_input_dtype_enabled for m in switches)  # PEFT's, after
     with adapters_compute_in_autocast(model, Float32Args):  # float32 training: untouched
         assert all(m.cast_input_dtype_enabled for m in switches)
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @pytest.mark.parametrize("length, bucket", [(1, 32), (20, 32), (32, 32), (33, 64), (129, 256)])
