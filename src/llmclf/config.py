@@ -441,6 +441,64 @@ class TrainConfig:
         validate(self)
 
 
+def check_probability(name: str, value: float) -> None:
+    """A probability strictly between 0 and 1."""
+    if not 0 < value < 1:
+        raise LlmclfError(f"{flag(name)} must be between 0 and 1 (exclusive), not {value}")
+
+
+def check_share(name: str, value: float) -> None:
+    """A share of the texts: more than 0, at most 1."""
+    if not 0 < value <= 1:
+        raise LlmclfError(f"{flag(name)} must be more than 0 and at most 1, not {value}")
+
+
+@dataclass
+class AbstainConfig:
+    """Selective prediction (every method): when a run answers and when it abstains.
+
+    At most one of the three is given. ``abstain_below`` is the threshold itself;
+    ``target_precision`` / ``target_coverage`` choose it on the validation split after
+    training (``llmclf calibrate`` chooses it again at the new temperature). An abstained
+    answer is an empty ``prediction`` with ``abstained: true`` (docs/evaluation.md)."""
+
+    abstain_below: float | None = option(
+        None,
+        "abstain (empty prediction, abstained: true) when the answer's probability is below "
+        "this; multi-label: per label, on the probability of the decided outcome",
+        check=check_probability,
+    )
+    target_precision: float | None = option(
+        None,
+        "choose --abstain-below on the validation split: the lowest threshold whose answers "
+        "there are at least this often right (the most coverage that reaches it)",
+        check=check_probability,
+    )
+    target_coverage: float | None = option(
+        None,
+        "choose --abstain-below on the validation split so that the run answers this share "
+        "of texts (e.g. 0.8) and abstains on the least confident rest",
+        check=check_share,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        given = [n for n, v in dataclasses.asdict(self).items() if v is not None]
+        if len(given) > 1:
+            raise LlmclfError(
+                f"{flag(given[0])} and {flag(given[1])} both set the abstention threshold: give one"
+            )
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """``("precision" | "coverage", value)`` when the threshold is chosen on data."""
+        if self.target_precision is not None:
+            return "precision", self.target_precision
+        if self.target_coverage is not None:
+            return "coverage", self.target_coverage
+        return None
+
+
 # ---------------------------------------------------------------------------------------
 # A method's config: its sections, resolved once
 # ---------------------------------------------------------------------------------------
@@ -533,11 +591,23 @@ class PredictLoadOptions(LoadOptions):
         "measured, but slower than bf16 where --dtype auto picks it (0.79x on a Zen 4); "
         "probabilities change slightly (see BENCHMARKS.md)",
     )
+    abstain_below: float | None = same_as(
+        AbstainConfig,
+        "abstain_below",
+        default=None,
+        help="abstain (empty prediction, abstained: true) when the answer's probability is "
+        "below this, instead of the run's own threshold (labels.json); multi-label: per "
+        "label, on the probability of the decided outcome",
+    )
 
 
 def section(cls: type):
     """A method config's field holding one section, built from its defaults."""
     return field(default_factory=cls)
+
+
+# the sections MethodConfig gives every method, after the method's own
+SHARED_SECTIONS = ("abstain",)
 
 
 @dataclass
@@ -554,9 +624,16 @@ class MethodConfig:
     # values for options the user did not set, where a method differs from the sections'
     defaults: ClassVar[dict[str, Any]] = {}
 
+    # every method's: when its runs abstain (last in config.yaml)
+    abstain: AbstainConfig = section(AbstainConfig)
+
     @classmethod
     def sections(cls) -> dict[str, type]:
-        return {f.name: f.default_factory for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        shared = [f for f in fields if f.name in SHARED_SECTIONS]
+        return {
+            f.name: f.default_factory for f in [*(f for f in fields if f not in shared), *shared]
+        }
 
     @classmethod
     def option_fields(cls) -> dict[str, dataclasses.Field]:

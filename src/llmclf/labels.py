@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmclf.errors import LlmclfError
+from llmclf.evaluation.selective import abstaining
 from llmclf.run_folder import LABELS_FILE, read_json, write_json
 
 NO_CLASS = -1  # the decision for a row without probability mass (an unreadable answer)
@@ -19,13 +21,17 @@ class LabelSchema:
 
     ``classes`` are sorted strings; ``multi_label`` picks sigmoid + BCE over softmax + CE;
     ``thresholds`` (multi-label) are the per-class decision thresholds on probabilities;
-    ``label_sep`` joins several labels when a table needs one string per row.
+    ``label_sep`` joins several labels when a table needs one string per row;
+    ``abstain_below`` (``--abstain-below``, or chosen by ``--target-precision``) is the
+    probability under which an answer is withheld: one for a single-label run, one per
+    label for a multi-label run (``abstains``; ``evaluation/selective.py`` defines it).
     """
 
     classes: list[str]
     multi_label: bool = False
     label_sep: str = "|"
     thresholds: list[float] | None = None
+    abstain_below: float | list[float] | None = None
 
     @classmethod
     def from_labels(
@@ -79,6 +85,28 @@ class LabelSchema:
             return decided
         thresholds = np.asarray(self.thresholds if self.thresholds else [0.5] * self.num_classes)
         return (proba >= thresholds).astype(np.int64)
+
+    def abstains(self, proba: np.ndarray, decided: np.ndarray | None = None) -> np.ndarray:
+        """Which answers are withheld at ``abstain_below``: [n] booleans (single-label) or
+        [n, k] (multi-label, per label); all False without a threshold. ``decided``:
+        ``decide(proba)``, when the caller has it already."""
+        proba = np.asarray(proba)
+        decided = self.decide(proba) if decided is None else decided
+        return abstaining(proba, decided, self.abstain_below)
+
+    def with_abstention(self, threshold: float | list[float] | None) -> LabelSchema:
+        """This schema abstaining below ``threshold`` (a float; a multi-label run may take
+        one per label, a single float meaning the same for every label); None: never."""
+        if threshold is not None and np.ndim(threshold):
+            if not self.multi_label or len(threshold) != self.num_classes:
+                raise LlmclfError(
+                    f"one abstention threshold per label needs a multi-label run of "
+                    f"{self.num_classes} labels, not {len(threshold)} thresholds"
+                )
+            threshold = [float(t) for t in threshold]
+        elif threshold is not None:
+            threshold = float(threshold)
+        return dataclasses.replace(self, abstain_below=threshold)
 
     def decode(self, predictions: np.ndarray) -> list:
         """Indices -> label strings (None for ``NO_CLASS``); indicator rows -> lists of

@@ -37,12 +37,28 @@ def metrics_lines(metrics: dict, folder: Path | str) -> None:
                 f"Brier {metrics['brier_uncalibrated']:.4f})"
             )
         print(line)
+    selective = metrics.get("selective")
+    if selective and selective.get("coverage") is not None:
+        accuracy = selective["selective_accuracy"]
+        print(
+            f"abstaining below {_threshold(selective['threshold'])}: answers "
+            f"{selective['coverage']:.1%}, "
+            + (f"{accuracy:.1%} of them right" if accuracy is not None else "no text")
+            + f"  (AURC {selective['aurc']:.4f})"
+        )
     if "trainable_params" in metrics:
         print(
             f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "
             f"training {metrics['train_seconds']:.0f} s; peak memory {metrics['peak_rss_mb']:.0f} MiB"
         )
     print(f"written to {folder}")
+
+
+def _threshold(value) -> str:
+    """One threshold, or a multi-label run's per-label ones."""
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3f}" for v in value) + "] (per label)"
+    return f"{value:.3f}"
 
 
 def show_train(metrics: dict | None, values: dict[str, Any]) -> None:
@@ -75,6 +91,18 @@ def show_calibrate(stored: dict, values: dict[str, Any]) -> None:
         print(
             f"stored test predictions: ECE {test_before['ece']:.4f} -> {test_after['ece']:.4f}  "
             f"Brier {test_before['brier']:.4f} -> {test_after['brier']:.4f}"
+        )
+    if "abstention" in stored:
+        chosen = stored["abstention"]
+        figures = chosen["validation"]
+        print(
+            f"abstaining below {_threshold(chosen['threshold'])} ({chosen['chosen_by']}): "
+            f"answers {figures['coverage']:.1%} of {chosen['chosen_on']}, "
+            + (
+                f"{figures['selective_accuracy']:.1%} of them right"
+                if figures["selective_accuracy"] is not None
+                else "none"
+            )
         )
     run = Path(values["run"])
     print(f"written to {run / 'calibration.json'}; evaluate, predict and compare now apply it")

@@ -20,10 +20,13 @@ import numpy as np
 
 from llmclf._version import __version__
 from llmclf.config import (
+    AbstainConfig,
     DataConfig,
     MethodConfig,
     ModelConfig,
     TrainConfig,
+    check_probability,
+    field_names,
     flatten,
     predict_time_names,
     runtime_names,
@@ -37,6 +40,12 @@ from llmclf.evaluation.calibration import (
     to_proba,
 )
 from llmclf.evaluation.metrics import tune_thresholds
+from llmclf.evaluation.selective import (
+    decisions,
+    selection,
+    threshold_for_coverage,
+    threshold_for_precision,
+)
 from llmclf.labels import LabelSchema
 from llmclf.run_folder import CONFIG_FILE, RunFolder, write_calibration, write_yaml
 
@@ -106,8 +115,41 @@ class Predictor:
     def labels_from_proba(self, proba: np.ndarray) -> list:
         """What ``predict`` answers for rows of ``predict_proba``: a label string per row (a
         list of them for multi-label, at the schema's thresholds; None for a row naming no
-        label), so a caller holding the probabilities decides as ``predict`` does."""
-        return self.schema_.decode(self.schema_.decide(np.asarray(proba)))
+        label), so a caller holding the probabilities decides as ``predict`` does.
+
+        A run that abstains (``schema_.abstain_below``) answers None for a withheld
+        single-label answer, and leaves a withheld label out of a multi-label list
+        (``abstained`` says which)."""
+        proba = np.asarray(proba)
+        decided = self.schema_.decide(proba)
+        withheld = self.schema_.abstains(proba, decided)
+        if not withheld.any():
+            return self.schema_.decode(decided)
+        if self.schema_.multi_label:
+            return self.schema_.decode(np.where(withheld, 0, decided))
+        labels = self.schema_.decode(decided)
+        return [None if off else label for label, off in zip(labels, withheld)]
+
+    def abstained(self, proba: np.ndarray) -> np.ndarray:
+        """Which answers of ``predict_proba`` rows the run withholds: [n] booleans, or
+        [n, k] per label for multi-label; all False for a run that never abstains.
+
+        Example:
+            >>> clf.set_abstention(0.9).abstained(clf.predict_proba(texts))  # doctest: +SKIP
+            array([False,  True, False])
+        """
+        return self.schema_.abstains(np.asarray(proba))
+
+    def set_abstention(self, threshold: float | list[float] | None):
+        """Abstain from now on when an answer's probability is below ``threshold`` (one per
+        label allowed for multi-label; None: always answer), and return ``self``. Saved
+        with the run (labels.json)."""
+        self._check_fitted()
+        if threshold is not None:
+            for value in np.atleast_1d(threshold):
+                check_probability("abstain_below", float(value))
+        self.schema_ = self.schema_.with_abstention(threshold)
+        return self
 
     def input_tokens(self, texts: list[str]) -> list[int]:
         """The tokens of the model input each text becomes, before any cut (the tokenizer's
@@ -247,12 +289,23 @@ class ClassifierBase(Predictor):
             )
         else:
             eval_texts, eval_labels = None, None
+        abstain = self.config_.abstain
+        if abstain.target and not eval_texts:
+            raise LlmclfError(
+                f"--target-{abstain.target[0]} chooses the abstention threshold on validation "
+                "data, and there is none: give the data a validation split (or eval_set=), or "
+                "set --abstain-below yourself"
+            )
         start = time.perf_counter()
         self._fit(
             texts, labels, eval_texts, eval_labels, schema, Path(output_dir) if output_dir else None
         )
         self.fit_seconds_ = time.perf_counter() - start
         self._set_fitted(schema)
+        if abstain.target:
+            self.choose_abstention(eval_texts, eval_labels, where="the validation split")
+        elif abstain.abstain_below is not None:
+            self.set_abstention(abstain.abstain_below)
         return self
 
     def _texts_and_labels(self, X, y, multi_label: bool | None = None):
@@ -338,6 +391,8 @@ class ClassifierBase(Predictor):
         before = calibration_metrics(truth, to_proba(logits, multi_label, 1.0))
         after = calibration_metrics(truth, to_proba(logits, multi_label, temperature))
         self.temperature_ = temperature
+        if self.config_.abstain.target:  # the threshold was chosen on data: choose it anew
+            self.choose_abstention(X, y, where=where)
         self.calibration_ = {
             "temperature": temperature,
             "method": "temperature scaling (NLL)",
@@ -346,6 +401,93 @@ class ClassifierBase(Predictor):
             "before": before,
             "after": after,
         }
+        return self
+
+    def choose_abstention(
+        self,
+        X,
+        y,
+        *,
+        precision: float | None = None,
+        coverage: float | None = None,
+        where: str = "the held-out data",
+    ):
+        """Choose the abstention threshold on held-out texts ``X`` and labels ``y`` (never
+        the training data) and return ``self``: the lowest threshold whose kept answers are
+        at least ``precision`` right (``threshold_for_precision``; per label for
+        multi-label), or the one that answers ``coverage`` of the texts. Without either, the
+        run's own ``--target-precision`` / ``--target-coverage``. Keeps what was chosen and
+        its figures on ``X`` in ``abstention_``.
+
+        Example:
+            >>> clf.choose_abstention(val_texts, val_labels, precision=0.95)  # doctest: +SKIP
+            >>> clf.abstention_["validation"]["coverage"]  # doctest: +SKIP
+            0.81
+        """
+        self._check_fitted()
+        if precision is not None and coverage is not None:
+            raise LlmclfError(
+                "choose the abstention threshold by precision or by coverage, not both"
+            )
+        target = (
+            ("precision", precision)
+            if precision is not None
+            else ("coverage", coverage)
+            if coverage is not None
+            else self.config_.abstain.target
+        )
+        if target is None:
+            raise LlmclfError("give a target: precision=0.95 or coverage=0.8")
+        texts, labels, _ = self._texts_and_labels(X, y, multi_label=self.schema_.multi_label)
+        self.schema_.check_known(labels, where)
+        schema = self.schema_
+        proba = np.asarray(self.predict_proba(texts))
+        decided = schema.decide(proba)
+        truth = schema.encode(labels).astype(np.int64)
+        columns = range(schema.num_classes) if schema.multi_label else [None]
+        thresholds, unreached = [], []
+        kind, value = target
+        for j in columns:  # multi-label: per label, on that label's decisions
+            if j is None:
+                confidence, correct = decisions(truth, proba, decided)
+            else:
+                confidence, correct = decisions(truth[:, [j]], proba[:, [j]], decided[:, [j]])
+            if kind == "coverage":
+                thresholds.append(threshold_for_coverage(confidence, value))
+                continue
+            found = threshold_for_precision(confidence, correct, value)
+            if found is None:  # nothing reaches it: answer only the most confident
+                unreached.append(schema.classes[j] if j is not None else "the run")
+                found = float(np.nextafter(confidence.max(), np.inf))
+            thresholds.append(found)
+        if unreached:
+            log.warning(
+                "no threshold reaches precision %s on %s for %s: the run abstains on every "
+                "such answer; lower --target-precision or train more",
+                value,
+                where,
+                ", ".join(unreached),
+            )
+        self.set_abstention(thresholds if schema.multi_label else thresholds[0])
+        _, correct = decisions(truth, proba, decided)
+        kept = ~self.schema_.abstains(proba, decided).reshape(-1)
+        figures = selection(kept.astype(np.float64), correct, 0.5)  # the kept decisions
+        self.abstention_ = {
+            "threshold": self.schema_.abstain_below,
+            "chosen_by": f"target {kind} {value}",
+            "chosen_on": where,
+            "temperature": float(self.temperature_),
+            "validation": {**figures.as_dict(), "threshold": self.schema_.abstain_below},
+        }
+        log.info(
+            "abstaining below %s (target %s %s on %s): answers %.1f%% of it, %.1f%% of them right",
+            self.schema_.abstain_below,
+            kind,
+            value,
+            where,
+            100 * figures.coverage,
+            100 * figures.accuracy if figures.kept else float("nan"),
+        )
         return self
 
     def quantize_int8(self):
@@ -422,6 +564,9 @@ class ClassifierBase(Predictor):
         stored.pop("trust_remote_code", None)
         ignored = runtime_names(DataConfig, ModelConfig, TrainConfig) - names
         kept = {k: v for k, v in overrides.items() if k not in ignored}
+        if kept.get("abstain_below") is not None:  # a new threshold replaces the run's target
+            for name in field_names(AbstainConfig):
+                stored.pop(name, None)
         clf = cls(**{**stored, **kept})
         clf._config = clf.resolve_config()
         return clf
@@ -446,6 +591,8 @@ class ClassifierBase(Predictor):
         clf._check_files(folder.path)
         clf._load_model(folder.path)
         clf._set_fitted(schema, float(calibration.get("temperature", 1.0)))
+        if overrides.get("abstain_below") is not None:
+            clf.set_abstention(overrides["abstain_below"])
         return clf
 
 

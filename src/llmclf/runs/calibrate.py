@@ -7,7 +7,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from llmclf.config import REQUIRED, LoadOptions, Options, option
+from llmclf.config import REQUIRED, AbstainConfig, LoadOptions, Options, option, same_as
+from llmclf.errors import LlmclfError
 from llmclf.evaluation.comparison import calibration_before_after
 from llmclf.run_folder import TEST_PREDICTIONS, RunFolder, write_calibration
 from llmclf.runs.compare import stored_evaluation
@@ -31,6 +32,23 @@ class CalibrateOptions(Options):
         "the split to fit on (default: validation, or all of a file given with --data that "
         "has no split column); never the test split you report",
     )
+    target_precision: float | None = same_as(
+        AbstainConfig,
+        "target_precision",
+        help="also choose the run's abstention threshold on the same split, at the new "
+        "temperature: the lowest one whose answers there are at least this often right",
+    )
+    target_coverage: float | None = same_as(
+        AbstainConfig,
+        "target_coverage",
+        help="also choose the run's abstention threshold on the same split so that it "
+        "answers this share of texts",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_precision is not None and self.target_coverage is not None:
+            raise LlmclfError("--target-precision and --target-coverage: give one")
 
 
 def calibrate(
@@ -41,15 +59,28 @@ def calibrate(
         options.run,
         (data or EvaluationData()).given(),
         options.split,
+        target_precision=options.target_precision,
+        target_coverage=options.target_coverage,
         **(load or LoadOptions()).overrides(),
     )
 
 
 def calibrate_run(
-    run: str | Path, data_values: dict | None = None, split: str | None = None, **runtime
+    run: str | Path,
+    data_values: dict | None = None,
+    split: str | None = None,
+    *,
+    target_precision: float | None = None,
+    target_coverage: float | None = None,
+    **runtime,
 ) -> dict:
     """Fit temperature scaling on a split of the run's data (validation by default) and
     store it in the run's calibration.json, which evaluate / predict / compare then use.
+
+    A run trained with ``--target-precision`` / ``--target-coverage`` chooses its
+    abstention threshold again at the new temperature; ``target_precision`` /
+    ``target_coverage`` choose one here (stored in labels.json, its figures under
+    ``abstention``).
 
     ``split`` None: validation, or the whole of a file given as ``data_values["data"]``
     that has no ``split`` column.
@@ -72,13 +103,24 @@ def calibrate_run(
     where = f"{config.data} [{split}]"
     log.info("fitting the temperature on %s: %d examples", where, len(examples))
     classifier.calibrate(examples.texts, examples.labels, where=where)
+    if target_precision is not None or target_coverage is not None:
+        classifier.choose_abstention(
+            examples.texts,
+            examples.labels,
+            precision=target_precision,
+            coverage=target_coverage,
+            where=where,
+        )
     stored = dict(classifier.calibration_)
+    abstention = getattr(classifier, "abstention_", None)
+    if abstention is not None:
+        stored["abstention"] = abstention
     if folder.finished and (folder / TEST_PREDICTIONS).is_file():
         test = calibration_before_after(
             stored_evaluation(folder.path, folder.path.name), classifier.temperature_
         )
         stored["test"] = {"before": test["before"], "after": test["after"]}
-    if classifier.schema_.multi_label:  # thresholds moved with the temperature
-        classifier.schema_.save(folder.path)
+    if classifier.schema_.multi_label or abstention is not None:
+        classifier.schema_.save(folder.path)  # thresholds moved with the temperature
     write_calibration(folder.path, stored)
     return stored

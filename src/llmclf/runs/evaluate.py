@@ -25,6 +25,7 @@ from llmclf.data import (
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import calibration_figures
 from llmclf.evaluation.metrics import classification_metrics
+from llmclf.evaluation.selective import selective_metrics
 from llmclf.labels import LabelSchema
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.exported import is_export, load_export
@@ -102,7 +103,9 @@ def load_classifier(run: str | Path, int8: bool = False, **overrides) -> Classif
             f"{folder} is an unfinished run: continue it with llmclf train ... --resume"
         )
     if is_export(folder.path):  # llmclf export: run by ONNX Runtime or llama.cpp
-        return load_export(folder.path, int8=int8, **overrides)
+        abstain_below = overrides.pop("abstain_below", None)
+        exported = load_export(folder.path, int8=int8, **overrides)
+        return exported.set_abstention(abstain_below) if abstain_below is not None else exported
     method = folder.config().get("method")
     classes = method_classes()
     if method not in classes:
@@ -166,6 +169,9 @@ def evaluate_examples(
             truth.astype(np.int64), proba, schema.multi_label, float(classifier.temperature_)
         )
     )
+    # answering only when confident: AURC, coverage at fixed precisions, and at the run's
+    # --abstain-below (the figures above are at full coverage, every answer given)
+    metrics["selective"] = selective_metrics(truth, proba, decided, schema.abstain_below)
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     dtype = getattr(classifier, "dtype_", None)
@@ -193,9 +199,28 @@ def evaluate_examples(
 def prediction_frame(
     rows: pd.DataFrame, schema: LabelSchema, proba: np.ndarray, decided: np.ndarray
 ) -> pd.DataFrame:
-    """``rows`` plus ``prediction`` and one ``proba_<class>`` column per class."""
+    """``rows`` plus ``prediction`` and one ``proba_<class>`` column per class.
+
+    A run that abstains (``schema.abstain_below``) adds ``abstained`` (true where an answer
+    is withheld): a withheld single-label answer is an empty ``prediction``; a multi-label
+    row lists only the labels it answers, and ``abstained_labels`` the ones it withholds.
+    The probabilities stay whole, so the full answer is never lost."""
     out = rows.copy()
-    out["prediction"] = [schema.join(lab) for lab in schema.decode(decided)]
+    if schema.abstain_below is None:
+        out["prediction"] = [schema.join(lab) for lab in schema.decode(decided)]
+    else:
+        withheld = schema.abstains(proba, decided)
+        if schema.multi_label:
+            answered = schema.decode(np.where(withheld, 0, decided))
+            out["prediction"] = [schema.join(lab) for lab in answered]
+            out["abstained"] = withheld.any(axis=1)
+            out["abstained_labels"] = [schema.join(lab) for lab in schema.decode(withheld)]
+        else:
+            labels = schema.decode(decided)
+            out["prediction"] = [
+                "" if off else schema.join(lab) for lab, off in zip(labels, withheld)
+            ]
+            out["abstained"] = withheld
     for j, name in enumerate(schema.classes):
         out[f"proba_{name}"] = proba[:, j]
     return out

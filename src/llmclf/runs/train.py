@@ -168,6 +168,11 @@ def accounting(classifier: ClassifierBase, n_train: int) -> dict:
         "num_processes": world_size(),
         "threads": thread_settings(),
     }
+    # what the method decided while fitting (a head run's --pooling auto), with its figures
+    out.update(getattr(classifier, "fit_choices_", None) or {})
+    abstention = getattr(classifier, "abstention_", None)
+    if abstention is not None:  # --target-precision / --target-coverage: what was chosen
+        out["abstention"] = abstention
     if result is not None:
         if result.tracking is not None:
             out["tracking"] = result.tracking

@@ -38,12 +38,21 @@ class ClassifyData(BaseModel):
     labels: list[str] | None = Field(
         None, description="multi-label runs only: every class decided on (at its threshold)"
     )
+    abstained: bool | None = Field(
+        None,
+        description="runs that abstain (--abstain-below) only: true when the answer is "
+        "withheld; then label is null (multi-label: labels leaves out the withheld ones)",
+    )
+    abstained_labels: list[str] | None = Field(
+        None, description="multi-label runs that abstain only: the classes withheld"
+    )
 
     @model_serializer(mode="wrap")
-    def _without_labels_for_single_label_runs(self, handler):
+    def _without_fields_the_run_has_not(self, handler):
         data = handler(self)
-        if self.labels is None:
-            data.pop("labels", None)
+        for name in ("labels", "abstained", "abstained_labels"):
+            if getattr(self, name) is None:
+                data.pop(name, None)
         return data
 
 
@@ -91,6 +100,18 @@ class PredictRequest(BaseModel):
 class LabelScore(BaseModel):
     label: str
     score: float
+    abstained: bool | None = Field(
+        None,
+        description="runs that abstain (--abstain-below) only: true on the top entry of a "
+        "text whose answer is withheld (multi-label: on each withheld class)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _plain_unless_withheld(self, handler):
+        data = handler(self)
+        if self.abstained is None:
+            data.pop("abstained", None)
+        return data
 
 
 class PredictResponse(RootModel[list[LabelScore] | list[list[LabelScore]]]):

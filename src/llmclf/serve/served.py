@@ -25,6 +25,8 @@ class TextResult(NamedTuple):
     proba: np.ndarray  # [n_classes], as predict_proba gives it
     labels: Any  # what predict gives: a label (None: no label), or a list for multi-label
     tokens: int  # of the model input, before any cut
+    # the answers withheld (--abstain-below): a bool, or [n_classes] bools for multi-label
+    abstained: Any = False
 
 
 @dataclass
@@ -54,9 +56,16 @@ class ServedRun:
         with bounded_shapes(self.shapes):
             prediction = self.classifier.predict_details(list(texts))
         labels = self.classifier.labels_from_proba(prediction.proba)
+        withheld = self.classifier.abstained(prediction.proba)
         tokens = self.classifier.input_tokens(list(texts))
         logits = prediction.logits if prediction.logits is not None else [None] * len(texts)
-        return [TextResult(*row) for row in zip(logits, prediction.proba, labels, tokens)]
+        rows = zip(logits, prediction.proba, labels, tokens, withheld)
+        return [TextResult(*row) for row in rows]
+
+    @property
+    def abstains(self) -> bool:
+        """Whether the run withholds unsure answers (``--abstain-below``)."""
+        return self.classifier.schema_.abstain_below is not None
 
     async def results(self, texts: list[str]) -> list[TextResult | None]:
         """Every text's answer through the batcher; None for an empty text, which never

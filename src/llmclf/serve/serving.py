@@ -148,16 +148,24 @@ class ServingClassify:
             return ClassifyData(
                 index=index, label=None, probs=[], num_classes=len(run.classes), labels=empty
             )
+        abstained, withheld = None, None
         if run.multi_label:  # label: the top class, as vLLM gives it; labels: the decision
             label, labels = run.classes[int(np.argmax(result.proba))], list(result.labels)
+            if run.abstains:
+                withheld = [c for c, off in zip(run.classes, result.abstained) if off]
+                abstained = bool(withheld)
         else:
             label, labels = result.labels, None
+            if run.abstains:
+                abstained = bool(result.abstained)
         return ClassifyData(
             index=index,
             label=label,
             probs=[float(p) for p in result.proba],
             num_classes=len(run.classes),
             labels=labels,
+            abstained=abstained,
+            abstained_labels=withheld,
         )
 
     @staticmethod
@@ -202,5 +210,14 @@ class ServingPredict:
                 422, f"{run.name} has no raw scores (it generates answers): leave raw_scores out"
             )
         scores = result.logits if raw else result.proba
-        pairs = sorted(zip(run.classes, scores), key=lambda pair: -float(pair[1]))
-        return [LabelScore(label=label, score=float(score)) for label, score in pairs]
+        if not run.abstains:
+            withheld = [None] * len(run.classes)
+        elif run.multi_label:
+            withheld = [bool(off) for off in result.abstained]
+        else:  # the decision is the top entry: it carries the mark
+            top = int(np.argmax(result.proba))
+            withheld = [bool(result.abstained) if j == top else None for j in range(len(scores))]
+        rows = sorted(zip(run.classes, scores, withheld), key=lambda row: -float(row[1]))
+        return [
+            LabelScore(label=label, score=float(score), abstained=off) for label, score, off in rows
+        ]
