@@ -124,6 +124,14 @@ def _encoder_defaults() -> str:
     return ", ".join(f"{flag(k)} {v}" for k, v in ENCODER_DEFAULTS.items())
 
 
+def _setfit_defaults() -> str:
+    from llmclf.methods.setfit import SETFIT_DEFAULTS, SetFitConfig
+
+    section = SetFitConfig()
+    own = {k: getattr(section, k) for k in ("epochs", "batch_size", "learning_rate")}
+    return ", ".join(f"{flag(k)} {v}" for k, v in {**SETFIT_DEFAULTS, **own}.items())
+
+
 def commands() -> list[Command]:
     """The table: every subcommand, in the order ``llmclf --help`` lists them."""
     from llmclf import runs
@@ -140,7 +148,8 @@ def commands() -> list[Command]:
             show=summary.show_train,
             description=f"Train a classifier (--method: {' | '.join(_registry().METHODS)}). "
             "Each method takes its own options; an option not set takes the method's "
-            f"default (encoder and the distill student: {_encoder_defaults()}).",
+            f"default (encoder and the distill student: {_encoder_defaults()}; setfit: "
+            f"{_setfit_defaults()}).",
         ),
         Command(
             "evaluate",
@@ -159,6 +168,14 @@ def commands() -> list[Command]:
             positionals=("run",),
             more_options=predict_time_fields,
             show=summary.show_predict,
+        ),
+        Command(
+            "suggest",
+            "rank unlabelled texts by uncertainty and diversity: which to label next",
+            runs.suggest.suggest,
+            (runs.suggest.SuggestOptions, PredictLoadOptions),
+            positionals=("run",),
+            show=summary.show_suggest,
         ),
         Command(
             "calibrate",
@@ -261,7 +278,8 @@ def add_flag(group, f: dataclasses.Field, positional: bool = False) -> None:
             kwargs["nargs"] = "?"
         group.add_argument(f.name, metavar=f.name.upper(), **kwargs)
     else:
-        group.add_argument(flag(f.name), dest=f.name, **kwargs)
+        short = [f.metadata["short"]] if f.metadata.get("short") else []
+        group.add_argument(flag(f.name), *short, dest=f.name, **kwargs)
 
 
 def add_command(subparsers, command: Command) -> None:

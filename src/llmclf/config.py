@@ -46,12 +46,14 @@ def option(
     runtime: bool = False,
     predict_time: bool = False,
     repeat: bool = False,
+    short: str | None = None,
 ):
     """A dataclass field carrying its CLI help text and what values it takes.
 
     ``bound`` is ``POSITIVE`` (> 0), ``NON_NEGATIVE`` (≥ 0) or ``FRACTION`` ([0, 1));
     ``check(flag, value)`` raises ``LlmclfError`` for a bad value. ``repeat``: a list
-    option given as ``--name a --name b`` rather than ``--name a b``.
+    option given as ``--name a --name b`` rather than ``--name a b``. ``short``: a
+    one-letter spelling besides ``--name`` (``-n``).
     """
     metadata = {
         "help": help,
@@ -61,6 +63,7 @@ def option(
         "runtime": runtime,
         "predict_time": predict_time,
         "repeat": repeat,
+        "short": short,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)

@@ -76,6 +76,10 @@ def show_predict(rows: int, values: dict[str, Any]) -> None:
         print(f"wrote {rows} predictions to {values['output']}")
 
 
+def show_suggest(rows: int, values: dict[str, Any]) -> None:
+    print(f"wrote the {rows} texts to label next to {values['output']}, most useful first")
+
+
 def show_calibrate(stored: dict, values: dict[str, Any]) -> None:
     before, after = stored["before"], stored["after"]
     print(
@@ -124,6 +128,11 @@ def show_compare(report: dict, values: dict[str, Any]) -> None:
             f"{pair['b']} - {pair['a']}: McNemar p={pair['mcnemar_p']:.4g}  "
             f"delta macro-F1 {pair['delta_macro_f1']:+.4f} [{pair['ci_low']:+.4f}, {pair['ci_high']:+.4f}]  "
             f"delta micro-F1 {pair['delta_micro_f1']:+.4f} [{pair['micro_ci_low']:+.4f}, {pair['micro_ci_high']:+.4f}]"
+            + (
+                f"  could detect |delta| >= {pair['mde_macro_f1']:.4f}"
+                if pair.get("mde_macro_f1") is not None
+                else ""
+            )
         )
     print(summary_lines(report)[0])
     print(f"written to {Path(values['output']) / 'report.html'} (and report.md, report.json)")

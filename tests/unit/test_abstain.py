@@ -178,12 +178,16 @@ def test_predict_and_evaluate_take_a_new_threshold(run, data, tmp_path):
     assert main([*args, "--abstain-below", "0.99"]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert table["abstained"].all() and (table["prediction"] == "").all()
-    assert main(["evaluate", str(run), "--abstain-below", "0.34", "--output", str(tmp_path / "e")]) == 0
+    assert (
+        main(["evaluate", str(run), "--abstain-below", "0.34", "--output", str(tmp_path / "e")])
+        == 0
+    )
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["selective"]["threshold"] == 0.34
-    assert metrics["selective"]["coverage"] > json.loads((run / "metrics.json").read_text())[
-        "selective"
-    ]["coverage"]
+    assert (
+        metrics["selective"]["coverage"]
+        > json.loads((run / "metrics.json").read_text())["selective"]["coverage"]
+    )
 
 
 def test_both_server_apis_mark_withheld_answers(run):
@@ -216,7 +220,15 @@ def test_multi_label_runs_abstain_per_label(tmp_path):
 
 
 def test_bad_abstention_options_get_one_line(data, capsys):
-    base = ["train", "--method", "tfidf", "--data", str(data / "d.csv"), "--output", str(data / "never")]
+    base = [
+        "train",
+        "--method",
+        "tfidf",
+        "--data",
+        str(data / "d.csv"),
+        "--output",
+        str(data / "never"),
+    ]
     assert main([*base, "--target-precision", "0.9", "--abstain-below", "0.5"]) != 0
     assert "both set the abstention threshold" in capsys.readouterr().err
     assert main([*base, "--target-coverage", "0"]) != 0

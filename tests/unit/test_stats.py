@@ -14,6 +14,7 @@ from llmclf.evaluation.stats import (
     f1_from_counts,
     holm,
     mcnemar_test,
+    minimum_detectable_effect,
     paired_bootstrap,
 )
 
@@ -180,3 +181,37 @@ def test_unparsed_answers_count_as_wrong_like_scikit_learn():
     )
     assert result.delta_macro_f1 == pytest.approx(expected_macro)
     assert result.delta_micro_f1 == pytest.approx(expected_micro)
+
+
+def test_minimum_detectable_effect_by_hand():
+    # z_0.975 = 1.959964, z_0.95 = 1.644854, z_0.8 = 0.841621
+    assert minimum_detectable_effect(0.01) == pytest.approx((1.959964 + 0.841621) * 0.01)
+    assert minimum_detectable_effect(0.02, confidence=0.9) == pytest.approx(
+        (1.644854 + 0.841621) * 0.02
+    )
+    assert minimum_detectable_effect(0.01, power=0.5) == pytest.approx(1.959964 * 0.01)
+    assert minimum_detectable_effect(0.0) == 0.0
+    with pytest.raises(LlmclfError, match="confidence"):
+        minimum_detectable_effect(0.01, confidence=1.2)
+
+
+def test_the_mde_of_a_constructed_pair_matches_the_analytic_standard_error():
+    """Single-label micro-F1 is accuracy, so delta micro-F1 is the mean of per-example
+    differences d in {-1, 0, +1}: its standard error is sqrt(var(d) / n). Of 400 examples,
+    10 only A gets right and 30 only B: var(d) = 40/400 - (20/400)^2 = 0.0975, SE =
+    sqrt(0.0975 / 400) = 0.015612, MDE = 2.801585 * SE = 0.043740."""
+    truth = np.zeros(400, dtype=int)
+    a, b = truth.copy(), truth.copy()
+    b[:10] = 1  # only A right
+    a[10:40] = 1  # only B right
+    result = paired_bootstrap(truth, a, b, num_classes=2, resamples=10_000, seed=0)
+    assert result.delta_micro_f1 == pytest.approx(20 / 400)
+    assert result.micro_se == pytest.approx(0.015612, rel=0.03)
+    assert result.micro_mde == pytest.approx(0.043740, rel=0.03)
+    # exactly the formula on the resamples' spread
+    deltas = bootstrap_deltas(truth, a, b, 2, 10_000, 0)
+    assert result.micro_se == pytest.approx(deltas[:, 1].std(ddof=1))
+    assert result.macro_mde == pytest.approx(2.8015852 * deltas[:, 0].std(ddof=1))
+    # four times the examples, the same rates: half the detectable difference
+    larger = paired_bootstrap(*(np.tile(x, 4) for x in (truth, a, b)), 2, 10_000, seed=0)
+    assert larger.micro_mde == pytest.approx(result.micro_mde / 2, rel=0.05)

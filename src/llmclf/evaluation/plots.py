@@ -192,11 +192,24 @@ def _per_class_heatmap(values: np.ndarray, runs: list[dict], classes: list[str])
 
 
 def forest_plot(report: dict) -> bytes:
-    """Delta F1 (B minus A) of every pair with its bootstrap interval; 0 = no difference."""
+    """Delta F1 (B minus A) of every pair with its bootstrap interval; 0 = no difference.
+    A grey band around 0 spans each pair's smallest detectable delta of the primary metric:
+    differences inside it could pass unseen on this test set."""
     pairs = report["pairs"]
     confidence = report["settings"]["confidence"]
+    primary = report["primary_metric"]
     figure, ax = plt.subplots(figsize=(7.5, 0.55 * len(pairs) + 1.4))
     rows = np.arange(len(pairs))[::-1]
+    mde = np.array([p[f"mde_{primary}"] for p in pairs])
+    ax.barh(
+        rows,
+        2 * mde,
+        left=-mde,
+        height=0.6,
+        color="grey",
+        alpha=0.18,
+        label=f"± smallest detectable Δ {primary.replace('_f1', '-F1')}",
+    )
     series = [
         ("macro-F1", "delta_macro_f1", "ci_low", "ci_high", "o", 0.12),
         ("micro-F1", "delta_micro_f1", "micro_ci_low", "micro_ci_high", "s", -0.12),
@@ -225,9 +238,52 @@ def forest_plot(report: dict) -> bytes:
     return to_png(figure)
 
 
+def risk_coverage_curves(report: dict) -> bytes:
+    """Every run's risk–coverage curve on one plot: answering only the most confident
+    share of decisions (coverage), the error rate among them (risk); AURC in the legend,
+    and a run's ``abstain_below`` operating point as a dot."""
+    multi = report["multi_label"]
+    figure, ax = plt.subplots(figsize=(7.0, 4.4))
+    marked = False
+    for index, run in enumerate(report["runs"]):
+        selective = run["selective"]
+        curve = selective["curve"]
+        ax.plot(
+            curve["coverage"],
+            curve["risk"],
+            color=colour(index),
+            linewidth=1.6,
+            label=f"{_short(run['name'], 40)}: AURC {selective['aurc']:.4f}",
+        )
+        if selective.get("selective_accuracy") is not None:
+            ax.plot(
+                selective["coverage"],
+                1 - selective["selective_accuracy"],
+                "o",
+                color=colour(index),
+                markeredgecolor="black",
+                markersize=7,
+            )
+            marked = True
+    if marked:  # one legend entry says what the dots are
+        ax.plot(
+            [], [], "o", color="white", markeredgecolor="black", label="abstain-below threshold"
+        )
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(bottom=0)
+    decided = "label decisions" if multi else "test examples"
+    ax.set_xlabel(f"coverage (share of {decided} answered, most confident first)")
+    ax.set_ylabel("risk (error rate of the answered)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    return to_png(figure)
+
+
 FIGURES = {
     "confusion": ("Confusion matrices", confusion_matrices),
     "reliability": ("Reliability diagrams", reliability_diagrams),
+    "risk_coverage": ("Risk–coverage curves", risk_coverage_curves),
     "per_class_f1": ("Per-class F1", per_class_f1),
     "forest": ("Δ F1 intervals", forest_plot),
 }

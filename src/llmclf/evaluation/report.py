@@ -17,6 +17,7 @@ from llmclf.evaluation.tables import (
     pairs_table,
     per_class_table,
     quality_table,
+    selective_table,
     summary_lines,
 )
 
@@ -46,6 +47,10 @@ def markdown(report: dict) -> str:
         "## Runs",
         "",
         _markdown_table(quality_table(report)),
+        "",
+        "## Selective prediction",
+        "",
+        _markdown_table(selective_table(report)),
         "",
         "## Pairs",
         "",
@@ -89,7 +94,20 @@ HOW_TO_READ = [
     "(test examples resampled with replacement, the same rows for both runs). An interval "
     "that excludes 0 says the difference is not luck of the test sample.",
     "**Verdict** needs both: a significant McNemar p (Holm-adjusted when several pairs are "
-    "compared) and an F1 interval on one side of 0.",
+    "compared) and an F1 interval on one side of 0. The summary names a best run only when "
+    "its verdict against every other run says so; otherwise it says which runs the test set "
+    "cannot tell apart.",
+    "**Smallest detectable Δ** (minimum detectable effect): the difference in F1 this test "
+    "set would find 80 % of the time at the report's confidence, (z₁₋α/₂ + z₀.₈) × the "
+    'bootstrap\'s standard error of Δ. "No detectable difference (could detect ≥ 0.03)" '
+    "means a true gap under about 0.03 could easily hide in this test set: compare on more "
+    "test examples to settle a smaller one.",
+    "**Selective prediction**: a run that answers only its most confident decisions. "
+    "**AURC** is the area under the risk–coverage curve (the error rate among the answered, "
+    "averaged over every coverage; lower is better, 0 when every error is less confident than "
+    "every right answer). **Coverage at precision 0.95**: the largest share of decisions "
+    "whose answers are 95 % right on this test set. For a run with `--abstain-below`: "
+    "coverage, selective accuracy and F1 at its threshold.",
     "**ECE** (expected calibration error): the average gap between confidence and accuracy "
     "over 15 equal-width confidence bins; 0 means the probabilities can be taken at face "
     "value. **Brier**: mean squared error of the probabilities (lower is better).",
@@ -135,8 +153,14 @@ FIGURE_CAPTIONS = {
     "model follows the dashed diagonal. Below: how many forecasts fall in each bin (log "
     "scale); a bin with a handful of examples says little.",
     "per_class_f1": "F1 of each class for every run.",
+    "risk_coverage": "Each run's decisions sorted by confidence, most confident first: at "
+    "coverage c, the error rate of the top c share (ties share their errors). Lower and flatter "
+    "is better; the legend gives each curve's area (AURC). A dot marks the operating point of "
+    "a run's abstain-below threshold. Multi-label: one decision per (text, label).",
     "forest": "Each pair's difference in F1 (second run minus first) with its paired-bootstrap "
-    "interval; intervals that cross the dashed zero line show no reliable difference.",
+    "interval; intervals that cross the dashed zero line show no reliable difference. The grey "
+    "band spans ± the pair's smallest detectable difference: a true gap inside it could pass "
+    "unseen on this test set.",
 }
 
 
@@ -200,6 +224,8 @@ def html_page(report: dict, figures: dict[str, bytes]) -> str:
     for key, (title, _) in FIGURES.items():
         if key == "per_class_f1":
             parts += ["<h2>Per-class F1</h2>", _html_table(per_class_table(report))]
+        elif key == "risk_coverage":
+            parts += ["<h2>Selective prediction</h2>", _html_table(selective_table(report))]
         else:
             parts.append(f"<h2>{html.escape(title)}</h2>")
         encoded = base64.b64encode(figures[key]).decode("ascii")

@@ -8,6 +8,8 @@ Pure functions on arrays. Two questions, two tools:
 - *How large is the difference in F1, and how sure are we?* A paired bootstrap: resample
   test examples with replacement (the same rows for both models), recompute both F1 scores,
   and take the percentile interval of their difference.
+- *How large a difference could this test set have found?* The minimum detectable effect:
+  ``(z_{1-α/2} + z_{power}) · SE(ΔF1)``, with SE the paired bootstrap's standard deviation.
 
 docs/evaluation.md gives the definitions and how to read them.
 """
@@ -18,13 +20,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binom, chi2
+from scipy.stats import binom, chi2, norm
 
 from llmclf.errors import LlmclfError
 
 BOOTSTRAP_RESAMPLES = 10_000
 MIN_RESAMPLES = 2_000
 BOOTSTRAP_SEED = 0
+# The power at which the minimum detectable effect of a pair is stated.
+MDE_POWER = 0.8
 # The chi-square approximation is only offered when the discordant pairs are this many.
 CHI2_MIN_DISCORDANT = 25
 # Resampled index rows are processed in chunks of at most this many (row, label) cells.
@@ -189,6 +193,13 @@ class BootstrapResult:
     # Share of resamples in which B's F1 is higher than A's.
     prob_b_better_macro: float
     prob_b_better_micro: float
+    # Standard deviation of the resampled differences: the standard error of delta F1.
+    macro_se: float
+    micro_se: float
+    # The smallest delta F1 this test set detects at ``confidence`` with ``power``.
+    macro_mde: float
+    micro_mde: float
+    power: float = MDE_POWER
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -247,7 +258,9 @@ def paired_bootstrap(
     both models on them and keeps the difference (``bootstrap_deltas``); the interval is
     the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of those
     differences (numpy's default linear interpolation). The point estimate is the
-    difference on the original test set. Works on class indices [n] or multi-label
+    difference on the original test set. The standard error is the standard deviation
+    of the differences (``ddof=1``) and the minimum detectable effect follows from it
+    (``minimum_detectable_effect``). Works on class indices [n] or multi-label
     indicators [n, k].
 
     Example:
@@ -268,6 +281,7 @@ def paired_bootstrap(
     deltas = bootstrap_deltas(y_true, pred_a, pred_b, num_classes, resamples, seed)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(deltas, [tail, 100 - tail], axis=0)
+    se = deltas.std(axis=0, ddof=1)
     return BootstrapResult(
         delta_macro_f1=float(observed[1][0] - observed[0][0]),
         macro_ci=(float(low[0]), float(high[0])),
@@ -278,4 +292,36 @@ def paired_bootstrap(
         seed=seed,
         prob_b_better_macro=float(np.mean(deltas[:, 0] > 0)),
         prob_b_better_micro=float(np.mean(deltas[:, 1] > 0)),
+        macro_se=float(se[0]),
+        micro_se=float(se[1]),
+        macro_mde=minimum_detectable_effect(float(se[0]), confidence),
+        micro_mde=minimum_detectable_effect(float(se[1]), confidence),
     )
+
+
+def minimum_detectable_effect(
+    standard_error: float, confidence: float = 0.95, power: float = MDE_POWER
+) -> float:
+    """The smallest true difference a two-sided test at level ``1 - confidence`` finds
+    with probability ``power``, for an estimate with this ``standard_error``:
+    ``(z_{1-α/2} + z_{power}) · SE``, α = 1 - confidence (the normal approximation; at
+    95 % and 80 % power the factor is 1.960 + 0.842 = 2.802).
+
+    A paired bootstrap's spread of delta F1 is the ``standard_error`` llmclf uses: taken
+    as the same under "no difference" and under a difference of this size, the interval
+    excludes 0 in ``power`` of test sets drawn like this one when the runs truly differ by
+    the returned amount; a smaller difference is found less often, and one under
+    ``z_{1-α/2} · SE`` less often than not.
+
+    Example:
+        >>> round(minimum_detectable_effect(0.01), 4)  # (1.9600 + 0.8416) * 0.01
+        0.028
+        >>> round(minimum_detectable_effect(0.01, confidence=0.99), 4)  # (2.5758 + 0.8416)
+        0.0342
+    """
+    if not 0.5 < confidence < 1:
+        raise LlmclfError(f"the confidence level must be between 0.5 and 1, not {confidence}")
+    if not 0 < power < 1:
+        raise LlmclfError(f"the power must be between 0 and 1, not {power}")
+    alpha = 1 - confidence
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * standard_error)

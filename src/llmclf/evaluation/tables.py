@@ -50,6 +50,17 @@ def _model_name(model) -> str:
     return Path(text).name if text.startswith(("/", ".", "~")) else text
 
 
+def _threshold(value) -> str:
+    """An abstention threshold: one number, or the range of a multi-label run's per-label
+    thresholds."""
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        low, high = min(value), max(value)
+        return f"{low:.2f}" if low == high else f"{low:.2f}–{high:.2f} (per label)"
+    return f"{value:.2f}"
+
+
 def _settings(run: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in run["settings"].items()) or "—"
 
@@ -145,6 +156,44 @@ def cost_table(report: dict) -> Table:
     return Table(header, rows, text=(0, 1, 2))
 
 
+def selective_table(report: dict) -> Table:
+    """Per run: the area under its risk–coverage curve, the coverage that keeps 95 % of
+    answers right and, for runs that abstain, what their threshold keeps."""
+    unit = " (label decisions)" if report["multi_label"] else ""
+    columns: list[tuple[str, Callable, str]] = [
+        ("AURC", lambda s: s["aurc"], "min"),
+        ("coverage at precision 0.95", lambda s: s["coverage_at_precision"]["0.95"], "max"),
+    ]
+    abstaining = any("threshold" in r["selective"] for r in report["runs"])
+    if abstaining:
+        columns += [
+            (f"coverage{unit}", lambda s: s.get("coverage"), ""),
+            ("selective accuracy", lambda s: s.get("selective_accuracy"), ""),
+            (
+                "selective micro-F1" if report["multi_label"] else "selective macro-F1",
+                lambda s: s.get("selective_f1"),
+                "",
+            ),
+        ]
+    rows = []
+    for run in report["runs"]:
+        selective = run["selective"]
+        row = [run["name"]] + [_num(get(selective)) for _, get, _ in columns]
+        if abstaining:
+            row.insert(1, _threshold(selective.get("threshold")))
+        rows.append(row)
+    header = ["run", *[name for name, _, _ in columns]]
+    if abstaining:
+        header.insert(1, "abstain below")
+    offset = 2 if abstaining else 1
+    return Table(
+        header=header,
+        rows=rows,
+        best={i + offset: rule for i, (_, _, rule) in enumerate(columns) if rule},
+        text=(0,),
+    )
+
+
 def per_class_table(report: dict) -> Table:
     runs = report["runs"]
     rows = [
@@ -158,6 +207,8 @@ def per_class_table(report: dict) -> Table:
 def pairs_table(report: dict) -> Table:
     confidence = f"{report['settings']['confidence']:.0%}"
     adjusted = report["settings"]["p_adjustment"] != "none"
+    primary = report["primary_metric"]
+    power = report["settings"]["mde_power"]
     header = [
         "A",
         "B",
@@ -166,6 +217,7 @@ def pairs_table(report: dict) -> Table:
         "McNemar p" + (" (Holm)" if adjusted else ""),
         f"Δ macro-F1 (B − A) [{confidence} CI]",
         f"Δ micro-F1 (B − A) [{confidence} CI]",
+        f"smallest detectable Δ {primary.replace('_f1', '-F1')} ({power:.0%} power)",
         "verdict",
     ]
     rows = []
@@ -181,19 +233,17 @@ def pairs_table(report: dict) -> Table:
                 f"{_signed(p['delta_macro_f1'])} [{_signed(p['ci_low'])}, {_signed(p['ci_high'])}]",
                 f"{_signed(p['delta_micro_f1'])} "
                 f"[{_signed(p['micro_ci_low'])}, {_signed(p['micro_ci_high'])}]",
+                _num(p[f"mde_{primary}"]),
                 p["verdict"],
             ]
         )
-    return Table(header, rows, text=(0, 1, 7), wrap=(7,))
+    return Table(header, rows, text=(0, 1, 8), wrap=(8,))
 
 
 def summary_lines(report: dict) -> list[str]:
-    primary = report["primary_metric"].replace("_f1", "-F1")
-    best = next(r for r in report["runs"] if r["name"] == report["best_run"])
-    lines = [
-        f"Best {primary}: {best['name']} ({best[report['primary_metric']]:.4f}) on "
-        f"{report['n']} test examples."
-    ]
+    """The report's summary: its headline (a best run only where the test set tells it
+    apart from every other), one verdict per pair, what calibration did."""
+    lines = [report["headline"]]
     for p in report["pairs"]:
         lines.append(f"{p['b']} vs {p['a']}: {p['verdict']}.")
     for run in report["runs"]:

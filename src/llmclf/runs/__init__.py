@@ -4,6 +4,7 @@
     evaluate.py   load_classifier, evaluate_run     llmclf evaluate
     predict.py    predict_file, predict_ray         llmclf predict (streamed; several
                                                     processes; --ray)
+    suggest.py    suggest_texts                     llmclf suggest (active learning)
     calibrate.py  calibrate_run                     llmclf calibrate
     compare.py    compare_runs                      llmclf compare
     grid.py       run_grid                          llmclf experiment
@@ -21,6 +22,7 @@ from llmclf.runs.evaluate import evaluate_examples, evaluate_run, load_classifie
 from llmclf.runs.export import export_onnx, export_run
 from llmclf.runs.grid import run_grid
 from llmclf.runs.predict import predict_file
+from llmclf.runs.suggest import suggest_texts
 from llmclf.runs.train import train_run
 from llmclf.runs.zero_shot import zero_shot_run
 
@@ -36,6 +38,7 @@ __all__ = [
     "method_classes",
     "predict_file",
     "run_grid",
+    "suggest_texts",
     "train_run",
     "zero_shot_run",
 ]

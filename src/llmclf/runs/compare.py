@@ -113,21 +113,27 @@ def from_frame(
     run_metrics: dict,
     source: str,
 ) -> RunEvaluation:
-    """A prediction table (text, label, prediction, proba_<class>...) as arrays."""
+    """A prediction table (text, label, prediction, proba_<class>...) as arrays.
+
+    Rows marked ``abstained: true`` (a run with ``--abstain-below``) withheld their
+    answer; compare scores every run at full coverage, so their decision is made again
+    from the probabilities (``LabelSchema.decide``) rather than counted wrong."""
     schema = LabelSchema.load(folder)
     columns = [f"proba_{c}" for c in schema.classes]
     missing = [c for c in ["text", "label", "prediction", *columns] if c not in frame.columns]
     if missing:
         raise LlmclfError(f"{name}: its predictions lack the columns {', '.join(missing)}")
     labels = [_split(v, schema) for v in frame["label"]]
-    predictions = [_split(v, schema) for v in frame["prediction"]]
+    withheld = _abstained(frame)
+    # a withheld answer's text (empty, or a reserved word) is no decision of the model
+    predictions = [_split(None if w else v, schema) for v, w in zip(frame["prediction"], withheld)]
     unknown = {x for row in labels for x in (row if schema.multi_label else [row])} - set(
         schema.classes
     )
     if unknown:
         raise LlmclfError(f"{name}: the test labels {sorted(unknown)} are not classes of the run")
     texts = [str(t) for t in frame["text"]]
-    return RunEvaluation(
+    evaluation = RunEvaluation(
         name=name,
         folder=folder,
         schema=schema,
@@ -142,6 +148,27 @@ def from_frame(
         eval_examples_per_s=metrics.get("eval_examples_per_s"),
         source=source,
     )
+    if withheld.any():
+        decided = schema.decide(evaluation.current_proba[withheld])
+        evaluation.predicted[withheld] = decided
+    return evaluation
+
+
+def _abstained(frame: pd.DataFrame) -> np.ndarray:
+    """[n] booleans: the rows whose answer was withheld (``abstained`` true; a
+    multi-label row's per-label list when any label was withheld); all False when the
+    table has no such column."""
+    if "abstained" not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    return np.array([_withheld(v) for v in frame["abstained"]], dtype=bool)
+
+
+def _withheld(value) -> bool:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return any(_withheld(v) for v in value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    return str(value).strip().lower() in {"true", "1", "1.0"}
 
 
 def _encode_predictions(predictions: list, schema: LabelSchema) -> np.ndarray:
