@@ -248,3 +248,14 @@ def test_calibrate_chooses_a_threshold_at_the_new_temperature(data, tmp_path):
     clf = load_classifier(tmp_path / "r")
     assert clf.schema_.abstain_below == stored["abstention"]["threshold"]
     assert clf.temperature_ == stored["temperature"]
+
+
+def test_a_precision_resting_on_few_texts_is_warned_about(caplog):
+    texts, labels = noisy(150, seed=1)
+    val_texts, val_labels = noisy(30, seed=2)
+    clf = TfidfClassifier(min_df=1, target_precision=0.9)
+    with caplog.at_level("WARNING", logger="llmclf"):
+        clf.fit(texts, labels, eval_set=(val_texts, val_labels))
+    low, high = clf.abstention_["validation"]["selective_accuracy_95ci"]
+    assert low < 0.9 <= clf.abstention_["validation"]["selective_accuracy"] <= high
+    assert "may fall below the target 0.9" in caplog.text
