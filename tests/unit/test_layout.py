@@ -107,7 +107,7 @@ def test_a_bad_yaml_value_fails_like_the_flag_before_any_data_loads(tmp_path, ca
     (tmp_path / "bad.yaml").write_text("pooling: maxx\ndata: no-such-file.csv\n")
     code = main(["train", "--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and "--pooling must be one of last, mean, max, token, not 'maxx'" in err
+    assert code == 2 and "--pooling must be one of last, mean, max, token, auto, not 'maxx'" in err
     assert not (tmp_path / "r").exists()
     (tmp_path / "typed.yaml").write_text("epochs: two\n")
     code = main(

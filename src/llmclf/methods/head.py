@@ -9,7 +9,9 @@ reads a learned token appended to each text (``pool_token.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from llmclf.config import (
 )
 from llmclf.distributed import is_wrapped, unwrap
 from llmclf.errors import LlmclfError
+from llmclf.evaluation.metrics import selection_metric
 from llmclf.labels import LabelSchema
 from llmclf.long_text import (
     ATTENTION_MODULE,
@@ -52,6 +55,16 @@ from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
 from llmclf.methods.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.methods.pool_token import POOL_TOKEN_MODULE, pool_token, token_inputs
+from llmclf.methods.pooling_auto import (
+    CANDIDATES,
+    FITTED,
+    HOW_FROZEN,
+    HOW_LORA,
+    NO_VALIDATION,
+    PoolingChoice,
+    check_auto,
+    with_pooling,
+)
 from llmclf.pooling import POOLERS, pool_last, position_ids
 from llmclf.run_folder import (
     ADAPTER_CONFIG,
@@ -80,8 +93,11 @@ class HeadConfig:
         "last = hidden state of the final real token (an EOS is appended); mean = mean over "
         "real tokens; max = per-dimension max over real tokens; token = a learned token "
         "([CLS]-like, trained and saved with the head) appended after the text, read there "
-        "(needs --lora on). Only last exports to a plain transformers folder",
-        choices=("last", "mean", "max", "token"),
+        "(needs --lora on); auto = last or mean, whichever scores higher on the validation "
+        "split (with LoRA: a full run with each, twice the training; --lora none: a head on "
+        "each one's cached features); metrics.json keeps the figures. Only last exports to "
+        "a plain transformers folder",
+        choices=("last", "mean", "max", "token", "auto"),
     )
     class_weights: str = class_weights_option()
     num_layers: int | None = option(
@@ -107,6 +123,8 @@ class HeadClassifierConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_long_text(self.long_text, self.model.max_length)
+        if self.head.pooling == "auto":
+            check_auto(self)
         if self.head.pooling == "token" and self.adapter.lora == "none":
             raise LlmclfError(
                 "--pooling token learns a token that the whole model reads, so --lora none "
@@ -230,9 +248,18 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
     def _fit(
         self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
     ):
+        self.pooling_choice_, self.fit_choices_ = None, {}
+        if self.config_.head.pooling == "auto":
+            self._fit_auto(texts, labels, eval_texts, eval_labels, schema, output_dir)
+        else:
+            self._fit_pooling(texts, labels, eval_texts, eval_labels, schema, output_dir)
+
+    def _fit_pooling(self, texts, labels, eval_texts, eval_labels, schema, output_dir):
+        """Train with the config's own pooling (never auto)."""
         config = self.config_
         torch.manual_seed(config.train.seed)
         self._build(schema)
+        self._warn_if_short(texts)
         targets = schema.encode(labels)
         weights = None
         if config.head.class_weights == "balanced":
@@ -263,6 +290,81 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             schema.thresholds = self._thresholds(
                 config.head.threshold, eval_texts, eval_labels, schema
             )
+
+    def _fit_auto(self, texts, labels, eval_texts, eval_labels, schema, output_dir):
+        """``--pooling auto``: last or mean, whichever scores higher on the validation texts
+        (macro-F1, micro-F1 for multi-label). ``--lora none``: the head trained on each
+        pooling's cached features (``_probe_pooling``: the run's own training, so exact and
+        cheap), then the run with the better. LoRA: a full run with each pooling, the better
+        kept (twice the training; a frozen-feature probe misjudges last-token pooling, whose
+        features only LoRA makes useful: BENCHMARKS.md). Sets ``pooling_choice_`` and
+        ``fit_choices_`` (what metrics.json keeps)."""
+        if not eval_texts:
+            raise LlmclfError(NO_VALIDATION)
+        start, user = time.perf_counter(), self.config_
+        if user.adapter.lora == "none":
+            data = (texts, schema.encode(labels), eval_texts, schema.encode(eval_labels))
+            scores = {p: self._probe_pooling(p, data, schema) for p in CANDIDATES}
+            how, seconds = HOW_FROZEN, time.perf_counter() - start
+        else:
+            fitted, scores = {}, {}
+            for pooling in CANDIDATES:  # scratch checkpoints: --resume is refused with auto
+                self._config = with_pooling(user, pooling)
+                self._fit_pooling(texts, labels, eval_texts, eval_labels, schema, None)
+                scores[pooling] = self.train_result_.best_metric
+                fitted[pooling] = {name: getattr(self, name) for name in FITTED}
+                fitted[pooling]["thresholds"] = schema.thresholds
+            how, seconds = HOW_LORA, time.perf_counter() - start
+        choice = PoolingChoice.pick(scores, selection_metric(schema.multi_label), how, seconds)
+        log.info(choice.describe())
+        self.pooling_choice_ = choice
+        self.fit_choices_ = {"pooling_auto": choice.record()}
+        self._config = with_pooling(user, choice.chosen)
+        if user.adapter.lora == "none":  # features cached: the probe's training, once more
+            self._fit_pooling(texts, labels, eval_texts, eval_labels, schema, output_dir)
+            return
+        kept = fitted.pop(choice.chosen)
+        schema.thresholds = kept.pop("thresholds")
+        for name, value in kept.items():
+            setattr(self, name, value)
+
+    def _probe_pooling(self, pooling: str, data: tuple, schema: LabelSchema) -> float | None:
+        """The best validation figure (macro-F1, micro-F1 for multi-label) of this
+        ``--lora none`` run's head trained on ``pooling``'s cached features, exactly as the
+        run trains it. ``data``: training texts and targets, validation texts and targets."""
+        texts, targets, eval_texts, eval_targets = data
+        user = self.config_
+        # the probe's Trainer keeps no checkpoints and reports to no tracker: the run does
+        train = dataclasses.replace(user.train, resume=False, report_to="none")
+        self._config = dataclasses.replace(with_pooling(user, pooling), train=train)
+        try:
+            torch.manual_seed(train.seed)  # as the run itself starts
+            self._build(schema)
+            weights = None
+            if user.head.class_weights == "balanced":
+                weights = balanced_weights(targets, schema.multi_label).to(self.device_)
+            model, train_set, eval_set, collator, forward, optimizer = self._frozen_inputs(
+                texts, targets, eval_texts, eval_targets, schema
+            )
+            result = train_model(
+                model,
+                train_set,
+                eval_set,
+                collator,
+                forward=forward,
+                loss=loss_function(schema, weights),
+                schema=schema,
+                config=train,
+                output_dir=None,
+                device=self.device_,
+                dtype=self.dtype_,
+                progress=self.progress,
+                optimizer=optimizer,
+                token_inputs=False,
+            )
+        finally:
+            self._config = user
+        return result.best_metric
 
     def _lora_inputs(self, texts, targets, eval_texts, eval_targets, schema):
         """What the Trainer needs to train LoRA + head end to end on token ids."""
@@ -415,8 +517,9 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW with a higher learning rate for the freshly initialised head (and the
-        pooling token of ``--pooling token``, trained as part of the head)."""
-        head_parts = (f".{HEAD_MODULE}.", f".{POOL_TOKEN_MODULE}.")
+        pooling token of ``--pooling token`` and the window scorer of chunks' attention,
+        trained as part of the head, as ``--lora none`` trains them)."""
+        head_parts = (f".{HEAD_MODULE}.", f".{POOL_TOKEN_MODULE}.", f".{ATTENTION_MODULE}.")
         return head_and_body_optimizer(
             self.model_, lambda name: any(part in name for part in head_parts), self.config_.train
         )
