@@ -7,6 +7,10 @@ Per data set it also measures how many texts are longer than one window of --max
 tokens, and the windows chunks reads (at most --max-chunks per text), from which the cost
 per extra window follows: (chunks seconds - truncate seconds) / (windows - texts).
 
+``--text-tokens LO HI`` cuts every text (each split) to a seeded random length of LO to HI
+tokens first, so that texts are one to a few windows long, as short reviews are: the case
+where a chunked text's last window can be a fragment of a few tokens.
+
 Usage: flock /tmp/llmclf-bench.lock python benchmarks/bench_long.py \
            [--data bbc-news --data 20newsgroups] [--train 200] [--max-length 128] ...
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import statistics
+from pathlib import Path
 
 from common import LLMCLF, WORK, bench_data, machine, read_split, run_timed, write_result
 
@@ -47,6 +53,20 @@ def length_figures(tokenizer, texts: list[str], max_length: int, max_chunks: int
     }
 
 
+def cut_texts(tokenizer, path: Path, low: int, high: int, seed: int = 0) -> Path:
+    """A copy of a benchmark CSV with each text cut to its first n tokens (no special
+    ones), n drawn uniformly from [low, high] per row with ``seed``."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    rng = random.Random(seed)
+    ids = tokenizer(list(frame["text"]), add_special_tokens=False)["input_ids"]
+    frame["text"] = [tokenizer.decode(row[: rng.randint(low, high)]) for row in ids]
+    out = path.with_name(f"{path.stem}-tokens{low}-{high}.csv")
+    frame.to_csv(out, index=False)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -59,6 +79,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--variant", action="append", default=None, choices=list(VARIANTS))
+    parser.add_argument(
+        "--text-tokens",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="cut each text to a seeded random length of LO to HI tokens first",
+    )
     parser.add_argument("--name", default="long_text", help="results file name")
     args = parser.parse_args()
     datasets = args.data or ["bbc-news", "20newsgroups"]
@@ -79,10 +107,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "dtype": "auto",
         "pooling": "last",
+        "text_tokens": args.text_tokens,
     }
     result: dict = {"machine": machine(), "settings": settings, "datasets": {}}
     for data in datasets:
         path = bench_data(data, args.train, args.validation, args.test)
+        if args.text_tokens:
+            path = cut_texts(tokenizer, path, *args.text_tokens)
         lengths = {
             split: length_figures(
                 tokenizer, list(read_split(path, split)["text"]), args.max_length, args.max_chunks

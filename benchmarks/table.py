@@ -563,6 +563,60 @@ def levers_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
+def setfit_lines(r: dict) -> list[str]:
+    """bench_setfit.py: SetFit beside the head, the encoder and TF-IDF, per data set and
+    training size, on one test sample per data set."""
+    s = r["settings"]
+    order = {"tfidf": 0, "setfit": 1, "encoder": 2, "head": 3, "instruct": 4}
+    out = [
+        f"### SetFit beside the other methods (max length {s['max_length']}, "
+        f"{s['test']} test texts per data set, {s['validation']} validation)",
+        "",
+        f"setfit: {s['setfit']}; encoder: {s['encoder']}; head: {s['head']}; tfidf: "
+        f"{s['tfidf']}. Train s = the fit (SetFit: its contrastive phase and its head); "
+        "predict ex/s = the test set's prediction, tokenization included.",
+        "",
+        "| data | train texts | method | macro-F1 | accuracy | train s | predict ex/s | dtype |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells = sorted(r["cells"], key=lambda c: (c["data"], c["train"], order.get(c["method"], 9)))
+    for c in cells:
+        out.append(
+            f"| {c['data']} | {c['train']:,} | {c['method']} | {c['macro_f1']:.4f} | "
+            f"{c['accuracy']:.4f} | {c['train_seconds']:,.1f} | "
+            f"{c['predict_examples_per_s'] or 0:,.1f} | {c['dtype'] or '-'} |"
+        )
+    return [*out, ""]
+
+
+def pooling_lines(r: dict) -> list[str]:
+    """bench_pooling_auto.py: last vs mean pooling trained in full on each data set, and
+    whether each way of choosing between them (what --pooling auto does among them)
+    picked the one that won on test."""
+    s = r["settings"]
+    rules = list(next(iter(r["datasets"].values()))["choices"])
+    out = [
+        f"### --pooling auto: which choice matches test ({s['model']}, {s['train']} training "
+        f"texts, {s['validation']} validation, {s['test']} test, {s['max_length']} tokens, "
+        f"{s['epochs']:g} epochs, seed {s['seed']})",
+        "",
+        "| data | last | mean | test p | " + " | ".join(rules) + " | dtype |",
+        "|---|---|---|---|" + "---|" * len(rules) + "---|",
+    ]
+    for name, d in r["datasets"].items():
+        runs = d["runs"]
+        picks = [f"{c['chose']} {'✓' if c['matched_test'] else '✗'}" for c in d["choices"].values()]
+        significance = d.get("test_significance") or {}
+        p_value = significance.get("mcnemar_p") if isinstance(significance, dict) else None
+        out.append(
+            f"| {name} | {runs['last']['test_macro_f1']:.4f} | {runs['mean']['test_macro_f1']:.4f} "
+            f"| {'-' if p_value is None else f'{p_value:.2g}'} | "
+            + " | ".join(picks)
+            + f" | {runs['last'].get('dtype') or '-'} |"
+        )
+    return [*out, ""]
+
+
 def render(results=RESULTS) -> list[str]:
     """The generated part of BENCHMARKS.md: every results file in ``results``, each
     after the machine it ran on."""
@@ -579,6 +633,8 @@ def render(results=RESULTS) -> list[str]:
         ("export_", export_lines),
         ("fraction_", fraction_lines),
         ("levers_", levers_lines),
+        ("setfit_", setfit_lines),
+        ("pooling_", pooling_lines),
     )
     lines: list[str] = []
     shown = None

@@ -19,6 +19,8 @@ only the aggregation and the head learn (gradients through the aggregated featur
 
 from __future__ import annotations
 
+import logging
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +40,11 @@ from llmclf.config import NON_NEGATIVE, POSITIVE, flag, option, validate
 from llmclf.errors import LlmclfError
 
 ATTENTION_MODULE = "chunk_attention"  # the learned window scorer, a submodule of the model
+# Texts of at most this many windows are "short" for chunks: on 20newsgroups cut to 1-3
+# windows, chunks lost to truncate (BENCHMARKS.md, "Long texts")
+SHORT_WINDOWS = 3
+
+log = logging.getLogger("llmclf")
 
 
 def check_ratio(name: str, value: float) -> None:
@@ -74,6 +81,13 @@ class LongTextConfig:
         "counts texts: a training step runs up to batch_size × max_chunks windows, and memory "
         "grows with them",
         bound=POSITIVE,
+    )
+    chunk_last_window: str = option(
+        "full",
+        "chunks: the last window of a text read whole. full = its last --max-length tokens "
+        "(overlapping the window before); rest = the tokens left after the windows before, "
+        "however few (runs written before this option read texts so)",
+        choices=("full", "rest"),
     )
     chunk_aggregation: str = option(
         "mean",
@@ -148,15 +162,27 @@ def head_tail_ids(tokenizer, texts: list[str], max_length: int, ratio: float) ->
 
 
 def chunk_windows(
-    tokenizer, texts: list[str], max_length: int, stride: int, max_chunks: int
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    stride: int,
+    max_chunks: int,
+    last_window: str = "full",
 ) -> list[list[list[int]]]:
     """Each text as windows of at most ``max_length`` token ids (special tokens included
     in each), the next repeating the last ``stride`` text tokens of the one before; at most
     ``max_chunks`` windows, from the start. A text that fits is one window, the ids
     ``tokenizer(text)`` gives.
 
+    ``last_window`` full: a text read whole in several windows ends in a full window, its
+    last ``max_length`` tokens (``end_windows``), overlapping the one before by more than
+    ``stride``, rather than the few tokens left over (``rest``, the tokenizer's overflow). A
+    window of two tokens would otherwise weigh as much as a full one in the aggregation, and
+    a text one token longer than a window would be read as half a window and half that
+    token (see docs/long-text.md).
+
     Example (a word-level tokenizer that appends EOS = 2, max_length 5, stride 1):
-        ``"a b c d e f g h"`` -> ``[[a, b, c, d, 2], [d, e, f, g, 2], [g, h, 2]]``
+        ``"a b c d e f g h"`` -> ``[[a, b, c, d, 2], [d, e, f, g, 2], [e, f, g, h, 2]]``
     """
     room = max_length - tokenizer.num_special_tokens_to_add()
     if stride >= room:
@@ -172,10 +198,37 @@ def chunk_windows(
         return_overflowing_tokens=True,
     )
     windows: list[list[list[int]]] = [[] for _ in texts]
+    cut = [False] * len(texts)  # more windows than max_chunks: the last one kept is full
     for ids, owner in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
         if len(windows[owner]) < max_chunks:
             windows[owner].append(list(ids))
+        else:
+            cut[owner] = True
+    ends = [
+        row
+        for row, text_windows in enumerate(windows)
+        if last_window == "full"
+        and len(text_windows) > 1
+        and not cut[row]
+        and len(text_windows[-1]) < max_length
+    ]
+    for row, ids in zip(ends, end_windows(tokenizer, [texts[row] for row in ends], room)):
+        windows[row][-1] = ids
     return windows
+
+
+def end_windows(tokenizer, texts: list[str], room: int) -> list[list[int]]:
+    """The last ``room`` text tokens of each text with the tokenizer's special tokens
+    around them, cut on the tokenizer's own encodings (``tokenizers.Encoding.truncate``
+    from the left, then its post-processor), as ``head_tail_ids`` cuts."""
+    if not texts:
+        return []
+    backend = tokenizer.backend_tokenizer
+    out = []
+    for encoding in tokenizer(texts, add_special_tokens=False).encodings:
+        encoding.truncate(room, direction="left")
+        out.append(backend.post_process(encoding).ids)
+    return out
 
 
 def tokens_read(config: LongTextConfig, max_length: int, special_tokens: int) -> int:
@@ -192,6 +245,28 @@ def tokens_read(config: LongTextConfig, max_length: int, special_tokens: int) ->
     return config.max_chunks * room - (config.max_chunks - 1) * config.chunk_stride + special_tokens
 
 
+def short_text_warning(lengths: list[int], max_length: int, special_tokens: int) -> str | None:
+    """The one warning line for ``--long-text chunks`` on training texts that are short
+    for the window: the median text (``lengths``: token counts, special ones included) fits
+    in ``SHORT_WINDOWS`` windows or fewer. None when the texts are longer.
+
+    Example:
+        >>> short_text_warning([500, 700], 128, 1) is None
+        True
+        >>> short_text_warning([20, 40], 16, 1).split(":")[0]
+        '--long-text chunks'
+    """
+    median = statistics.median(lengths) if lengths else 0
+    if median > SHORT_WINDOWS * (max_length - special_tokens) + special_tokens:
+        return None
+    return (
+        f"--long-text chunks: the median training text is {median:g} tokens, at most "
+        f"{SHORT_WINDOWS} windows of --max-length {max_length}; on texts this short the "
+        "average of the windows can score below --long-text truncate (docs/long-text.md, "
+        "'When chunks help'): compare both on your validation split"
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Aggregation (pure tensor functions and the one learned layer)
 # ---------------------------------------------------------------------------------------
@@ -200,8 +275,16 @@ def tokens_read(config: LongTextConfig, max_length: int, special_tokens: int) ->
 def chunk_attention(hidden: int) -> torch.nn.Linear:
     """The learned window scorer of ``--chunk-aggregation attention``: one score per window
     from its pooled vector (the windows are then averaged with the softmax of the scores).
-    Attached to the model as ``chunk_attention``, so it trains and is saved with the head."""
-    return torch.nn.Linear(hidden, 1)
+    Attached to the model as ``chunk_attention``, so it trains and is saved with the head,
+    at the head's learning rate.
+
+    It starts at zero, so a fresh scorer gives every window the same weight (``mean``) and
+    training moves it from there, rather than from a random weighting of the windows.
+    """
+    scorer = torch.nn.Linear(hidden, 1)
+    torch.nn.init.zeros_(scorer.weight)
+    torch.nn.init.zeros_(scorer.bias)
+    return scorer
 
 
 def group_windows(pooled: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,6 +494,18 @@ class LongTextTokens:
         special = self.tokenizer_.num_special_tokens_to_add()
         return tokens_read(config.long_text, config.model.max_length, special)
 
+    def _warn_if_short(self, texts: list[str]) -> None:
+        """With chunks: one warning line when the training texts are short for the window
+        (``short_text_warning``)."""
+        config = self.config_
+        if not config.long_text.chunked:
+            return
+        lengths = [len(ids) for ids in self.tokenizer_(list(texts))["input_ids"]]
+        special = self.tokenizer_.num_special_tokens_to_add()
+        message = short_text_warning(lengths, config.model.max_length, special)
+        if message:
+            log.warning(message)
+
     def _windows(self, texts: list[str]) -> list[list[list[int]]]:
         config, long_text = self.config_, self.config_.long_text
         return chunk_windows(
@@ -419,4 +514,5 @@ class LongTextTokens:
             config.model.max_length,
             long_text.chunk_stride,
             long_text.max_chunks,
+            long_text.chunk_last_window,
         )

@@ -370,7 +370,7 @@ def test_an_exporter_registered_anywhere_is_a_format(exporter, tmp_path, capsys)
     with pytest.raises(LlmclfError) as refused:
         export_run(run, "onnx")
     assert str(refused.value).startswith(
-        f"{run} is an exportable run: ONNX export is for head and encoder runs"
+        f"{run} is an exportable run: ONNX export is for head, encoder and setfit runs"
     )
     assert str(refused.value).endswith("or export it with --format centroids")
     with pytest.raises(LlmclfError, match="--format must be one of onnx, gguf, merged, centroids"):

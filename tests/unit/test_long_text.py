@@ -77,33 +77,39 @@ def strip(tokenizer, ids: list[int]) -> list[int]:
     max_chunks=st.integers(1, 8),
     seed=st.integers(0, 1000),
     which=st.sampled_from(["eos", "bert"]),
+    last_window=st.sampled_from(["full", "rest"]),
 )
 def test_windows_cover_every_token_as_configured(
-    eos_tokenizer, bert_tokenizer, n, max_length, stride_share, max_chunks, seed, which
+    eos_tokenizer, bert_tokenizer, n, max_length, stride_share, max_chunks, seed, which, last_window
 ):
     tokenizer = eos_tokenizer if which == "eos" else bert_tokenizer
     text = words(n, seed)
     room = max_length - tokenizer.num_special_tokens_to_add()
     stride = int(stride_share * room)  # 0 <= stride < room
     content = tokenizer(text, add_special_tokens=False)["input_ids"]
-    windows = chunk_windows(tokenizer, [text], max_length, stride, max_chunks)[0]
+    windows = chunk_windows(tokenizer, [text], max_length, stride, max_chunks, last_window)[0]
     step = room - stride
     needed = 1 if n <= room else 1 + math.ceil((n - room) / step)
     assert len(windows) == min(needed, max_chunks)
     full = tokenizer(text)["input_ids"]
     lead = full.index(content[0])
     trail = len(full) - lead - len(content)
-    for k, window in enumerate(windows):
+    read_whole = 1 < needed <= max_chunks
+    starts = [k * step for k in range(len(windows))]
+    if read_whole and last_window == "full":  # the text's last `room` tokens, a full window
+        starts[-1] = n - room
+    for start, window in zip(starts, windows):
         assert len(window) <= max_length
         # each window is framed by the special tokens exactly as a whole text is
         assert window[:lead] == full[:lead]
         assert window[len(window) - trail :] == full[len(full) - trail :]
-        assert strip(tokenizer, window) == content[k * step : k * step + room]
-    if needed <= max_chunks:  # the last window ends where the text ends
+        assert strip(tokenizer, window) == content[start : start + room]
+    if read_whole:  # the last window ends where the text ends; together they cover it
         assert strip(tokenizer, windows[-1])[-1] == content[-1]
+        assert last_window == "rest" or all(len(w) == max_length for w in windows)
         covered = set()
-        for k, window in enumerate(windows):
-            covered |= set(range(k * step, k * step + len(strip(tokenizer, window))))
+        for start, window in zip(starts, windows):
+            covered |= set(range(start, start + len(strip(tokenizer, window))))
         assert covered == set(range(n))
     if n <= room:
         assert windows == [tokenizer(text)["input_ids"]]
@@ -202,6 +208,28 @@ def test_attention_weights_follow_the_scores():
     torch.testing.assert_close(out, torch.tensor([[1.0, 7.0]]), atol=1e-3, rtol=0)
 
 
+def test_a_fresh_scorer_weighs_every_window_alike():
+    """Attention starts as the mean of the real windows, so a short run cannot end worse
+    off than it began because of a random first weighting."""
+    torch.manual_seed(0)
+    features, mask = group_windows(torch.randn(6, 8) * 50, torch.tensor([3, 1, 2]))
+    torch.testing.assert_close(
+        aggregate(features, mask, "attention", chunk_attention(8)),
+        aggregate(features, mask, "mean"),
+    )
+
+
+def test_a_text_one_token_past_a_window_is_read_as_two_full_windows(eos_tokenizer):
+    room = 12 - eos_tokenizer.num_special_tokens_to_add()
+    text = words(room + 1, 3)
+    content = eos_tokenizer(text, add_special_tokens=False)["input_ids"]
+    first, last = chunk_windows(eos_tokenizer, [text], 12, 0, 4)[0]
+    # not the one token left over: a window of it would weigh as much as the first
+    assert strip(eos_tokenizer, first) == content[:room]
+    assert strip(eos_tokenizer, last) == content[1:]
+    assert last[-1] == eos_tokenizer.eos_token_id
+
+
 def test_tokens_read_counts_what_the_windows_cover(eos_tokenizer):
     config = LongTextConfig(long_text="chunks", chunk_stride=2, max_chunks=3)
     limit = tokens_read(config, 8, eos_tokenizer.num_special_tokens_to_add())
@@ -294,9 +322,13 @@ def test_one_step_trains_lora_head_and_scorer_through_every_window(tiny_llama):
     model.train()
     logits = chunk_head_logits(model, batch, "last", "attention")
     torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
-    # the scorer got a gradient from more than one window (softmax over one is constant)
-    scorer = [p for n, p in model.named_parameters() if "chunk_attention" in n and p.requires_grad]
-    assert scorer and all(p.grad is not None and p.grad.abs().sum() > 0 for p in scorer)
+    # the scorer's weight got a gradient from more than one window (softmax over one is
+    # constant; its bias shifts every window's score alike, so its gradient is 0 exactly)
+    scorer = dict(
+        (n, p) for n, p in model.named_parameters() if "chunk_attention" in n and p.requires_grad
+    )
+    weight = next(p for n, p in scorer.items() if n.endswith("weight"))
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
     clf._optimizer().step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert any("lora_B" in n for n in changed)
@@ -427,6 +459,48 @@ def test_attention_on_a_short_text_is_the_plain_head(chunked_head):
         batch["window_counts"] = torch.ones(len(short), dtype=torch.long)
         chunked = chunk_head_logits(model, batch, "last", "attention")
     torch.testing.assert_close(chunked, plain)
+
+
+def test_the_window_scorer_learns_at_the_heads_rate(tiny_llama, tiny_bert):
+    """LoRA head and encoder runs train the fresh scorer as --lora none does: at
+    --head-learning-rate, not at the (10x lower) rate of the pretrained weights."""
+    from llmclf.labels import LabelSchema
+
+    schema = LabelSchema.from_labels(["a", "b"], multi_label=False)
+    chunked = dict(long_text="chunks", chunk_aggregation="attention", max_length=12)
+    head = HeadClassifier(tiny_llama, progress=False, head_learning_rate=0.02, **chunked)
+    head._build(schema)
+    encoder = EncoderClassifier(tiny_bert, progress=False, head_learning_rate=0.02, **chunked)
+    encoder.build_model(schema)
+    for clf in (head, encoder):
+        names = {id(p): n for n, p in clf.model_.named_parameters()}
+        rates = {
+            names[id(p)]: group["lr"]
+            for group in clf._optimizer().param_groups
+            for p in group["params"]
+        }
+        scorer = [n for n in rates if "chunk_attention" in n]
+        assert scorer and all(rates[n] == 0.02 for n in scorer)
+
+
+def test_chunks_on_short_training_texts_warn_in_one_line(tiny_llama, tiny_bert, caplog):
+    """Texts of at most three windows (where chunks lost to truncate) get one warning at
+    fit; longer texts none."""
+    from llmclf.labels import LabelSchema
+
+    schema = LabelSchema.from_labels(["a", "b"], multi_label=False)
+    head = HeadClassifier(tiny_llama, progress=False, long_text="chunks", max_length=12)
+    head._build(schema)
+    encoder = EncoderClassifier(tiny_bert, progress=False, long_text="chunks", max_length=12)
+    encoder.build_model(schema)
+    for clf in (head, encoder):
+        for n, warned in ((25, True), (40, False)):
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="llmclf"):
+                clf._warn_if_short([words(n, seed) for seed in range(3)])
+            lines = [r.getMessage() for r in caplog.records]
+            assert len(lines) == int(warned), (n, lines)
+            assert all("--long-text truncate" in m and "\n" not in m for m in lines)
 
 
 def test_frozen_chunks_train_the_head_and_scorer_on_cached_window_features(

@@ -488,6 +488,14 @@ class ClassifierBase(Predictor):
             100 * figures.coverage,
             100 * figures.accuracy if figures.kept else float("nan"),
         )
+        low, high = figures.accuracy_interval()
+        if kind == "precision" and figures.kept and low < value:
+            log.warning(
+                "the precision %.3f on %s rests on %d answered texts: its 95%% interval is "
+                "[%.3f, %.3f], so on new texts it may fall below the target %s; more "
+                "validation texts narrow it",
+                figures.accuracy, where, figures.kept, low, high, value,
+            )  # fmt: skip
         return self
 
     def quantize_int8(self):
@@ -560,6 +568,8 @@ class ClassifierBase(Predictor):
         stored = {k: v for k, v in flatten(folder.config()).items() if k in names}
         if "long_text" in names and "long_text" not in folder.config():
             stored["long_text"] = "truncate"  # how runs from before --long-text read texts
+        if "chunk_last_window" in names and "chunk_last_window" not in stored:
+            stored["chunk_last_window"] = "rest"  # how chunked runs before it read texts
         # a model's own code runs only when this user says so, never because a run said so
         stored.pop("trust_remote_code", None)
         ignored = runtime_names(DataConfig, ModelConfig, TrainConfig) - names

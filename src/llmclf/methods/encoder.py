@@ -70,8 +70,9 @@ ENCODER_DEFAULTS = {
 }
 
 # Module names of the freshly initialised classification layers across architectures
-# (BERT / MPNet / RoBERTa: classifier; DistilBERT: pre_classifier + classifier).
-HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.")
+# (BERT / MPNet / RoBERTa: classifier; DistilBERT: pre_classifier + classifier), and the
+# window scorer of chunks' attention aggregation (fresh too: it learns at the head's rate).
+HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.", f"{ATTENTION_MODULE}.")
 
 
 @dataclass
@@ -211,6 +212,7 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             else None
         )
         self.build_model(schema)
+        self._warn_if_short(texts)
         loss = loss_function(schema, weights.to(self.device_) if weights is not None else None)
         eval_targets = schema.encode(eval_labels) if eval_texts else None
         self.train_targets(texts, targets, eval_texts, eval_targets, schema, output_dir, loss)
@@ -310,12 +312,16 @@ class EncoderClassifier(LongTextTokens, ClassifierBase):
             device=self.device_,
             dtype=self.dtype_,
             progress=self.progress,
-            optimizer=head_and_body_optimizer(
-                self.model_, lambda name: name.startswith(HEAD_PREFIXES), self.config_.train
-            ),
+            optimizer=self._optimizer(),
             gold_of=gold_of,
         )
         self.model_.eval()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with the head's learning rate for the fresh classifier and window scorer."""
+        return head_and_body_optimizer(
+            self.model_, lambda name: name.startswith(HEAD_PREFIXES), self.config_.train
+        )
 
     @staticmethod
     def _layer_kwargs(source: str, encoder_cfg: EncoderConfig) -> dict:

@@ -31,6 +31,7 @@ from llmclf.methods.base import REGISTERED, ClassifierBase
 from llmclf.methods.encoder import EncoderClassifier
 from llmclf.methods.head import HeadClassifier
 from llmclf.methods.instruct.model import InstructClassifier
+from llmclf.methods.setfit import SetFitClassifier
 from llmclf.methods.tfidf import TfidfClassifier
 
 # the live table (kept in methods/base.py so that a refusal there can name the methods
@@ -151,5 +152,11 @@ def zero_shot_fields() -> Fields:
     return method_option_fields(*dict.fromkeys(names))
 
 
-for _builtin in (HeadClassifier, InstructClassifier, EncoderClassifier, TfidfClassifier):
+for _builtin in (
+    HeadClassifier,
+    InstructClassifier,
+    EncoderClassifier,
+    TfidfClassifier,
+    SetFitClassifier,
+):
     register_method(_builtin)

@@ -8,7 +8,8 @@ reads those declarations from the run's config before any model loads, then load
 on the CPU in float32 (a 4-bit base in full precision), writes the new folder beside the
 target and renames it into place only once the check has passed. Three exporters ship:
 
-``onnx`` (encoder runs, fine-tuned or distilled, and head runs with any pooling):
+``onnx`` (encoder runs, fine-tuned or distilled, head runs with any pooling, and setfit
+runs: body, pooling, normalisation and head in one graph):
 ``torch.onnx.export`` (the torch.export-based exporter) traces the method's
 ``export_module()`` (a head run: the merged backbone, the pooling computed from the
 attention mask, the head) with dynamic batch and sequence axes, optionally quantized
@@ -159,7 +160,8 @@ class ExportOptions(Options):
     run: str = option(REQUIRED, "a finished run folder")
     format: str = option(
         "onnx",
-        "onnx: an encoder or head run for ONNX Runtime; gguf: a head run for llama.cpp; merged: "
+        "onnx: an encoder, head or setfit run for ONNX Runtime; gguf: a head run for llama.cpp; "
+        "merged: "
         "LoRA merged into the base, a plain *ForSequenceClassification folder",
         choices=EXPORTERS.keys(),  # a live view: an exporter registered later is a choice too
     )
@@ -455,7 +457,7 @@ register_exporter(
     Exporter(
         name="onnx",
         title="ONNX export",
-        help="an encoder or head run for ONNX Runtime",
+        help="an encoder, head or setfit run for ONNX Runtime",
         folder=ONNX_FOLDER,
         refusal=_onnx_refusal,
         write=_write_onnx,
