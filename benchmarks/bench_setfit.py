@@ -39,6 +39,9 @@ def method_flags(method: str, args) -> list[str]:
         return [*length, "--epochs", str(args.head_epochs)]
     if method == "encoder":
         return length
+    if method == "instruct":  # the prompt lists the labels: its own tokens on top
+        prompt = ["--max-length", str(args.max_length + args.instruct_prompt_tokens)]
+        return [*prompt, "--epochs", str(args.instruct_epochs)]
     return []  # tfidf reads every word
 
 
@@ -83,6 +86,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--num-iterations", type=int, default=5)
     parser.add_argument("--head-epochs", type=float, default=2.0)
+    parser.add_argument("--instruct-epochs", type=float, default=1.0)
+    parser.add_argument(
+        "--instruct-prompt-tokens",
+        type=int,
+        default=64,
+        help="instruct's --max-length is --max-length plus this (the prompt and answer; "
+        "20newsgroups' 20 labels need ~200)",
+    )
     parser.add_argument("--lock", default=LOCK, help="flock file per cell ('' for none)")
     parser.add_argument("--name", default="setfit_baselines", help="results file name")
     args = parser.parse_args()
@@ -97,6 +108,9 @@ def main() -> None:
         "encoder": "minilm-l6 fine-tuned, llmclf's defaults (5 epochs, lr 1e-4)",
         "head": f"smollm2-135m, LoRA defaults, {args.head_epochs:g} epochs",
         "tfidf": "word 1-2 grams, logistic regression (llmclf's defaults)",
+        "instruct": f"smollm2-135m, LoRA defaults, {args.instruct_epochs:g} epoch(s), "
+        "--max-length = the text's plus the prompt's and answer's tokens (each cell's "
+        "command), score mode",
     }
     for n_train in sizes:
         for data in args.data or DEFAULT_DATA:

@@ -573,7 +573,9 @@ def setfit_lines(r: dict) -> list[str]:
         f"{s['test']} test texts per data set, {s['validation']} validation)",
         "",
         f"setfit: {s['setfit']}; encoder: {s['encoder']}; head: {s['head']}; tfidf: "
-        f"{s['tfidf']}. Train s = the fit (SetFit: its contrastive phase and its head); "
+        f"{s['tfidf']}"
+        + (f"; instruct: {s['instruct']}" if "instruct" in s else "")
+        + ". Train s = the fit (SetFit: its contrastive phase and its head); "
         "predict ex/s = the test set's prediction, tokenization included.",
         "",
         "| data | train texts | method | macro-F1 | accuracy | train s | predict ex/s | dtype |",

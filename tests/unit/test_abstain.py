@@ -166,7 +166,7 @@ def test_the_python_api_withholds_and_set_abstention_changes_it(run):
     assert [p is None for p in predicted] == withheld.tolist()
     assert clf.predict(texts[int(np.argmax(withheld))]) is None  # one text, one answer
     assert None not in clf.set_abstention(None).predict(texts)
-    with pytest.raises(LlmclfError, match="between 0 and 1"):
+    with pytest.raises(LlmclfError, match="is a probability, not 1.5"):
         clf.set_abstention(1.5)
 
 
@@ -259,3 +259,15 @@ def test_a_precision_resting_on_few_texts_is_warned_about(caplog):
     low, high = clf.abstention_["validation"]["selective_accuracy_95ci"]
     assert low < 0.9 <= clf.abstention_["validation"]["selective_accuracy"] <= high
     assert "may fall below the target 0.9" in caplog.text
+
+
+def test_a_target_nothing_reaches_answers_only_what_is_certain(caplog):
+    texts, labels = make_texts(90, seed=1)
+    val_texts, val_labels = make_texts(30, seed=2)
+    rotate = {"sport": "money", "money": "tech", "tech": "sport"}
+    val_labels = [rotate[lab] for lab in val_labels]  # every answer wrong on validation
+    clf = TfidfClassifier(min_df=1, target_precision=0.5)
+    with caplog.at_level("WARNING", logger="llmclf"):
+        clf.fit(texts, labels, eval_set=(val_texts, val_labels))
+    assert clf.schema_.abstain_below == 1.0 and "no threshold reaches precision" in caplog.text
+    assert clf.abstained(clf.predict_proba(val_texts)).all()

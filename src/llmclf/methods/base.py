@@ -25,7 +25,6 @@ from llmclf.config import (
     MethodConfig,
     ModelConfig,
     TrainConfig,
-    check_probability,
     field_names,
     flatten,
     predict_time_names,
@@ -146,8 +145,9 @@ class Predictor:
         with the run (labels.json)."""
         self._check_fitted()
         if threshold is not None:
-            for value in np.atleast_1d(threshold):
-                check_probability("abstain_below", float(value))
+            for value in np.atleast_1d(threshold):  # 0: always answer; 1: only when certain
+                if not 0 <= float(value) <= 1:
+                    raise LlmclfError(f"an abstention threshold is a probability, not {value}")
         self.schema_ = self.schema_.with_abstention(threshold)
         return self
 
@@ -456,14 +456,14 @@ class ClassifierBase(Predictor):
                 thresholds.append(threshold_for_coverage(confidence, value))
                 continue
             found = threshold_for_precision(confidence, correct, value)
-            if found is None:  # nothing reaches it: answer only the most confident
+            if found is None:  # nothing reaches it: answer only what is certain
                 unreached.append(schema.classes[j] if j is not None else "the run")
-                found = float(np.nextafter(confidence.max(), np.inf))
+                found = 1.0
             thresholds.append(found)
         if unreached:
             log.warning(
-                "no threshold reaches precision %s on %s for %s: the run abstains on every "
-                "such answer; lower --target-precision or train more",
+                "no threshold reaches precision %s on %s for %s: the run answers only at "
+                "probability 1 there; lower --target-precision or train more",
                 value,
                 where,
                 ", ".join(unreached),
