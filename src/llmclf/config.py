@@ -456,13 +456,23 @@ def check_share(name: str, value: float) -> None:
         raise LlmclfError(f"{flag(name)} must be more than 0 and at most 1, not {value}")
 
 
+def check_precision_bound(bound: str, target_precision: float | None) -> None:
+    """--precision-bound judges --target-precision's threshold: alone it means nothing."""
+    if bound != "estimate" and target_precision is None:
+        raise LlmclfError(
+            f"--precision-bound {bound} judges the threshold --target-precision chooses: "
+            "give --target-precision too"
+        )
+
+
 @dataclass
 class AbstainConfig:
     """Selective prediction (every method): when a run answers and when it abstains.
 
     At most one of the three is given. ``abstain_below`` is the threshold itself;
     ``target_precision`` / ``target_coverage`` choose it on the validation split after
-    training (``llmclf calibrate`` chooses it again at the new temperature). An abstained
+    training (``llmclf calibrate`` chooses it again at the new temperature);
+    ``precision_bound`` says how ``target_precision`` judges a threshold. An abstained
     answer is an empty ``prediction`` with ``abstained: true`` (docs/evaluation.md)."""
 
     abstain_below: float | None = option(
@@ -483,14 +493,23 @@ class AbstainConfig:
         "of texts (e.g. 0.8) and abstains on the least confident rest",
         check=check_share,
     )
+    precision_bound: str = option(
+        "estimate",
+        "how --target-precision judges a threshold on the validation split: estimate = the "
+        "share right there; lower = the lower end of its 95 percent Clopper-Pearson interval "
+        "(less coverage, but a target that holds on new texts also when validation is small)",
+        choices=("estimate", "lower"),
+    )
 
     def __post_init__(self) -> None:
         validate(self)
-        given = [n for n, v in dataclasses.asdict(self).items() if v is not None]
+        thresholds = ("abstain_below", "target_precision", "target_coverage")
+        given = [n for n in thresholds if getattr(self, n) is not None]
         if len(given) > 1:
             raise LlmclfError(
                 f"{flag(given[0])} and {flag(given[1])} both set the abstention threshold: give one"
             )
+        check_precision_bound(self.precision_bound, self.target_precision)
 
     @property
     def target(self) -> tuple[str, float] | None:

@@ -9,12 +9,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import beta
 
 from llmclf import LlmclfError
 from llmclf.cli import main
 from llmclf.evaluation.selective import (
     aurc,
     risk_coverage,
+    selection,
     selective_metrics,
     threshold_for_coverage,
     threshold_for_precision,
@@ -62,6 +64,26 @@ def test_threshold_for_precision_keeps_the_most_coverage_that_reaches_it():
     assert threshold_for_coverage(confidence, 0.5) == 0.9  # keeps 3 of 6
     assert threshold_for_coverage(confidence, 1.0) == 0.6
     assert threshold_for_coverage(confidence, 0.01) == 0.99  # at least one answer
+
+
+def test_the_lower_bound_asks_the_interval_not_the_share_to_reach_the_target():
+    confidence = 1 - 0.01 * np.arange(1, 16)  # 0.99, 0.98, ..., 0.85
+    correct = np.array([True] * 11 + [False] * 4)
+    # the share right reaches 0.7 at every threshold: 11/15 = 0.733 at the lowest, 0.85
+    assert threshold_for_precision(confidence, correct, 0.7) == pytest.approx(0.85)
+    # the lower end of the two-sided 95 % Clopper–Pearson interval of k right of n kept is
+    # beta.ppf(0.025, k, n - k + 1): 11 of 11 gives 0.025 ** (1 / 11) = 0.715 >= 0.7; one
+    # wrong answer more and it falls below the target, and stays there
+    lows = [beta.ppf(0.025, 11, n - 11 + 1) for n in range(11, 16)]
+    assert lows[0] == pytest.approx(0.025 ** (1 / 11)) and lows[0] >= 0.7
+    assert all(low < 0.7 for low in lows[1:])
+    chosen = threshold_for_precision(confidence, correct, 0.7, bound="lower")
+    assert chosen == pytest.approx(0.89)  # the 11th most confident: 11 of 11 right
+    # the bound is the interval metrics.json reports for the kept answers
+    assert selection(confidence, correct, chosen).accuracy_interval()[0] == pytest.approx(lows[0])
+    # ten of ten right is not enough: 0.025 ** (1 / 10) = 0.692
+    assert threshold_for_precision(confidence[:10], correct[:10], 0.7, bound="lower") is None
+    assert threshold_for_precision(confidence[:10], correct[:10], 0.7) == pytest.approx(0.9)
 
 
 def test_selective_metrics_by_hand_single_and_multi_label():
@@ -236,6 +258,53 @@ def test_bad_abstention_options_get_one_line(data, capsys):
     texts, labels = make_texts(30)
     with pytest.raises(LlmclfError, match="there is none"):
         TfidfClassifier(min_df=1, target_precision=0.9).fit(texts, labels)
+
+
+def test_the_precision_bound_needs_a_target_precision(data, capsys):
+    base = ["train", "--method", "tfidf", "--data", str(data / "d.csv")]
+    base += ["--output", str(data / "never"), "--precision-bound", "lower"]
+    for extra in ([], ["--target-coverage", "0.8"], ["--abstain-below", "0.5"]):
+        assert main([*base, *extra]) != 0
+        err = capsys.readouterr().err
+        assert "give --target-precision too" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert main(["calibrate", str(data / "never"), "--precision-bound", "lower"]) != 0
+    assert "give --target-precision too" in capsys.readouterr().err
+    texts, labels = make_texts(30)
+    with pytest.raises(LlmclfError, match="give --target-precision too"):
+        TfidfClassifier(min_df=1, precision_bound="lower").fit(texts, labels)
+    assert not (data / "never").exists()
+
+
+def test_the_lower_bound_answers_less_and_is_recorded(data, tmp_path):
+    args = ["train", "--method", "tfidf", "--min-df", "1", "--data", str(data / "d.csv")]
+    args += ["--target-precision", "0.8"]
+    assert main([*args, "--output", str(tmp_path / "estimate")]) == 0
+    assert main([*args, "--precision-bound", "lower", "--output", str(tmp_path / "lower")]) == 0
+    estimate, lower = (
+        json.loads((tmp_path / name / "metrics.json").read_text())["abstention"]
+        for name in ("estimate", "lower")
+    )
+    assert estimate["precision_bound"] == "estimate" and lower["precision_bound"] == "lower"
+    assert lower["threshold"] > estimate["threshold"]  # these data: the bound costs coverage
+    assert lower["validation"]["coverage"] < estimate["validation"]["coverage"]
+    low, _ = lower["validation"]["selective_accuracy_95ci"]
+    assert low >= 0.8 > estimate["validation"]["selective_accuracy_95ci"][0]
+    stored_threshold = json.loads((tmp_path / "lower" / "labels.json").read_text())
+    assert stored_threshold["abstain_below"] == lower["threshold"]
+    # calibrate chooses it again at the new temperature by the run's own bound
+    assert main(["calibrate", str(tmp_path / "lower")]) == 0
+    stored = json.loads((tmp_path / "lower" / "calibration.json").read_text())["abstention"]
+    assert stored["precision_bound"] == "lower"
+    assert stored["validation"]["selective_accuracy_95ci"][0] >= 0.8
+    # and the Python API takes it as a keyword
+    clf = load_classifier(tmp_path / "estimate")
+    val = pd.read_csv(data / "d.csv").query("split == 'validation'")
+    clf.choose_abstention(val["text"], val["label"], precision=0.8, precision_bound="lower")
+    assert clf.abstention_["precision_bound"] == "lower"
+    assert clf.schema_.abstain_below >= estimate["threshold"]
+    with pytest.raises(LlmclfError, match="give --target-precision too"):
+        clf.choose_abstention(val["text"], val["label"], coverage=0.8, precision_bound="lower")
 
 
 def test_calibrate_chooses_a_threshold_at_the_new_temperature(data, tmp_path):

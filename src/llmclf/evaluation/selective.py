@@ -20,7 +20,9 @@ Definitions (docs/evaluation.md has the long form):
   errors are spread evenly over their places (the expected value over orders of the ties).
 - **Threshold search.** ``threshold_for_precision``: the lowest confidence threshold whose
   accepted decisions are at least ``target`` right (the most coverage that reaches it), on
-  held-out data; ``threshold_for_coverage``: the threshold that keeps ``target`` of them.
+  held-out data, judged by the share right (``bound="estimate"``) or by the lower end of
+  its 95 % Clopper–Pearson interval (``bound="lower"``); ``threshold_for_coverage``: the
+  threshold that keeps ``target`` of them.
 
 Pure functions on arrays; nothing here reads a folder.
 """
@@ -35,6 +37,10 @@ from sklearn.metrics import f1_score
 
 # precision targets whose coverage evaluate and compare report for every run
 PRECISION_TARGETS = (0.9, 0.95, 0.99)
+
+# how threshold_for_precision judges the kept decisions: their share right, or the lower
+# end of its 95 % Clopper–Pearson interval (the conservative choice for small splits)
+PRECISION_BOUNDS = ("estimate", "lower")
 
 
 def decisions(
@@ -99,23 +105,66 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     return float(risk.mean()) if len(risk) else float("nan")
 
 
+def clopper_pearson(
+    right: np.ndarray, kept: np.ndarray, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two-sided Clopper–Pearson interval of the share right, ``right / kept``, element
+    by element: ``(low, high)`` arrays of the inputs' shape; ``(0, 1)`` where nothing is
+    kept.
+
+    Example:
+        >>> low, high = clopper_pearson(np.array([9, 3]), np.array([10, 3]))
+        >>> low.round(3).tolist(), high.round(3).tolist()
+        ([0.555, 0.292], [0.997, 1.0])
+    """
+    right = np.asarray(right, dtype=np.float64)
+    kept = np.asarray(kept, dtype=np.float64)
+    alpha = 1.0 - confidence
+    # beta.ppf with a zero shape is NaN; those ends are 0 (none right) and 1 (all right)
+    low = np.where(right > 0, beta.ppf(alpha / 2, np.maximum(right, 1), kept - right + 1), 0.0)
+    high = np.where(
+        right < kept, beta.ppf(1 - alpha / 2, right + 1, np.maximum(kept - right, 1)), 1.0
+    )
+    return low, high
+
+
 def threshold_for_precision(
-    confidence: np.ndarray, correct: np.ndarray, target: float
+    confidence: np.ndarray, correct: np.ndarray, target: float, bound: str = "estimate"
 ) -> float | None:
     """The lowest confidence threshold ``t`` whose kept decisions (confidence ≥ ``t``) are
     at least ``target`` right: the most coverage reaching ``target``. None when no
     threshold reaches it.
 
+    ``bound="estimate"`` judges the kept decisions by their share right; ``"lower"`` by
+    the lower end of its two-sided 95 % Clopper–Pearson interval (``clopper_pearson``, the
+    interval ``Selection.as_dict`` reports), so a few lucky answers at a high threshold do
+    not pass. For one threshold fixed beforehand that bound is a one-sided 97.5 % bound:
+    the precision on new texts like these is at least ``target`` but 2.5 % of the time;
+    choosing among many thresholds wears that down a little. It costs coverage.
+
     Example:
-        >>> threshold_for_precision(np.array([.9, .8, .7, .6]), np.array([1, 1, 0, 1], bool), .75)
+        >>> conf, ok = np.array([.9, .8, .7, .6]), np.array([1, 1, 0, 1], bool)
+        >>> threshold_for_precision(conf, ok, .75)
         0.6
+        >>> threshold_for_precision(conf, ok, .75, bound="lower") is None  # 4 texts: too few
+        True
     """
+    if bound not in PRECISION_BOUNDS:
+        raise ValueError(f"bound must be one of {PRECISION_BOUNDS}, not {bound!r}")
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
+    if not len(confidence):
+        return None
+    order = np.argsort(-confidence, kind="stable")
     levels = np.unique(confidence)[::-1]  # candidate thresholds, highest first
-    kept_right = np.array([correct[confidence >= t].sum() for t in levels])
-    kept = np.array([(confidence >= t).sum() for t in levels])
-    reaching = np.flatnonzero(kept_right >= target * kept - 1e-12)
+    # kept at threshold t: the decisions with confidence >= t, a prefix of ``order``
+    kept = len(confidence) - np.searchsorted(np.sort(confidence), levels, side="left")
+    kept_right = np.cumsum(correct[order])[kept - 1]
+    if bound == "lower":
+        reaches = clopper_pearson(kept_right, kept)[0] >= target
+    else:
+        reaches = kept_right >= target * kept - 1e-12
+    reaching = np.flatnonzero(reaches)
     return float(levels[reaching[-1]]) if len(reaching) else None
 
 
@@ -150,15 +199,7 @@ class Selection:
 
     def accuracy_interval(self, confidence: float = 0.95) -> tuple[float, float]:
         """Clopper–Pearson interval of the selective accuracy: how sure the figure is."""
-        if not self.kept:
-            return (0.0, 1.0)
-        alpha = 1.0 - confidence
-        low = beta.ppf(alpha / 2, self.right, self.kept - self.right + 1) if self.right else 0.0
-        high = (
-            beta.ppf(1 - alpha / 2, self.right + 1, self.kept - self.right)
-            if self.right < self.kept
-            else 1.0
-        )
+        low, high = clopper_pearson(self.right, self.kept, confidence)
         return float(low), float(high)
 
     def as_dict(self) -> dict:

@@ -25,6 +25,7 @@ from llmclf.config import (
     MethodConfig,
     ModelConfig,
     TrainConfig,
+    check_precision_bound,
     field_names,
     flatten,
     predict_time_names,
@@ -40,6 +41,7 @@ from llmclf.evaluation.calibration import (
 )
 from llmclf.evaluation.metrics import tune_thresholds
 from llmclf.evaluation.selective import (
+    PRECISION_BOUNDS,
     decisions,
     selection,
     threshold_for_coverage,
@@ -410,34 +412,42 @@ class ClassifierBase(Predictor):
         *,
         precision: float | None = None,
         coverage: float | None = None,
+        precision_bound: str | None = None,
         where: str = "the held-out data",
     ):
         """Choose the abstention threshold on held-out texts ``X`` and labels ``y`` (never
         the training data) and return ``self``: the lowest threshold whose kept answers are
         at least ``precision`` right (``threshold_for_precision``; per label for
         multi-label), or the one that answers ``coverage`` of the texts. Without either, the
-        run's own ``--target-precision`` / ``--target-coverage``. Keeps what was chosen and
-        its figures on ``X`` in ``abstention_``.
+        run's own ``--target-precision`` / ``--target-coverage``. ``precision_bound``
+        ``"lower"`` asks the lower end of the 95 % Clopper–Pearson interval of the kept
+        answers' precision to reach ``precision``, not the share itself (``"estimate"``);
+        None: the run's own ``--precision-bound`` with the run's own target, else
+        ``"estimate"``. Keeps what was chosen and its figures on ``X`` in ``abstention_``.
 
         Example:
             >>> clf.choose_abstention(val_texts, val_labels, precision=0.95)  # doctest: +SKIP
             >>> clf.abstention_["validation"]["coverage"]  # doctest: +SKIP
             0.81
+            >>> clf.choose_abstention(val_texts, val_labels, precision=0.95,
+            ...                       precision_bound="lower")  # doctest: +SKIP
         """
         self._check_fitted()
         if precision is not None and coverage is not None:
             raise LlmclfError(
                 "choose the abstention threshold by precision or by coverage, not both"
             )
-        target = (
-            ("precision", precision)
-            if precision is not None
-            else ("coverage", coverage)
-            if coverage is not None
-            else self.config_.abstain.target
-        )
+        if precision is None and coverage is None:
+            target = self.config_.abstain.target
+            bound = precision_bound or self.config_.abstain.precision_bound
+        else:
+            target = ("precision", precision) if precision is not None else ("coverage", coverage)
+            bound = precision_bound or "estimate"
         if target is None:
             raise LlmclfError("give a target: precision=0.95 or coverage=0.8")
+        if bound not in PRECISION_BOUNDS:
+            raise LlmclfError(f"precision_bound must be one of {PRECISION_BOUNDS}, not {bound!r}")
+        check_precision_bound(bound, target[1] if target[0] == "precision" else None)
         texts, labels, _ = self._texts_and_labels(X, y, multi_label=self.schema_.multi_label)
         self.schema_.check_known(labels, where)
         schema = self.schema_
@@ -455,18 +465,22 @@ class ClassifierBase(Predictor):
             if kind == "coverage":
                 thresholds.append(threshold_for_coverage(confidence, value))
                 continue
-            found = threshold_for_precision(confidence, correct, value)
+            found = threshold_for_precision(confidence, correct, value, bound)
             if found is None:  # nothing reaches it: answer only what is certain
                 unreached.append(schema.classes[j] if j is not None else "the run")
                 found = 1.0
             thresholds.append(found)
+        chosen_by = f"target {kind} {value}"
+        if kind == "precision" and bound == "lower":
+            chosen_by += " (95 % lower bound)"
         if unreached:
             log.warning(
-                "no threshold reaches precision %s on %s for %s: the run answers only at "
-                "probability 1 there; lower --target-precision or train more",
-                value,
+                "no threshold reaches %s on %s for %s: the run answers only at probability 1 "
+                "there; lower --target-precision or %s",
+                chosen_by.removeprefix("target "),
                 where,
                 ", ".join(unreached),
+                "give it more validation texts" if bound == "lower" else "train more",
             )
         self.set_abstention(thresholds if schema.multi_label else thresholds[0])
         _, correct = decisions(truth, proba, decided)
@@ -474,16 +488,17 @@ class ClassifierBase(Predictor):
         figures = selection(kept.astype(np.float64), correct, 0.5)  # the kept decisions
         self.abstention_ = {
             "threshold": self.schema_.abstain_below,
-            "chosen_by": f"target {kind} {value}",
+            "chosen_by": chosen_by,
             "chosen_on": where,
             "temperature": float(self.temperature_),
             "validation": {**figures.as_dict(), "threshold": self.schema_.abstain_below},
         }
+        if kind == "precision":
+            self.abstention_["precision_bound"] = bound
         log.info(
-            "abstaining below %s (target %s %s on %s): answers %.1f%% of it, %.1f%% of them right",
+            "abstaining below %s (%s on %s): answers %.1f%% of it, %.1f%% of them right",
             self.schema_.abstain_below,
-            kind,
-            value,
+            chosen_by,
             where,
             100 * figures.coverage,
             100 * figures.accuracy if figures.kept else float("nan"),

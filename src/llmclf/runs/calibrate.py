@@ -7,7 +7,15 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from llmclf.config import REQUIRED, AbstainConfig, LoadOptions, Options, option, same_as
+from llmclf.config import (
+    REQUIRED,
+    AbstainConfig,
+    LoadOptions,
+    Options,
+    check_precision_bound,
+    option,
+    same_as,
+)
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.comparison import calibration_before_after
 from llmclf.run_folder import TEST_PREDICTIONS, RunFolder, write_calibration
@@ -44,11 +52,18 @@ class CalibrateOptions(Options):
         help="also choose the run's abstention threshold on the same split so that it "
         "answers this share of texts",
     )
+    precision_bound: str = same_as(
+        AbstainConfig,
+        "precision_bound",
+        help="how --target-precision judges a threshold on the split: estimate = the share "
+        "right there; lower = the lower end of its 95 percent Clopper-Pearson interval",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.target_precision is not None and self.target_coverage is not None:
             raise LlmclfError("--target-precision and --target-coverage: give one")
+        check_precision_bound(self.precision_bound, self.target_precision)
 
 
 def calibrate(
@@ -61,6 +76,7 @@ def calibrate(
         options.split,
         target_precision=options.target_precision,
         target_coverage=options.target_coverage,
+        precision_bound=options.precision_bound,
         **(load or LoadOptions()).overrides(),
     )
 
@@ -72,15 +88,17 @@ def calibrate_run(
     *,
     target_precision: float | None = None,
     target_coverage: float | None = None,
+    precision_bound: str = "estimate",
     **runtime,
 ) -> dict:
     """Fit temperature scaling on a split of the run's data (validation by default) and
     store it in the run's calibration.json, which evaluate / predict / compare then use.
 
     A run trained with ``--target-precision`` / ``--target-coverage`` chooses its
-    abstention threshold again at the new temperature; ``target_precision`` /
-    ``target_coverage`` choose one here (stored in labels.json, its figures under
-    ``abstention``).
+    abstention threshold again at the new temperature (judged by the run's own
+    ``--precision-bound``); ``target_precision`` / ``target_coverage`` choose one here
+    (stored in labels.json, its figures under ``abstention``), ``precision_bound="lower"``
+    by the lower end of the precision's 95 % interval.
 
     ``split`` None: validation, or the whole of a file given as ``data_values["data"]``
     that has no ``split`` column.
@@ -91,6 +109,7 @@ def calibrate_run(
         >>> calibrate_run("runs/bbc")["temperature"]  # doctest: +SKIP
         1.84
     """
+    check_precision_bound(precision_bound, target_precision)
     folder = RunFolder(run)
     config = data_config_for(run, data_values)
     classifier = load_classifier(folder.path, **runtime)
@@ -109,6 +128,7 @@ def calibrate_run(
             examples.labels,
             precision=target_precision,
             coverage=target_coverage,
+            precision_bound=precision_bound if target_precision is not None else None,
             where=where,
         )
     stored = dict(classifier.calibration_)
