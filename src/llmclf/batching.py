@@ -196,6 +196,62 @@ def pad_batch(
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Place texts of these ``lengths`` in as few rows of at most ``width`` tokens as
+    first-fit decreasing finds (a text longer than ``width`` gets a row of its own); each
+    row lists its texts' indices, longest first.
+
+    Example:
+        >>> pack_rows([5, 3, 8, 2, 4], width=10)
+        [[2, 3], [0, 4], [1]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        size = lengths[index]
+        row = next((r for r, free in enumerate(room) if free >= size), None)
+        if row is None:
+            rows.append([index])
+            room.append(width - size)
+        else:
+            rows[row].append(index)
+            room[row] -= size
+    return rows
+
+
+def packed_batch(sequences: list[list[int]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """Token-id lists packed several to a row (``pack_rows``) instead of padded one to a
+    row: ``input_ids``, ``position_ids`` counting from 0 in every text (transformers then
+    keeps attention within each text: a block-diagonal causal mask) and ``segments``, the
+    text each position holds (its index in ``sequences``; -1 on the padding that evens the
+    rows, which gets positions of its own so it is a block apart). No ``attention_mask``:
+    transformers builds the mask from the positions only without one.
+
+    Example:
+        >>> batch = packed_batch([[7, 8, 9], [5], [6, 6]], pad_id=0, width=4)
+        >>> batch["input_ids"].tolist(), batch["position_ids"].tolist()
+        ([[7, 8, 9, 5], [6, 6, 0, 0]], [[0, 1, 2, 0], [0, 1, 0, 1]])
+        >>> batch["segments"].tolist()
+        [[0, 0, 0, 1], [2, 2, -1, -1]]
+    """
+    rows = pack_rows([len(s) for s in sequences], width)
+    filled = [sum(len(sequences[i]) for i in row) for row in rows]
+    shape = (len(rows), max(filled))
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for index in row:
+            size = len(sequences[index])
+            ids[r, at : at + size] = torch.tensor(sequences[index])
+            positions[r, at : at + size] = torch.arange(size)
+            segments[r, at : at + size] = index
+            at += size
+        positions[r, at:] = torch.arange(shape[1] - at)
+    return {"input_ids": ids, "position_ids": positions, "segments": segments}
+
+
 @torch.inference_mode()
 def run_batches(
     sequences: list[list[int]],

@@ -103,3 +103,44 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
         tensor([[0, 0, 0, 1]])
     """
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def pool_packed(hidden: torch.Tensor, segments: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per text of rows that pack several texts (``--packing``): the same
+    vectors ``POOLERS[pooling]`` gives each text padded alone.
+
+    Args:
+        hidden: [rows, width, dim] final hidden states.
+        segments: [rows, width] the number of the text each position holds (0 .. n - 1,
+            every number present), -1 for padding.
+        pooling: ``last``, ``mean`` or ``max``.
+
+    Returns:
+        [n, dim], row i for text i.
+
+    Example:
+        >>> hidden = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [0.0]]])
+        >>> segments = torch.tensor([[1, 1, 0], [2, 2, -1]])
+        >>> pool_packed(hidden, segments, "last").squeeze(-1)
+        tensor([3., 2., 5.])
+        >>> pool_packed(hidden, segments, "mean").squeeze(-1)
+        tensor([3.0000, 1.5000, 4.5000])
+    """
+    dim = hidden.shape[-1]
+    flat, owner = hidden.reshape(-1, dim), segments.reshape(-1)
+    real = torch.nonzero(owner >= 0).squeeze(1)
+    flat, owner = flat.index_select(0, real), owner.index_select(0, real)
+    count = int(owner.max()) + 1 if len(owner) else 0
+    if pooling == "last":  # the text's final position: the highest flat index it holds
+        places = torch.arange(len(owner), device=owner.device)
+        ends = torch.full((count,), -1, device=owner.device, dtype=places.dtype)
+        return flat.index_select(0, ends.scatter_reduce(0, owner, places, "amax"))
+    if pooling == "mean":
+        sums = flat.new_zeros(count, dim).index_add(0, owner, flat)
+        sizes = torch.bincount(owner, minlength=count).clamp(min=1)
+        return sums / sizes.unsqueeze(1).to(flat.dtype)
+    if pooling == "max":
+        spread = owner.unsqueeze(1).expand(-1, dim)
+        start = flat.new_full((count, dim), float("-inf"))
+        return start.scatter_reduce(0, spread, flat, "amax", include_self=False)
+    raise ValueError(f"packed rows pool with last, mean or max, not {pooling!r}")

@@ -256,3 +256,63 @@ def test_a_compiled_run_learns_what_the_plain_one_does(tiny_llama, tmp_path):
     compiled.save(tmp_path / "run")
     loaded = HeadClassifier.load(tmp_path / "run")
     assert list(loaded.predict(texts[:6])) == list(compiled.predict(texts[:6]))
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_packed_rows_give_the_padded_loss_and_gradients(tiny_llama, pooling):
+    """--packing: texts of different lengths packed several to a row (block-diagonal
+    attention, positions restarting) give, in float32, the loss and every gradient that
+    the same texts padded one to a row give."""
+    from llmclf import HeadClassifier
+    from llmclf.batching import packed_batch, pad_batch
+    from llmclf.labels import LabelSchema
+    from llmclf.methods.head import head_logits, packed_head_logits
+
+    texts, labels = make_texts(16, seed=9)
+    clf = HeadClassifier(tiny_llama, pooling=pooling, progress=False)
+    clf._config = clf.resolve_config()
+    schema = LabelSchema.from_labels(labels, False)
+    clf._build(schema)
+    model = clf.model_.train()
+    sequences = clf._encode(texts[:8])
+    assert len({len(s) for s in sequences}) > 2  # lengths differ: padding is there to save
+    target = torch.tensor(schema.encode(labels[:8]))
+    packed = packed_batch(sequences, clf.tokenizer_.pad_token_id, width=40)
+    assert packed["input_ids"].shape[0] < 8  # several texts share a row
+
+    def loss_and_grads(forward, batch):
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(forward(model, batch, pooling), target)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(head_logits, pad_batch(sequences, clf.tokenizer_.pad_token_id))
+    packed_loss, packed_grads = loss_and_grads(packed_head_logits, packed)
+    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    assert grads.keys() == packed_grads.keys() and any("lora_" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(packed_grads[name], grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_run_trains_and_predicts_like_a_padded_one(tiny_llama, tmp_path):
+    """A --packing run in float32 learns the model the padded run learns (the same
+    batches, so the same steps), records the option, and refuses what it cannot pack."""
+    from llmclf import HeadClassifier
+    from llmclf.errors import LlmclfError
+
+    texts, labels = make_texts(24, seed=10)
+    options = dict(epochs=1, batch_size=8, max_length=16, validation_fraction=0.25, progress=False)
+    plain = HeadClassifier(tiny_llama, **options).fit(texts, labels)
+    packed = HeadClassifier(tiny_llama, packing=True, **options).fit(texts, labels)
+    np.testing.assert_allclose(
+        packed.predict_proba(texts[:6]), plain.predict_proba(texts[:6]), atol=1e-4
+    )
+    packed.save(tmp_path / "run")
+    assert "packing: true" in (tmp_path / "run" / "config.yaml").read_text()
+    for bad, words in [
+        (dict(lora="none"), "--lora none"),
+        (dict(pooling="token"), "--pooling token"),
+        (dict(long_text="chunks"), "--long-text chunks"),
+    ]:
+        with pytest.raises(LlmclfError, match=words):
+            HeadClassifier(tiny_llama, packing=True, **bad).resolve_config()
