@@ -544,22 +544,60 @@ def fraction_lines(r: dict) -> list[str]:
 
 
 def levers_lines(r: dict) -> list[str]:
-    """bench_step.py cases (benchmarks/levers.sh): one training step per lever."""
+    """bench_step.py cases (benchmarks/levers.sh): one training step per lever, or per
+    method (then with each step's method, model and the operators that took most of it)."""
+    cases = r["cases"]
+    methods = {c["settings"].get("method", "head") for c in cases.values()}
+    if methods == {"head"}:
+        title = "One training step per lever (bench_step.py: head, SmolLM2-135M, real tokens)"
+        columns = []
+    else:
+        title = "One training step per method (bench_step.py: real tokens, profiled)"
+        columns = ["method (model)", "top operators (share of self CPU time)"]
     out = [
-        "### One training step per lever (bench_step.py: head, SmolLM2-135M, real tokens)",
+        f"### {title}",
         "",
-        "| case | rows x length | dtype | ms / step | tokens/s | fraction of the dtype's "
-        "peak | peak GFLOP/s | warm-up s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | "
+        + "".join(f"{c} | " for c in columns[:1])
+        + "rows x length | dtype | ms / step | tokens/s | fraction of the dtype's peak | "
+        "peak GFLOP/s | warm-up s |" + "".join(f" {c} |" for c in columns[1:]),
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(columns),
     ]
-    for case, c in r["cases"].items():
+    for case, c in cases.items():
         s = c["settings"]
+        method = [f"{s.get('method', 'head')} ({s['model']}) | "] if columns else []
+        top = c.get("profile_top", [])[:3]
+        operators = [" " + ", ".join(f"{t['operator']} {t['share']:.0%}" for t in top) + " |"]
         out.append(
-            f"| {case} | {s['batch_size']} x {s['length']} | {s['dtype']} | "
+            f"| {case} | {''.join(method)}{s['batch_size']} x {s['length']} | {s['dtype']} | "
             f"{c['step_seconds'] * 1000:.0f} | {c['tokens_per_s']:,} | "
             f"{c['fraction_of_dtype_peak']} | {c['dtype_peak_gflops']:,} | "
-            f"{c['warmup_seconds']} |"
+            f"{c['warmup_seconds']} |" + ("".join(operators) if columns else "")
         )
+    return [*out, ""]
+
+
+def fused_lines(r: dict) -> list[str]:
+    """bench_fused_lora.py: LoRA's adapters that share an input, separate (as PEFT runs
+    them) against one matmul by their concatenated A, and what that saves of a step."""
+    s = r["settings"]
+    out = [
+        f"### Fused LoRA A, measured before building it (bench_fused_lora.py: {s['model']}, "
+        f"{s['tokens']:,} tokens, rank {s['rank']}, {s['dtype']}, forward + backward per block)",
+        "",
+        "| adapters | outputs | separate ms | fused A ms | speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for name, g in r["groups"].items():
+        out.append(
+            f"| {name} | {' / '.join(str(o) for o in g['outputs'])} | {g['separate_ms']} | "
+            f"{g['fused_ms']} | {g['speedup']}x |"
+        )
+    out += [
+        "",
+        f"Over {r['decoder_blocks']} decoder blocks: {r['saved_ms_per_step']} ms saved of a "
+        f"{r['default_step_ms']} ms default step ({r['step_fraction_saved']:.1%}).",
+    ]
     return [*out, ""]
 
 
@@ -635,6 +673,7 @@ def render(results=RESULTS) -> list[str]:
         ("export_", export_lines),
         ("fraction_", fraction_lines),
         ("levers_", levers_lines),
+        ("fused_", fused_lines),
         ("setfit_", setfit_lines),
         ("pooling_", pooling_lines),
     )
