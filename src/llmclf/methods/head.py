@@ -53,6 +53,19 @@ from llmclf.long_text import (
 )
 from llmclf.losses import balanced_weights, loss_function
 from llmclf.methods.base import ClassifierBase
+from llmclf.methods.block_cache import (
+    CHECK_TEXTS,
+    HiddenStateCollator,
+    cache_record,
+    cached_datasets,
+    cached_head_logits,
+    check_block_cache,
+    check_cached_path,
+    check_processes,
+    fill_block_cache,
+    split_decoder,
+    training_dropout,
+)
 from llmclf.methods.features import FeatureCollator, cached_features, feature_key, feature_rows
 from llmclf.methods.pool_token import POOL_TOKEN_MODULE, pool_token, token_inputs
 from llmclf.methods.pooling_auto import (
@@ -116,6 +129,17 @@ class HeadConfig:
         "instead of padding every text to the batch's longest: less padding computed, "
         "for short texts of varied length; the same loss and gradients (docs/training.md)",
     )
+    cache_lower_blocks: bool = option(
+        False,
+        "with --lora-layers K: run the N - K frozen blocks below LoRA once per text before "
+        "training, not once per epoch, and train the top K blocks on their cached output. "
+        "Held in memory: tokens x hidden x 2 bytes in bf16 (4 in float32), e.g. 240 texts "
+        "of 128 tokens of SmolLM2-135M ~35 MB, 10,000 of 256 tokens of a 1B model (hidden "
+        "2048) ~10 GB. Checked against the full forward on the first texts (an architecture "
+        "where they differ trains the usual way); saved runs are unchanged "
+        "(docs/training.md)",
+        runtime=True,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -137,6 +161,8 @@ class HeadClassifierConfig(MethodConfig):
             check_auto(self)
         if self.head.packing:
             check_packing(self)
+        if self.head.cache_lower_blocks:
+            check_block_cache(self)
         if self.head.pooling == "token" and self.adapter.lora == "none":
             raise LlmclfError(
                 "--pooling token learns a token that the whole model reads, so --lora none "
@@ -308,11 +334,15 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
     def _fit(
         self, texts, labels, eval_texts, eval_labels, schema: LabelSchema, output_dir: Path | None
     ):
-        self.pooling_choice_, self.fit_choices_ = None, {}
+        self.pooling_choice_, self.fit_choices_, self.block_cache_ = None, {}, None
+        if self.config_.head.cache_lower_blocks:
+            check_processes()
         if self.config_.head.pooling == "auto":
             self._fit_auto(texts, labels, eval_texts, eval_labels, schema, output_dir)
         else:
             self._fit_pooling(texts, labels, eval_texts, eval_labels, schema, output_dir)
+        if self.block_cache_ is not None:  # --cache-lower-blocks: used or not, and its cost
+            self.fit_choices_["block_cache"] = self.block_cache_
 
     def _fit_pooling(self, texts, labels, eval_texts, eval_labels, schema, output_dir):
         """Train with the config's own pooling (never auto)."""
@@ -374,11 +404,12 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
                 scores[pooling] = self.train_result_.best_metric
                 fitted[pooling] = {name: getattr(self, name) for name in FITTED}
                 fitted[pooling]["thresholds"] = schema.thresholds
+                fitted[pooling]["block_cache_"] = self.block_cache_
             how, seconds = HOW_LORA, time.perf_counter() - start
         choice = PoolingChoice.pick(scores, selection_metric(schema.multi_label), how, seconds)
         log.info(choice.describe())
         self.pooling_choice_ = choice
-        self.fit_choices_ = {"pooling_auto": choice.record()}
+        self.fit_choices_["pooling_auto"] = choice.record()
         self._config = with_pooling(user, choice.chosen)
         if user.adapter.lora == "none":  # features cached: the probe's training, once more
             self._fit_pooling(texts, labels, eval_texts, eval_labels, schema, output_dir)
@@ -438,8 +469,14 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             collator = WindowCollator(self.tokenizer_.pad_token_id, _label_dtype(schema))
             forward = lambda model, batch: chunk_head_logits(model, batch, pooling, aggregation)  # noqa: E731
             return self.model_, train_set, eval_set, collator, forward, self._optimizer()
-        train_set = token_dataset(self._encode(texts), targets)
-        eval_set = token_dataset(self._encode(eval_texts), eval_targets) if eval_texts else None
+        ids = self._encode(texts)
+        eval_ids = self._encode(eval_texts) if eval_texts else None
+        if self.config_.head.cache_lower_blocks:
+            cached = self._block_cache_inputs(ids, targets, eval_ids, eval_targets, schema)
+            if cached is not None:
+                return self.model_, *cached, self._optimizer()
+        train_set = token_dataset(ids, targets)
+        eval_set = token_dataset(eval_ids, eval_targets) if eval_texts else None
         if self.config_.head.packing:
             width = max(PACK_ROW_TOKENS, self.config_.model.max_length)
             collator = PackingCollator(self.tokenizer_.pad_token_id, schema.multi_label, width)
@@ -448,6 +485,63 @@ class HeadClassifier(LongTextTokens, ClassifierBase):
             collator = PaddingCollator(self.tokenizer_.pad_token_id, schema.multi_label)
             forward = lambda model, batch: head_logits(model, batch, pooling)  # noqa: E731
         return self.model_, train_set, eval_set, collator, forward, self._optimizer()
+
+    def _block_cache_inputs(self, ids, targets, eval_ids, eval_targets, schema):
+        """``--cache-lower-blocks``: the training and validation sets, collator and forward
+        that train the top ``--lora-layers`` blocks on the cached output of the frozen ones
+        below (``block_cache.py``); None, with one warning line, where this model cannot
+        (``block_cache_`` says which, for metrics.json)."""
+        decoder = _sequence_classifier(self.model_).base_model
+        name = type(decoder).__name__
+        dropout = training_dropout(decoder.config)
+        if dropout:
+            return self._no_block_cache(f"{name} uses dropout in training ({', '.join(dropout)})")
+        lower, top = split_decoder(decoder, self.config_.adapter.lora_layers)
+        pad_id, pooling = self.tokenizer_.pad_token_id, self.config_.head.pooling
+        head = self._head()
+        differs = check_cached_path(
+            self.model_,
+            lambda batch: head_logits(self.model_, batch, pooling),
+            lower,
+            top,
+            head,
+            ids[:CHECK_TEXTS],
+            pad_id,
+            pooling,
+            self.device_,
+            self.dtype_,
+        )
+        if differs:
+            return self._no_block_cache(f"{name}: {differs}")
+        start = time.perf_counter()
+        hidden = fill_block_cache(
+            lower,
+            ids + (eval_ids or []),
+            pad_id,
+            self.config_.train.eval_batch_size,
+            self.device_,
+            self.dtype_,
+            progress=self.progress,
+        )
+        record = self.block_cache_ = cache_record(lower, top, hidden, time.perf_counter() - start)
+        log.info(
+            "--cache-lower-blocks: the %d frozen blocks ran once over %d texts (%d tokens, "
+            "%.0f MiB held) in %.1f s; training runs the top %d",
+            record["blocks_cached"], record["texts"], record["tokens"], record["megabytes"],
+            record["fill_seconds"], len(top.layers),
+        )  # fmt: skip
+        train_set, eval_set = cached_datasets(ids, targets, eval_ids, eval_targets)
+        collator = HiddenStateCollator(hidden, pad_id, schema.multi_label)
+        forward = lambda model, batch: cached_head_logits(top, head, batch, pooling)  # noqa: E731
+        return train_set, eval_set, collator, forward
+
+    def _no_block_cache(self, reason: str) -> None:
+        log.warning(
+            "--cache-lower-blocks: %s, so the cache cannot stand in for the blocks below "
+            "LoRA; training the usual way",
+            reason,
+        )
+        self.block_cache_ = {"used": False, "reason": reason}
 
     def _frozen_inputs(self, texts, targets, eval_texts, eval_targets, schema):
         """What the Trainer needs to train the head alone on cached pooled features (with
