@@ -284,7 +284,9 @@ def test_packed_rows_give_the_padded_loss_and_gradients(tiny_llama, pooling):
         model.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(forward(model, batch, pooling), target)
         loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
 
     loss, grads = loss_and_grads(head_logits, pad_batch(sequences, clf.tokenizer_.pad_token_id))
     packed_loss, packed_grads = loss_and_grads(packed_head_logits, packed)
