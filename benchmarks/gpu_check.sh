@@ -11,7 +11,8 @@
 #     recipe, with peak GPU memory and real tokens/s (bench_train.py); prediction against
 #     pipeline("text-classification") (bench_inference.py); instruct label scoring
 #     against generation with multi-token labels (bench_instruct.py); then, if time is
-#     left, --compile, --batch-tokens and --packing beside the defaults (issue 33's levers);
+#     left, --compile, --batch-tokens, --packing and --cache-lower-blocks beside the
+#     defaults (issue 33's levers);
 # each step under its own timeout, a failed step never stopping the next ones. Under $OUT:
 # gpu_check.json (what ran, what failed and why, every figure), gpu_check.log, each
 # benchmark's results JSON and gpu_check_logs.tar.gz (every step's and run's log). It exits
@@ -143,11 +144,13 @@ step instruct 150 "$MODEL/config.json" \
   --max-length $MAX_LENGTH --batch-size 16 --modes score generate --reuse-texts 4 \
   --name "instruct_$NAME" --results-dir "$RESULTS"
 # issue 33's opt-in levers on the GPU, last (only if time is left): compiled blocks,
-# token-budget batches and packed rows beside the defaults, at the same shape
+# token-budget batches, packed rows and cached lower blocks beside the defaults, at the
+# same shape
 step levers 200 "$MODEL/config.json" \
   "$PYTHON" benchmarks/bench_train.py --model "$MODEL" --data "$ASSETS/train.csv" \
   --max-length $MAX_LENGTH --quantize 4bit --batch-size 8 --epochs 1 \
-  --variant=--compile --variant="--batch-tokens 8192" --variant=--packing --name "train_${NAME}_levers" \
+  --variant=--compile --variant="--batch-tokens 8192" --variant=--packing \
+  --variant="--lora-layers 4 --cache-lower-blocks" --name "train_${NAME}_levers" \
   --results-dir "$RESULTS"
 
 tar -czf "$RESULTS/gpu_check_logs.tar.gz" -C "$WORK" logs -C "$ROOT/benchmarks" \
