@@ -657,6 +657,52 @@ def pooling_lines(r: dict) -> list[str]:
     return [*out, ""]
 
 
+def hierarchy_lines(r: dict) -> list[str]:
+    """bench_hierarchy.py: per-level figures of 20newsgroups runs, the flat decision
+    llmclf makes against a top-down one, and the parents of withheld answers."""
+    s = r["settings"]
+    out = [
+        f"### Hierarchical labels: {s['data']} read with `--label-hierarchy {s['separator']}` "
+        f"(level 1: {', '.join(s['level_1'])})",
+        "",
+        "Macro-F1 of the flat decision (llmclf's) / a top-down one (the group with the most "
+        "summed probability first), per level; from the runs of the SetFit table above.",
+        "",
+    ]
+    levels = [str(level["level"]) for level in r["runs"][0]["levels"]]
+    out += [
+        "| method | train texts | " + " | ".join(f"level {n}" for n in levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
+    for run in r["runs"]:
+        cells = [f"{v['flat_macro_f1']:.3f} / {v['top_down_macro_f1']:.3f}" for v in run["levels"]]
+        out.append(f"| {run['method']} | {run['train']:,} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "`--target-precision` P chosen on one half of the test texts and measured on the "
+        "other, both ways round: the share answered and right; of the withheld texts, the "
+        "share still given a parent and how often it is right, at the parents' own "
+        "threshold (llmclf's) / at the class threshold (a bare `--abstain-below`).",
+        "",
+        "| method | train texts | P | answered | right | withheld with a parent | parent right |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(a, b):
+        return " / ".join("-" if v is None else f"{v:.3f}" for v in (a, b))
+
+    for run in r["runs"]:
+        for a in run["abstaining"]:
+            right = "-" if a["answered_accuracy"] is None else f"{a['answered_accuracy']:.3f}"
+            out.append(
+                f"| {run['method']} | {run['train']:,} | {a['target_precision']:g} | "
+                f"{a['coverage']:.3f} | {right} | "
+                f"{pair(a['with_parent'], a['with_parent_at_class_threshold'])} | "
+                f"{pair(a['parent_accuracy'], a['parent_accuracy_at_class_threshold'])} |"
+            )
+    return [*out, ""]
+
+
 def render(results=RESULTS) -> list[str]:
     """The generated part of BENCHMARKS.md: every results file in ``results``, each
     after the machine it ran on."""
@@ -676,6 +722,7 @@ def render(results=RESULTS) -> list[str]:
         ("fused_", fused_lines),
         ("setfit_", setfit_lines),
         ("pooling_", pooling_lines),
+        ("hierarchy_", hierarchy_lines),
     )
     lines: list[str] = []
     shown = None

@@ -521,6 +521,18 @@ class AbstainConfig:
         return None
 
 
+@dataclass
+class LabelsConfig:
+    """How a run reads its classes (every method)."""
+
+    label_hierarchy: str | None = option(
+        None,
+        "single-label classes are paths with this separator between parent and child (e.g. "
+        "'/' for sport/football, '.' for comp.sys.mac): metrics per level, and a run that "
+        "abstains still answers the parent it is sure of (parent column; docs/evaluation.md)",
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # A method's config: its sections, resolved once
 # ---------------------------------------------------------------------------------------
@@ -621,6 +633,12 @@ class PredictLoadOptions(LoadOptions):
         "below this, instead of the run's own threshold (labels.json); multi-label: per "
         "label, on the probability of the decided outcome",
     )
+    label_hierarchy: str | None = same_as(
+        LabelsConfig,
+        "label_hierarchy",
+        help="read the run's classes as paths with this separator (e.g. '/'), instead of "
+        "the run's own: metrics per level and parent answers where it abstains",
+    )
 
 
 def section(cls: type):
@@ -629,7 +647,7 @@ def section(cls: type):
 
 
 # the sections MethodConfig gives every method, after the method's own
-SHARED_SECTIONS = ("abstain",)
+SHARED_SECTIONS = ("labels", "abstain")
 
 
 @dataclass
@@ -646,7 +664,9 @@ class MethodConfig:
     # values for options the user did not set, where a method differs from the sections'
     defaults: ClassVar[dict[str, Any]] = {}
 
-    # every method's: when its runs abstain (last in config.yaml)
+    # every method's: how its runs read their classes, and when they abstain (last in
+    # config.yaml)
+    labels: LabelsConfig = section(LabelsConfig)
     abstain: AbstainConfig = section(AbstainConfig)
 
     @classmethod

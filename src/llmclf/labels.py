@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from llmclf.errors import LlmclfError
+from llmclf.evaluation.hierarchy import parent_answers
 from llmclf.evaluation.selective import abstaining
 from llmclf.run_folder import LABELS_FILE, read_json, write_json
 
@@ -24,7 +25,11 @@ class LabelSchema:
     ``label_sep`` joins several labels when a table needs one string per row;
     ``abstain_below`` (``--abstain-below``, or chosen by ``--target-precision``) is the
     probability under which an answer is withheld: one for a single-label run, one per
-    label for a multi-label run (``abstains``; ``evaluation/selective.py`` defines it).
+    label for a multi-label run (``abstains``; ``evaluation/selective.py`` defines it);
+    ``hierarchy`` (``--label-hierarchy``) is the separator of classes that are paths
+    (``sport/football``): metrics per level, and a withheld answer's sure parent
+    (``evaluation/hierarchy.py``), sure at ``parent_below`` (chosen with
+    ``--target-precision``) or else at ``abstain_below``.
     """
 
     classes: list[str]
@@ -32,6 +37,8 @@ class LabelSchema:
     label_sep: str = "|"
     thresholds: list[float] | None = None
     abstain_below: float | list[float] | None = None
+    hierarchy: str | None = None
+    parent_below: float | None = None
 
     @classmethod
     def from_labels(
@@ -106,7 +113,59 @@ class LabelSchema:
             threshold = [float(t) for t in threshold]
         elif threshold is not None:
             threshold = float(threshold)
-        return dataclasses.replace(self, abstain_below=threshold)
+        # a new threshold: the parents are judged by it too until one is chosen for them
+        return dataclasses.replace(self, abstain_below=threshold, parent_below=None)
+
+    def with_parent_threshold(self, threshold: float | None) -> LabelSchema:
+        """This schema giving a withheld answer's parent when the parent's classes hold at
+        least ``threshold`` (None: ``abstain_below``)."""
+        return dataclasses.replace(
+            self, parent_below=None if threshold is None else float(threshold)
+        )
+
+    def with_hierarchy(self, sep: str | None) -> LabelSchema:
+        """This schema reading its classes as paths joined by ``sep`` (None: flat).
+
+        Example:
+            >>> LabelSchema(["sport/golf", "sport/tennis", "tech"]).with_hierarchy("/").hierarchy
+            '/'
+        """
+        if sep is None:
+            return dataclasses.replace(self, hierarchy=None)
+        if self.multi_label:
+            raise LlmclfError(
+                "--label-hierarchy reads single-label classes as paths; this run is "
+                "multi-label: drop --label-hierarchy"
+            )
+        if not any(sep in c for c in self.classes):
+            shown = ", ".join(repr(c) for c in self.classes[:5])
+            raise LlmclfError(
+                f"--label-hierarchy {sep!r}: no class contains {sep!r} ({shown}"
+                f"{' …' if self.num_classes > 5 else ''}); give the separator the labels use "
+                "between parent and child, e.g. '/' for 'sport/football'"
+            )
+        if any(part == "" for c in self.classes for part in c.split(sep)):
+            bad = next(c for c in self.classes if "" in c.split(sep))
+            raise LlmclfError(
+                f"--label-hierarchy {sep!r}: the class {bad!r} has an empty level; write "
+                f"paths as parent{sep}child"
+            )
+        return dataclasses.replace(self, hierarchy=sep)
+
+    def parents(self, proba: np.ndarray, decided: np.ndarray | None = None) -> list[str | None]:
+        """For each withheld answer of a hierarchical run that abstains, the deepest parent
+        of the decided class it is still sure of: its classes together hold at least
+        ``parent_below``, else ``abstain_below`` (``parent_answers``). None where the run
+        answers, where no parent
+        is sure, and for runs without a hierarchy or a threshold."""
+        proba = np.asarray(proba)
+        if not self.hierarchy or self.abstain_below is None or self.multi_label:
+            return [None] * len(proba)
+        decided = self.decide(proba) if decided is None else decided
+        withheld = self.abstains(proba, decided)
+        sure = self.abstain_below if self.parent_below is None else self.parent_below
+        found = parent_answers(proba, decided, self.classes, self.hierarchy, sure)
+        return [p if off and p else None for p, off in zip(found, withheld)]
 
     def decode(self, predictions: np.ndarray) -> list:
         """Indices -> label strings (None for ``NO_CLASS``); indicator rows -> lists of

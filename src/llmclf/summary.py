@@ -23,6 +23,11 @@ def metrics_lines(metrics: dict, folder: Path | str) -> None:
                 f"  samples-F1 {metrics['samples_f1']:.4f}  hamming {metrics['hamming_loss']:.4f}"
             )
         print(line)
+    for level in metrics.get("levels", []):
+        print(
+            f"  level {level['level']} ({level['groups']} groups): accuracy "
+            f"{level['accuracy']:.4f}  macro-F1 {level['macro_f1']:.4f}"
+        )
     if "unparsed" in metrics:
         print(
             f"unparsed answers {metrics['unparsed']} ({metrics['unparsed_rate']:.1%}): "
@@ -46,6 +51,13 @@ def metrics_lines(metrics: dict, folder: Path | str) -> None:
             + (f"{accuracy:.1%} of them right" if accuracy is not None else "no text")
             + f"  (AURC {selective['aurc']:.4f})"
         )
+        parents = selective.get("parents")
+        if parents and parents["with_parent"] is not None:
+            right = parents["parent_accuracy"]
+            print(
+                f"  of the {parents['withheld']} withheld, {parents['with_parent']:.1%} still "
+                "get a parent" + (f", {right:.1%} of them right" if right is not None else "")
+            )
     if "trainable_params" in metrics:
         print(
             f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}; "

@@ -105,7 +105,9 @@ def check_same_test_set(evaluations: list[RunEvaluation]) -> None:
 def run_row(evaluation: RunEvaluation, settings: dict) -> dict:
     """Quality, calibration and cost figures of one run."""
     schema = evaluation.schema
-    quality = classification_metrics(evaluation.truth, evaluation.predicted, schema.classes)
+    quality = classification_metrics(
+        evaluation.truth, evaluation.predicted, schema.classes, schema.hierarchy
+    )
     calibration = calibration_before_after(evaluation, evaluation.temperature, reliability=True)
     cost = evaluation.run_metrics
     return {

@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
 
+from llmclf.evaluation.hierarchy import level_metrics
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], hierarchy: str | None = None
+) -> dict:
     """Accuracy, micro / macro / weighted F1 and per-class figures.
 
-    Single-label: ``y_true`` and ``y_pred`` are [n] class indices. Multi-label: [n, k] 0/1
-    indicator matrices, and ``samples_f1``, ``hamming_loss`` and ``subset_accuracy`` are
-    added (``accuracy`` is then the subset accuracy too).
+    Single-label: ``y_true`` and ``y_pred`` are [n] class indices (-1: no class). Multi-label:
+    [n, k] 0/1 indicator matrices, and ``samples_f1``, ``hamming_loss`` and
+    ``subset_accuracy`` are added (``accuracy`` is then the subset accuracy too).
+    ``hierarchy`` (single-label classes that are paths joined by it) adds ``levels``: the
+    accuracy and macro-F1 of every level above the classes (``hierarchy.level_metrics``).
 
     Example:
         >>> classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), ["a", "b"])["accuracy"]
@@ -45,6 +51,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         out["samples_f1"] = float(f1_score(y_true, y_pred, average="samples", zero_division=0))
         out["hamming_loss"] = float(hamming_loss(y_true, y_pred))
         out["subset_accuracy"] = out["accuracy"]
+    elif hierarchy:
+        names = [classes[i] if i >= 0 else None for i in y_pred]
+        out["levels"] = level_metrics([classes[i] for i in y_true], names, classes, hierarchy)
     return out
 
 

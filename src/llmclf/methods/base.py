@@ -39,6 +39,7 @@ from llmclf.evaluation.calibration import (
     rescale_thresholds,
     to_proba,
 )
+from llmclf.evaluation.hierarchy import parent_figures, parent_threshold_for_precision
 from llmclf.evaluation.metrics import tune_thresholds
 from llmclf.evaluation.selective import (
     PRECISION_BOUNDS,
@@ -140,6 +141,18 @@ class Predictor:
             array([False,  True, False])
         """
         return self.schema_.abstains(np.asarray(proba))
+
+    def parent_labels(self, proba: np.ndarray) -> list[str | None]:
+        """What a run with ``--label-hierarchy`` still says where it abstains: for each row
+        of ``predict_proba`` whose answer is withheld, the deepest parent of that answer
+        whose classes together hold at least the abstention threshold (``sport`` for a
+        withheld ``sport/football``); None where the run answers or no parent is sure.
+
+        Example:
+            >>> clf.set_abstention(0.9).parent_labels(clf.predict_proba(texts))  # doctest: +SKIP
+            [None, 'sport', None]
+        """
+        return self.schema_.parents(np.asarray(proba))
 
     def set_abstention(self, threshold: float | list[float] | None):
         """Abstain from now on when an answer's probability is below ``threshold`` (one per
@@ -280,7 +293,9 @@ class ClassifierBase(Predictor):
         """
         self._config = self.resolve_config()
         texts, labels, multi_label = self._texts_and_labels(X, y)
-        schema = LabelSchema.from_labels(labels, multi_label)
+        schema = LabelSchema.from_labels(labels, multi_label).with_hierarchy(
+            self.config_.labels.label_hierarchy
+        )
         train_cfg = getattr(self.config_, "train", None)
         if eval_set is not None:
             eval_texts, eval_labels, _ = self._texts_and_labels(*eval_set, multi_label=multi_label)
@@ -511,7 +526,40 @@ class ClassifierBase(Predictor):
                 "validation texts narrow it",
                 figures.accuracy, where, figures.kept, low, high, value,
             )  # fmt: skip
+        if kind == "precision" and schema.hierarchy and not schema.multi_label:
+            self._choose_parent_threshold(proba, decided, truth, value, bound, where)
         return self
+
+    def _choose_parent_threshold(self, proba, decided, truth, target, bound, where) -> None:
+        """With a hierarchy and a target precision: the threshold at which the parents of
+        the answers withheld on ``where`` reach the target too (the class threshold does
+        not: a parent given at it was right less often than the answers on 20newsgroups,
+        BENCHMARKS.md), recorded with the abstention."""
+        schema = self.schema_
+        withheld = schema.abstains(proba, decided)
+        found = parent_threshold_for_precision(
+            proba[withheld], decided[withheld], truth[withheld],
+            schema.classes, schema.hierarchy, target, bound,
+        )  # fmt: skip
+        if found is None:
+            log.warning(
+                "no parent of the answers withheld on %s reaches precision %s: the run gives "
+                "parents only at probability 1 there", where, target,
+            )  # fmt: skip
+            found = 1.0
+        self.schema_ = schema.with_parent_threshold(found)
+        figures = parent_figures(
+            [schema.classes[i] for i in truth], self.schema_.parents(proba, decided),
+            withheld, schema.hierarchy,
+        )  # fmt: skip
+        self.abstention_["parent_threshold"] = found
+        self.abstention_["validation"]["parents"] = figures
+        log.info(
+            "giving the parent of a withheld answer at %.4f: %s of %d withheld texts get one",
+            found,
+            "none" if figures["with_parent"] is None else f"{figures['with_parent']:.1%}",
+            figures["withheld"],
+        )
 
     def quantize_int8(self):
         """Predict with int8 weights and activations from now on (CPU only; see
@@ -606,6 +654,8 @@ class ClassifierBase(Predictor):
         folder = RunFolder(path)
         clf = cls.configured(folder.path, **overrides)
         schema = LabelSchema.load(folder.path)
+        if overrides.get("label_hierarchy") is not None:  # checked before the model loads
+            schema = schema.with_hierarchy(overrides["label_hierarchy"])
         clf.schema_ = schema  # the model loader reads the classes
         calibration = folder.calibration()
         if "fitted_on" in calibration:  # written by calibrate()

@@ -24,6 +24,7 @@ from llmclf.data import (
 )
 from llmclf.errors import LlmclfError
 from llmclf.evaluation.calibration import calibration_figures
+from llmclf.evaluation.hierarchy import parent_figures
 from llmclf.evaluation.metrics import classification_metrics
 from llmclf.evaluation.selective import selective_metrics
 from llmclf.labels import LabelSchema
@@ -104,7 +105,10 @@ def load_classifier(run: str | Path, int8: bool = False, **overrides) -> Classif
         )
     if is_export(folder.path):  # llmclf export: run by ONNX Runtime or llama.cpp
         abstain_below = overrides.pop("abstain_below", None)
+        hierarchy = overrides.pop("label_hierarchy", None)
         exported = load_export(folder.path, int8=int8, **overrides)
+        if hierarchy is not None:
+            exported.schema_ = exported.schema_.with_hierarchy(hierarchy)
         return exported.set_abstention(abstain_below) if abstain_below is not None else exported
     method = folder.config().get("method")
     classes = method_classes()
@@ -162,7 +166,9 @@ def evaluate_examples(
     seconds = time.perf_counter() - start
     decided = schema.decide(proba)
     truth = schema.encode(examples.labels)
-    metrics = classification_metrics(truth.astype(np.int64), decided, schema.classes)
+    metrics = classification_metrics(
+        truth.astype(np.int64), decided, schema.classes, schema.hierarchy
+    )
     # ECE / Brier / NLL at the run's temperature, and before calibration when it has one.
     metrics.update(
         calibration_figures(
@@ -172,6 +178,13 @@ def evaluate_examples(
     # answering only when confident: AURC, coverage at fixed precisions, and at the run's
     # --abstain-below (the figures above are at full coverage, every answer given)
     metrics["selective"] = selective_metrics(truth, proba, decided, schema.abstain_below)
+    if schema.hierarchy and schema.abstain_below is not None:  # what the parents said
+        metrics["selective"]["parents"] = parent_figures(
+            list(examples.labels),
+            schema.parents(proba, decided),
+            schema.abstains(proba, decided),
+            schema.hierarchy,
+        )
     metrics["eval_seconds"] = round(seconds, 2)
     metrics["eval_examples_per_s"] = round(len(examples) / seconds, 3) if seconds > 0 else None
     dtype = getattr(classifier, "dtype_", None)
@@ -204,6 +217,8 @@ def prediction_frame(
     A run that abstains (``schema.abstain_below``) adds ``abstained`` (true where an answer
     is withheld): a withheld single-label answer is an empty ``prediction``; a multi-label
     row lists only the labels it answers, and ``abstained_labels`` the ones it withholds.
+    A hierarchical run that abstains (``schema.hierarchy``) adds ``parent``: the parent
+    of a withheld answer it is still sure of (``LabelSchema.parents``), else empty.
     The probabilities stay whole, so the full answer is never lost."""
     out = rows.copy()
     if schema.abstain_below is None:
@@ -221,6 +236,8 @@ def prediction_frame(
                 "" if off else schema.join(lab) for lab, off in zip(labels, withheld)
             ]
             out["abstained"] = withheld
+            if schema.hierarchy:  # what it is still sure of where it withholds the class
+                out["parent"] = [p or "" for p in schema.parents(proba, decided)]
     for j, name in enumerate(schema.classes):
         out[f"proba_{name}"] = proba[:, j]
     return out

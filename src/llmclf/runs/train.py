@@ -100,7 +100,9 @@ def train_run(
             train, data_config.train_limit, seed=data_config.split_seed, multi_label=multi_label
         )
     validation, test = splits.get("validation"), splits.get("test")
-    warnings = check_splits(train, validation, test, multi_label, data_config.data)
+    warnings = check_splits(
+        train, validation, test, multi_label, data_config.data, config.labels.label_hierarchy
+    )
     log.info(
         "training %s on %d examples (%s), validating on %d",
         method,
@@ -132,11 +134,14 @@ def train_run(
     return metrics
 
 
-def check_splits(train, validation, test, multi_label: bool, data: str) -> list[str]:
-    """Before training: refuse evaluation labels the training split lacks (they would
-    fail only after training), and return a warning (logged now, printed in the summary
-    and kept in metrics.json) for each split that is missing."""
-    schema = LabelSchema.from_labels(train.labels, multi_label)
+def check_splits(
+    train, validation, test, multi_label: bool, data: str, hierarchy: str | None = None
+) -> list[str]:
+    """Before training: refuse evaluation labels the training split lacks and a
+    ``--label-hierarchy`` the classes do not use (they would fail only after training),
+    and return a warning (logged now, printed in the summary and kept in metrics.json)
+    for each split that is missing."""
+    schema = LabelSchema.from_labels(train.labels, multi_label).with_hierarchy(hierarchy)
     for name, part in (("validation", validation), ("test", test)):
         if part is not None:
             schema.check_known(part.labels, f"{data} [{name}] (not in its training split)")

@@ -46,11 +46,16 @@ class ClassifyData(BaseModel):
     abstained_labels: list[str] | None = Field(
         None, description="multi-label runs that abstain only: the classes withheld"
     )
+    parent: str | None = Field(
+        None,
+        description="runs with --label-hierarchy that abstain only: where the answer is "
+        "withheld, the deepest parent of the top class that the run is still sure of",
+    )
 
     @model_serializer(mode="wrap")
     def _without_fields_the_run_has_not(self, handler):
         data = handler(self)
-        for name in ("labels", "abstained", "abstained_labels"):
+        for name in ("labels", "abstained", "abstained_labels", "parent"):
             if getattr(self, name) is None:
                 data.pop(name, None)
         return data
@@ -105,12 +110,18 @@ class LabelScore(BaseModel):
         description="runs that abstain (--abstain-below) only: true on the top entry of a "
         "text whose answer is withheld (multi-label: on each withheld class)",
     )
+    parent: str | None = Field(
+        None,
+        description="runs with --label-hierarchy that abstain only: on the withheld top "
+        "entry, the deepest parent of its class that the run is still sure of",
+    )
 
     @model_serializer(mode="wrap")
     def _plain_unless_withheld(self, handler):
         data = handler(self)
-        if self.abstained is None:
-            data.pop("abstained", None)
+        for name in ("abstained", "parent"):
+            if getattr(self, name) is None:
+                data.pop(name, None)
         return data
 
 

@@ -27,6 +27,8 @@ class TextResult(NamedTuple):
     tokens: int  # of the model input, before any cut
     # the answers withheld (--abstain-below): a bool, or [n_classes] bools for multi-label
     abstained: Any = False
+    # a hierarchical run's sure parent of a withheld answer (--label-hierarchy), else None
+    parent: str | None = None
 
 
 @dataclass
@@ -57,9 +59,10 @@ class ServedRun:
             prediction = self.classifier.predict_details(list(texts))
         labels = self.classifier.labels_from_proba(prediction.proba)
         withheld = self.classifier.abstained(prediction.proba)
+        parents = self.classifier.parent_labels(prediction.proba)
         tokens = self.classifier.input_tokens(list(texts))
         logits = prediction.logits if prediction.logits is not None else [None] * len(texts)
-        rows = zip(logits, prediction.proba, labels, tokens, withheld)
+        rows = zip(logits, prediction.proba, labels, tokens, withheld, parents)
         return [TextResult(*row) for row in rows]
 
     @property

@@ -166,6 +166,7 @@ class ServingClassify:
             labels=labels,
             abstained=abstained,
             abstained_labels=withheld,
+            parent=result.parent,
         )
 
     @staticmethod
@@ -217,7 +218,9 @@ class ServingPredict:
         else:  # the decision is the top entry: it carries the mark
             top = int(np.argmax(result.proba))
             withheld = [bool(result.abstained) if j == top else None for j in range(len(scores))]
-        rows = sorted(zip(run.classes, scores, withheld), key=lambda row: -float(row[1]))
+        parents = [result.parent if off else None for off in withheld]
+        rows = sorted(zip(run.classes, scores, withheld, parents), key=lambda row: -float(row[1]))
         return [
-            LabelScore(label=label, score=float(score), abstained=off) for label, score, off in rows
+            LabelScore(label=label, score=float(score), abstained=off, parent=parent)
+            for label, score, off, parent in rows
         ]

@@ -384,7 +384,9 @@ class InstructClassifier(ClassifierBase):
         """
         self._config = self.resolve_config()
         names = [[c] for c in classes] if multi_label else list(classes)
-        schema = LabelSchema.from_labels(names, multi_label)
+        schema = LabelSchema.from_labels(names, multi_label).with_hierarchy(
+            self.config_.labels.label_hierarchy
+        )
         self._new_format(schema)
         self.model_ = self._load_base().requires_grad_(False).eval()
         if multi_label:
