@@ -83,6 +83,21 @@ def make_texts(
     return texts, labels
 
 
+def write_split_csv(
+    path: Path, make, sizes=(("train", 150, 1), ("validation", 90, 2), ("test", 90, 3))
+) -> Path:
+    """A CSV of text, label and split columns: ``make(n, seed) -> (texts, labels)`` per
+    split of ``sizes`` (name, rows, seed)."""
+    import pandas as pd
+
+    frames = []
+    for split, n, seed in sizes:
+        texts, labels = make(n, seed)
+        frames.append(pd.DataFrame({"text": texts, "label": labels, "split": split}))
+    pd.concat(frames).to_csv(path, index=False)
+    return path
+
+
 def make_tokenizer(pad: bool = True):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -25,7 +25,7 @@ from llmclf.labels import LabelSchema
 from llmclf.methods.tfidf import TfidfClassifier
 from llmclf.runs import load_classifier
 from llmclf.serve import create_app
-from tests.conftest import make_texts
+from tests.conftest import make_texts, write_split_csv
 from tests.unit.test_serve import running
 
 # -- the pure functions, by hand --------------------------------------------------------
@@ -142,11 +142,7 @@ def noisy(n: int, seed: int, mixed: float = 0.3):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("abstain")
-    frames = []
-    for split, n, seed in (("train", 150, 1), ("validation", 90, 2), ("test", 90, 3)):
-        texts, labels = noisy(n, seed)
-        frames.append(pd.DataFrame({"text": texts, "label": labels, "split": split}))
-    pd.concat(frames).to_csv(folder / "d.csv", index=False)
+    write_split_csv(folder / "d.csv", noisy)
     return folder
 
 

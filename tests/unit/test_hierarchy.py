@@ -28,6 +28,7 @@ from llmclf.labels import NO_CLASS, LabelSchema
 from llmclf.methods.tfidf import TfidfClassifier
 from llmclf.runs import load_classifier
 from llmclf.serve import create_app
+from tests.conftest import write_split_csv
 from tests.unit.test_serve import running
 
 # -- the pure functions, by hand --------------------------------------------------------
@@ -165,11 +166,8 @@ def texts_of(n: int, seed: int) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hierarchy")
-    frames = []
-    for split, n, seed in (("train", 160, 1), ("validation", 80, 2), ("test", 80, 3)):
-        texts, labels = texts_of(n, seed)
-        frames.append(pd.DataFrame({"text": texts, "label": labels, "split": split}))
-    pd.concat(frames).to_csv(folder / "d.csv", index=False)
+    sizes = (("train", 160, 1), ("validation", 80, 2), ("test", 80, 3))
+    write_split_csv(folder / "d.csv", texts_of, sizes)
     return folder
 
 
