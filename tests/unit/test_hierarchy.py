@@ -254,7 +254,7 @@ def test_both_server_apis_carry_the_parent(run):
         assert all("parent" not in entry for answer in tei for entry in answer[1:])
 
 
-def test_evaluate_reads_a_flat_run_as_a_hierarchy(data, tmp_path):
+def test_evaluate_and_compare_read_a_flat_run_as_a_hierarchy(run, data, tmp_path):
     base = ["train", "--method", "tfidf", "--min-df", "1", "--data", str(data / "d.csv")]
     assert main([*base, "--output", str(tmp_path / "flat")]) == 0
     flat = json.loads((tmp_path / "flat" / "metrics.json").read_text())
@@ -267,6 +267,18 @@ def test_evaluate_reads_a_flat_run_as_a_hierarchy(data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["levels"][0]["groups"] == 2
     assert metrics["accuracy"] == pytest.approx(flat["accuracy"])  # the decision is unchanged
+    # compare reads every run as a hierarchy: a per-level column beside each run's figures
+    report = tmp_path / "report"
+    args = ["compare", str(tmp_path / "flat"), str(run), "--output", str(report)]
+    assert main([*args, "--label-hierarchy", "/"]) == 0
+    rows = json.loads((report / "report.json").read_text())["runs"]
+    assert [row["levels"][0]["accuracy"] for row in rows] == pytest.approx(
+        [
+            metrics["levels"][0]["accuracy"],
+            json.loads((run / "metrics.json").read_text())["levels"][0]["accuracy"],
+        ]
+    )
+    assert "level 1 macro-F1" in (report / "report.md").read_text()
 
 
 def test_a_separator_the_labels_do_not_use_fails_before_training(data, tmp_path, capsys):

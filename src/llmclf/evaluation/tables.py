@@ -98,6 +98,12 @@ def quality_table(report: dict) -> Table:
             ("weighted-F1", lambda r: r["weighted_f1"], "max"),
         ]
     )
+    levels = [run.get("levels") for run in report["runs"]]
+    if all(levels) and len({len(runs_levels) for runs_levels in levels}) == 1:
+        quality += [  # --label-hierarchy: every run read the same way
+            (f"level {k + 1} macro-F1", lambda r, k=k: r["levels"][k]["macro_f1"], "max")
+            for k in range(len(levels[0]))
+        ]
     columns = quality + [
         ("ECE", lambda r: r["calibration"]["before"]["ece"], "min"),
         ("Brier", lambda r: r["calibration"]["before"]["brier"], "min"),

@@ -21,12 +21,14 @@ import pandas as pd
 from llmclf.config import (
     REQUIRED,
     DataConfig,
+    LabelsConfig,
     LoadOptions,
     Options,
     flag,
     flatten,
     option,
     runtime_names,
+    same_as,
 )
 from llmclf.data import content_hash
 from llmclf.errors import LlmclfError
@@ -79,6 +81,12 @@ class CompareOptions(Options):
         "with --data: the split to evaluate every run on, train, validation, test or all "
         "(default: test, or all of a file without a split column)",
     )
+    label_hierarchy: str | None = same_as(
+        LabelsConfig,
+        "label_hierarchy",
+        help="read every run's classes as paths with this separator (e.g. '/'): macro-F1 "
+        "per level beside each run's (default: each run's own, if it has one)",
+    )
 
 
 def compare(
@@ -102,6 +110,7 @@ def compare(
         seed=options.seed,
         confidence=options.confidence,
         split=options.split,
+        hierarchy=options.label_hierarchy,
     )
 
 
@@ -239,6 +248,7 @@ def compare_runs(
     seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
     split: str | None = None,
+    hierarchy: str | None = None,
 ) -> dict:
     """Compare finished runs and write the report to ``output``; returns the report dict.
 
@@ -246,7 +256,8 @@ def compare_runs(
     must be the same); with them (at least ``data``), every run is first evaluated on
     ``split`` of that data set (default: test, or the whole of a file without a ``split``
     column), read with the first run's column options unless given, and its predictions
-    are kept in ``output/evaluations/NAME``.
+    are kept in ``output/evaluations/NAME``. ``hierarchy``: read every run's classes as
+    paths joined by it (per-level figures; default each run's own ``--label-hierarchy``).
 
     Example:
         >>> compare_runs(["runs/last", "runs/mean"], "reports/pooling")  # doctest: +SKIP
@@ -284,6 +295,9 @@ def compare_runs(
             raise
     else:
         evaluations = [stored_evaluation(f, n) for f, n in zip(folders, names)]
+    if hierarchy is not None:
+        for evaluation in evaluations:
+            evaluation.schema = evaluation.schema.with_hierarchy(hierarchy)
     ignore = runtime_names(*section_classes()) | {"llmclf_version"}
     report = build_report(evaluations, resamples, seed, confidence, ignore_settings=ignore)
     write_report(report, output)
