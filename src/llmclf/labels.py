@@ -156,8 +156,8 @@ class LabelSchema:
         """For each withheld answer of a hierarchical run that abstains, the deepest parent
         of the decided class it is still sure of: its classes together hold at least
         ``parent_below``, else ``abstain_below`` (``parent_answers``). None where the run
-        answers, where no parent
-        is sure, and for runs without a hierarchy or a threshold."""
+        answers, where no parent is sure, and for runs without a hierarchy or a
+        threshold."""
         proba = np.asarray(proba)
         if not self.hierarchy or self.abstain_below is None or self.multi_label:
             return [None] * len(proba)

@@ -145,8 +145,9 @@ class Predictor:
     def parent_labels(self, proba: np.ndarray) -> list[str | None]:
         """What a run with ``--label-hierarchy`` still says where it abstains: for each row
         of ``predict_proba`` whose answer is withheld, the deepest parent of that answer
-        whose classes together hold at least the abstention threshold (``sport`` for a
-        withheld ``sport/football``); None where the run answers or no parent is sure.
+        whose classes together hold at least the parents' threshold (chosen with
+        ``--target-precision``; else the abstention threshold): ``sport`` for a withheld
+        ``sport/football``. None where the run answers or no parent is sure.
 
         Example:
             >>> clf.set_abstention(0.9).parent_labels(clf.predict_proba(texts))  # doctest: +SKIP
@@ -537,6 +538,9 @@ class ClassifierBase(Predictor):
         BENCHMARKS.md), recorded with the abstention."""
         schema = self.schema_
         withheld = schema.abstains(proba, decided)
+        if not withheld.any():  # nothing to judge parents on: the class threshold stays
+            self.abstention_["parent_threshold"] = None
+            return
         found = parent_threshold_for_precision(
             proba[withheld], decided[withheld], truth[withheld],
             schema.classes, schema.hierarchy, target, bound,
