@@ -169,7 +169,12 @@ def main() -> None:
         _, size, method = folder.name.split("-", 2)
         metrics = json.loads((folder / "metrics.json").read_text())
         runs.append(
-            {"method": method, "size": size, "train": metrics["train_examples"]}
+            {
+                "method": method,
+                "size": size,
+                "train": metrics["train_examples"],
+                "dtype": metrics.get("dtype") or "none",  # the run's; none: no torch model
+            }
             | run_figures(folder, targets)
         )
         print(json.dumps(runs[-1]["levels"][0] | {"run": folder.name}))

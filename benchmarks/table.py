@@ -671,12 +671,14 @@ def hierarchy_lines(r: dict) -> list[str]:
     ]
     levels = [str(level["level"]) for level in r["runs"][0]["levels"]]
     out += [
-        "| method | train texts | " + " | ".join(f"level {n}" for n in levels) + " |",
-        "|---|---|" + "---|" * len(levels),
+        "| method | train texts | " + " | ".join(f"level {n}" for n in levels) + " | dtype |",
+        "|---|---|" + "---|" * len(levels) + "---|",
     ]
     for run in r["runs"]:
         cells = [f"{v['flat_macro_f1']:.3f} / {v['top_down_macro_f1']:.3f}" for v in run["levels"]]
-        out.append(f"| {run['method']} | {run['train']:,} | " + " | ".join(cells) + " |")
+        out.append(
+            f"| {run['method']} | {run['train']:,} | " + " | ".join(cells) + f" | {run['dtype']} |"
+        )
     out += [
         "",
         "`--target-precision` P chosen on one half of the test texts and measured on the "
