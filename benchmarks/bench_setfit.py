@@ -12,6 +12,9 @@ its head) and ``eval_examples_per_s`` (the test set's prediction). A cell whose 
 is finished is read again, not retrained, so the script can be stopped and resumed; the
 results file is rewritten after every cell.
 
+Instruct's full-size cells train at ``--instruct-full-learning-rate`` (2e-4: docs/instruct.md,
+above ~1,000 texts llmclf's default 1e-3 overshoots); its smaller cells at the default.
+
 Usage: python benchmarks/bench_setfit.py [--data bbc-news ...] [--train 64 --train 400]
            [--method setfit --method tfidf ...] [--max-length 64] [--num-iterations 5]
 """
@@ -30,29 +33,39 @@ DEFAULT_DATA = ("bbc-news", "20newsgroups", "reuters-r8")
 DEFAULT_METHODS = ("tfidf", "setfit", "encoder", "head")
 
 
-def method_flags(method: str, args) -> list[str]:
+def method_flags(method: str, args, n_train: int) -> list[str]:
     """The options of each method's cell: its defaults, at the shared --max-length."""
     length = ["--max-length", str(args.max_length)]
     if method == "setfit":
-        return [*length, "--num-iterations", str(args.num_iterations), "--epochs", "1"]
+        dtype = ["--dtype", args.setfit_dtype] if args.setfit_dtype != "float32" else []
+        return [*length, "--num-iterations", str(args.num_iterations), "--epochs", "1", *dtype]
     if method == "head":
         return [*length, "--epochs", str(args.head_epochs)]
     if method == "encoder":
         return length
     if method == "instruct":  # the prompt lists the labels: its own tokens on top
         prompt = ["--max-length", str(args.max_length + args.instruct_prompt_tokens)]
-        return [*prompt, "--epochs", str(args.instruct_epochs)]
+        rate = ["--learning-rate", args.instruct_full_learning_rate] if n_train == FULL else []
+        return [*prompt, "--epochs", str(args.instruct_epochs), *rate]
     return []  # tfidf reads every word
+
+
+def learning_rate(run) -> float:
+    """The learning rate a run trained at (its config.yaml)."""
+    import yaml
+
+    return float(yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"])
 
 
 def cell(args, data: str, n_train: int, method: str) -> dict:
     """Train (or read back) one run and return its figures."""
     path = bench_data(data, n_train, args.validation, args.test)
     size = "full" if n_train == FULL else str(n_train)
-    run = WORK / "setfit" / f"{data}-{size}-{method}"
+    mixed = method == "setfit" and args.setfit_dtype != "float32"
+    run = WORK / "setfit" / (f"{data}-{size}-{method}" + (f"-{args.setfit_dtype}" if mixed else ""))
     command = [
         *LLMCLF, "train", "--method", method, "--data", str(path), "--output", str(run),
-        *method_flags(method, args),
+        *method_flags(method, args, n_train),
     ]  # fmt: skip
     if not (run / "metrics.json").is_file():
         shutil.rmtree(run, ignore_errors=True)
@@ -71,9 +84,16 @@ def cell(args, data: str, n_train: int, method: str) -> dict:
         "train_seconds": metrics["train_seconds"],
         "predict_examples_per_s": metrics.get("eval_examples_per_s"),
         "dtype": metrics.get("dtype"),
+        "learning_rate": learning_rate(run) if method == "instruct" else None,
         "setfit": metrics.get("setfit"),
         "command": " ".join(["llmclf", *command[len(LLMCLF) :]]),
     }
+
+
+def cell_key(c: dict) -> tuple:
+    """One cell per data set, size, method and dtype (SetFit's float32 and bf16 runs are
+    two cells)."""
+    return c["data"], c["size"], c["method"], c["dtype"]
 
 
 def main() -> None:
@@ -94,6 +114,17 @@ def main() -> None:
         help="instruct's --max-length is --max-length plus this (the prompt and answer; "
         "20newsgroups' 20 labels need ~200)",
     )
+    parser.add_argument(
+        "--setfit-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="SetFit's --dtype: bfloat16 trains in mixed precision (bf16 matmuls)",
+    )
+    parser.add_argument(
+        "--instruct-full-learning-rate",
+        default="2e-4",
+        help="instruct's --learning-rate on the full training sets (docs/instruct.md)",
+    )
     parser.add_argument("--lock", default=LOCK, help="flock file per cell ('' for none)")
     parser.add_argument("--name", default="setfit_baselines", help="results file name")
     args = parser.parse_args()
@@ -104,20 +135,21 @@ def main() -> None:
         "max_length": args.max_length,
         "validation": args.validation,
         "test": args.test,
-        "setfit": f"minilm-l6, --num-iterations {args.num_iterations}, 1 epoch, logistic head",
+        "setfit": f"minilm-l6, --num-iterations {args.num_iterations}, 1 epoch, logistic head, "
+        "float32 unless the cell's dtype says bfloat16 (mixed precision: its command)",
         "encoder": "minilm-l6 fine-tuned, llmclf's defaults (5 epochs, lr 1e-4)",
         "head": f"smollm2-135m, LoRA defaults, {args.head_epochs:g} epochs",
         "tfidf": "word 1-2 grams, logistic regression (llmclf's defaults)",
         "instruct": f"smollm2-135m, LoRA defaults, {args.instruct_epochs:g} epoch(s), "
         "--max-length = the text's plus the prompt's and answer's tokens (each cell's "
-        "command), score mode",
+        "command), score mode; learning rate 1e-3 (the default) at 64 / 400 texts, "
+        f"{args.instruct_full_learning_rate} on the full sets",
     }
     for n_train in sizes:
         for data in args.data or DEFAULT_DATA:
             for method in args.method or DEFAULT_METHODS:
                 result = cell(args, data, n_train, method)
-                key = (result["data"], result["size"], result["method"])
-                kept = [c for c in kept if (c["data"], c["size"], c["method"]) != key]
+                kept = [c for c in kept if cell_key(c) != cell_key(result)]
                 kept.append(result)
                 print(json.dumps(result))
                 write_result(args.name, {"machine": machine(), "settings": settings, "cells": kept})
