@@ -31,9 +31,12 @@ LOCK = "/tmp/llmclf-cpu.lock"
 FULL = 10**9  # a training size larger than any set: every training text
 DEFAULT_DATA = ("bbc-news", "20newsgroups", "reuters-r8")
 DEFAULT_METHODS = ("tfidf", "setfit", "encoder", "head")
+# instruct's prompt (instructions, the label list) and answer, in SmolLM2 tokens, on top of
+# the text's --max-length: 5 short labels, 8 labels, 20 labels of up to 5 tokens
+PROMPT_TOKENS = {"bbc-news": 64, "reuters-r8": 96, "20newsgroups": 256}
 
 
-def method_flags(method: str, args, n_train: int) -> list[str]:
+def method_flags(method: str, args, data: str, n_train: int) -> list[str]:
     """The options of each method's cell: its defaults, at the shared --max-length."""
     length = ["--max-length", str(args.max_length)]
     if method == "setfit":
@@ -44,7 +47,8 @@ def method_flags(method: str, args, n_train: int) -> list[str]:
     if method == "encoder":
         return length
     if method == "instruct":  # the prompt lists the labels: its own tokens on top
-        prompt = ["--max-length", str(args.max_length + args.instruct_prompt_tokens)]
+        tokens = args.instruct_prompt_tokens or PROMPT_TOKENS[data]
+        prompt = ["--max-length", str(args.max_length + tokens)]
         rate = ["--learning-rate", args.instruct_full_learning_rate] if n_train == FULL else []
         return [*prompt, "--epochs", str(args.instruct_epochs), *rate]
     return []  # tfidf reads every word
@@ -65,7 +69,7 @@ def cell(args, data: str, n_train: int, method: str) -> dict:
     run = WORK / "setfit" / (f"{data}-{size}-{method}" + (f"-{args.setfit_dtype}" if mixed else ""))
     command = [
         *LLMCLF, "train", "--method", method, "--data", str(path), "--output", str(run),
-        *method_flags(method, args, n_train),
+        *method_flags(method, args, data, n_train),
     ]  # fmt: skip
     if not (run / "metrics.json").is_file():
         shutil.rmtree(run, ignore_errors=True)
@@ -110,9 +114,9 @@ def main() -> None:
     parser.add_argument(
         "--instruct-prompt-tokens",
         type=int,
-        default=64,
-        help="instruct's --max-length is --max-length plus this (the prompt and answer; "
-        "20newsgroups' 20 labels need ~200)",
+        default=None,
+        help="instruct's --max-length is --max-length plus this (the prompt and answer); "
+        f"default per data set: {PROMPT_TOKENS}",
     )
     parser.add_argument(
         "--setfit-dtype",
