@@ -40,8 +40,7 @@ def method_flags(method: str, args, data: str, n_train: int) -> list[str]:
     """The options of each method's cell: its defaults, at the shared --max-length."""
     length = ["--max-length", str(args.max_length)]
     if method == "setfit":
-        dtype = ["--dtype", args.setfit_dtype] if args.setfit_dtype != "float32" else []
-        return [*length, "--num-iterations", str(args.num_iterations), "--epochs", "1", *dtype]
+        return [*length, "--num-iterations", str(args.num_iterations), "--epochs", "1"]
     if method == "head":
         return [*length, "--epochs", str(args.head_epochs)]
     if method == "encoder":
@@ -65,8 +64,7 @@ def cell(args, data: str, n_train: int, method: str) -> dict:
     """Train (or read back) one run and return its figures."""
     path = bench_data(data, n_train, args.validation, args.test)
     size = "full" if n_train == FULL else str(n_train)
-    mixed = method == "setfit" and args.setfit_dtype != "float32"
-    run = WORK / "setfit" / (f"{data}-{size}-{method}" + (f"-{args.setfit_dtype}" if mixed else ""))
+    run = WORK / "setfit" / f"{data}-{size}-{method}"
     command = [
         *LLMCLF, "train", "--method", method, "--data", str(path), "--output", str(run),
         *method_flags(method, args, data, n_train),
@@ -95,9 +93,8 @@ def cell(args, data: str, n_train: int, method: str) -> dict:
 
 
 def cell_key(c: dict) -> tuple:
-    """One cell per data set, size, method and dtype (SetFit's float32 and bf16 runs are
-    two cells)."""
-    return c["data"], c["size"], c["method"], c["dtype"]
+    """One cell per data set, size and method."""
+    return c["data"], c["size"], c["method"]
 
 
 def main() -> None:
@@ -119,12 +116,6 @@ def main() -> None:
         f"default per data set: {PROMPT_TOKENS}",
     )
     parser.add_argument(
-        "--setfit-dtype",
-        default="float32",
-        choices=("float32", "bfloat16"),
-        help="SetFit's --dtype: bfloat16 trains in mixed precision (bf16 matmuls)",
-    )
-    parser.add_argument(
         "--instruct-full-learning-rate",
         default="2e-4",
         help="instruct's --learning-rate on the full training sets (docs/instruct.md)",
@@ -139,8 +130,7 @@ def main() -> None:
         "max_length": args.max_length,
         "validation": args.validation,
         "test": args.test,
-        "setfit": f"minilm-l6, --num-iterations {args.num_iterations}, 1 epoch, logistic head, "
-        "float32 unless the cell's dtype says bfloat16 (mixed precision: its command)",
+        "setfit": f"minilm-l6, --num-iterations {args.num_iterations}, 1 epoch, logistic head",
         "encoder": "minilm-l6 fine-tuned, llmclf's defaults (5 epochs, lr 1e-4)",
         "head": f"smollm2-135m, LoRA defaults, {args.head_epochs:g} epochs",
         "tfidf": "word 1-2 grams, logistic regression (llmclf's defaults)",
