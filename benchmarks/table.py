@@ -619,10 +619,7 @@ def setfit_lines(r: dict) -> list[str]:
         "| data | train texts | method | macro-F1 | accuracy | train s | predict ex/s | dtype |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    cells = sorted(
-        r["cells"],
-        key=lambda c: (c["data"], c["train"], order.get(c["method"], 9), c["dtype"] or ""),
-    )
+    cells = sorted(r["cells"], key=lambda c: (c["data"], c["train"], order.get(c["method"], 9)))
     for c in cells:
         out.append(
             f"| {c['data']} | {c['train']:,} | {c['method']} | {c['macro_f1']:.4f} | "
